@@ -1,0 +1,43 @@
+# Two commands do all the set-up on a fresh machine:
+#   make quickstart   # venv + install + the whole mini-world pipeline on CPU (report in runs/quickstart)
+#   make test         # venv + install + dev tools + headless Chromium, then the full test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+OUT    ?= runs/quickstart
+PYTEST_ARGS ?=
+
+.PHONY: install dev quickstart test bench clean
+
+# On a machine without an NVIDIA driver, torch is pinned to the CPU build first (otherwise pip pulls a
+# multi-GB CUDA wheel); with one, the Unsloth extra comes along.
+$(BIN)/.installed: pyproject.toml requirements/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	if command -v nvidia-smi >/dev/null 2>&1; then \
+	  $(BIN)/pip install -q -e '.[unsloth]'; \
+	else \
+	  $(BIN)/pip install -q -r requirements/cpu.txt && $(BIN)/pip install -q --no-deps -e .; \
+	fi
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.installed requirements/dev.txt
+	$(BIN)/pip install -q -r requirements/dev.txt
+	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
+	bash scripts/install_browser.sh
+	touch $@
+
+install: $(BIN)/.installed
+dev: $(BIN)/.dev
+
+quickstart: $(BIN)/.installed
+	$(BIN)/thinkless-lite quickstart --out $(OUT)
+
+test: $(BIN)/.dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/quickstart_outcome.py
+
+clean:
+	rm -rf $(VENV) runs artifacts

@@ -1,0 +1,56 @@
+"""Shared fixtures: tiny models built locally (no hub here), torch kept to one thread per test process."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(int(os.environ.get("THINKLESS_TEST_THREADS", "1")))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+BENCHMARKS_DIR = REPO.parent / "shared" / "data" / "benchmarks"
+ARTIFACTS = REPO / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def benchmarks_dir() -> Path:
+    if not BENCHMARKS_DIR.is_dir():
+        pytest.fail(f"offline benchmarks not found at {BENCHMARKS_DIR}; the repo must sit beside shared/")
+    return BENCHMARKS_DIR
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A randomly initialised two-layer Qwen2 with the mini-world tokenizer: fast plumbing tests."""
+    from thinkless_lite.mini_base import BaseTrainingConfig, build_model, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-qwen2")
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, BaseTrainingConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                                      num_attention_heads=4, num_key_value_heads=2))
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def mini_base_dir() -> Path:
+    """The shipped, pretrained mini-world base model."""
+    from thinkless_lite.mini_base import MINI_BASE_DIR
+
+    if not (MINI_BASE_DIR / "model.safetensors").exists():
+        pytest.fail(f"shipped base missing at {MINI_BASE_DIR}; regenerate with `thinkless-lite build-base`")
+    return MINI_BASE_DIR

@@ -1,0 +1,366 @@
+"""Evaluation harness: summaries, resumable records, report files, the tau sweep (fast tests)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from thinkless_lite import evaluate as ev
+from thinkless_lite.config import RunConfig, load_config
+from thinkless_lite.data.items import MathItem
+from thinkless_lite.data.miniworld import solve
+from thinkless_lite.infer import Generation, SamplingSettings
+
+# ---------------------------------------------------------------- summaries on hand-made records
+
+
+def _rec(correct, mode, num_tokens, difficulty=None, format_error=False):
+    return {"correct": correct, "mode": mode, "num_tokens": num_tokens, "difficulty": difficulty,
+            "format_error": format_error}
+
+
+HAND_RECORDS = [
+    _rec(True, "think", 100, difficulty=2),
+    _rec(False, "short", 10, difficulty=1),
+    _rec(True, "short", 20, difficulty=1),
+    _rec(False, None, 30, difficulty=None, format_error=True),
+    _rec(True, "think", 40, difficulty=10),
+]
+
+
+def test_summarize_overall_numbers():
+    s = ev.summarize(HAND_RECORDS)
+    assert s["n"] == 5
+    assert s["accuracy"] == pytest.approx(3 / 5)
+    assert s["think_ratio"] == pytest.approx(2 / 5)
+    assert s["mean_tokens"] == pytest.approx((100 + 10 + 20 + 30 + 40) / 5)  # 40.0
+    assert s["format_error_rate"] == pytest.approx(1 / 5)
+
+
+def test_summarize_by_difficulty_sorted_numerically_and_skips_missing():
+    by = ev.summarize(HAND_RECORDS)["by_difficulty"]
+    assert list(by) == ["1", "2", "10"]  # numeric order, string keys; the no-difficulty record is left out
+    assert by["1"] == {"n": 2, "accuracy": 0.5, "think_ratio": 0.0, "mean_tokens": 15.0}
+    assert by["2"] == {"n": 1, "accuracy": 1.0, "think_ratio": 1.0, "mean_tokens": 100.0}
+    assert by["10"] == {"n": 1, "accuracy": 1.0, "think_ratio": 1.0, "mean_tokens": 40.0}
+    assert sum(d["n"] for d in by.values()) == 4
+
+
+def test_summarize_is_json_friendly_and_handles_empty():
+    s = ev.summarize(HAND_RECORDS)
+    assert json.loads(json.dumps(s)) == s
+    empty = ev.summarize([])
+    assert empty == {"n": 0, "accuracy": 0.0, "think_ratio": 0.0, "mean_tokens": 0.0, "format_error_rate": 0.0,
+                     "by_difficulty": {}}
+    assert list(ev.summarize([_rec(True, "short", 5, difficulty=3.0)])["by_difficulty"]) == ["3"]
+
+
+def test_tokens_saved_vs_think():
+    per_mode = {"auto": {"mean_tokens": 30.0}, "think": {"mean_tokens": 120.0}, "short": {"mean_tokens": 12.0}}
+    out = ev.with_tokens_saved(per_mode)
+    assert out["auto"]["tokens_saved_vs_think"] == pytest.approx(0.75)
+    assert out["short"]["tokens_saved_vs_think"] == pytest.approx(0.9)
+    assert out["think"]["tokens_saved_vs_think"] == 0.0
+    assert "tokens_saved_vs_think" not in ev.with_tokens_saved({"auto": {"mean_tokens": 3.0}})["auto"]
+
+
+# ---------------------------------------------------------------- a fake generate (no model)
+
+
+class FakeGenerate:
+    """Stands in for infer.generate: think answers right (60 tokens), short answers ``0`` (4 tokens).
+
+    auto samples nothing: it thinks when P(think)=0.5 >= tau (tau None counts as 0.5 >= 0.5).
+    ``fail_on_call`` raises on that call number, as a kill mid-evaluation would.
+    """
+
+    def __init__(self, answers=None, fail_on_call=None):
+        self.answers = answers or {}
+        self.calls = []
+        self.fail_on_call = fail_on_call
+
+    def answer(self, question):
+        return self.answers.get(question) or str(solve(question))
+
+    def __call__(self, model, tokenizer, questions, *, mode="auto", tau=None, settings=SamplingSettings(),
+                 tokens=None, system_prompt=None, batch_size=32, progress=False):
+        self.calls.append({"questions": list(questions), "mode": mode, "tau": tau, "seed": settings.seed})
+        if self.fail_on_call is not None and len(self.calls) == self.fail_on_call:
+            raise KeyboardInterrupt("killed")
+        requested = f"tau={tau:g}" if tau is not None else mode
+        out = []
+        for q in questions:
+            chosen = mode if mode != "auto" else ("think" if 0.5 >= (tau if tau is not None else 0.5) else "short")
+            if chosen == "think":
+                completion, answer, n = f"<think>working on {q}</think>{self.answer(q)}", self.answer(q), 60
+            else:
+                completion, answer, n = "<short>0", "0", 4
+            out.append(Generation(question=q, mode=chosen, requested=requested, p_think=0.5, reasoning="",
+                                  answer=answer, completion=completion, num_tokens=n))
+        return out
+
+    @property
+    def generated(self):
+        return sum(len(c["questions"]) for c in self.calls)
+
+
+ITEMS = [MathItem(question=f"q{i}", gold=str(10 + i), id=f"item-{i}", difficulty=1 + i % 2) for i in range(5)]
+ANSWERS = {f"q{i}": str(10 + i) for i in range(5)}
+
+
+def test_evaluate_items_records_fields_seeds_and_grading(monkeypatch):
+    fake = FakeGenerate(ANSWERS)
+    monkeypatch.setattr(ev, "generate", fake)
+    records = ev.evaluate_items(None, None, ITEMS, mode="think", settings=SamplingSettings(seed=7), num_samples=2,
+                                batch_size=2, benchmark="hand", progress=False)
+    assert len(records) == 10
+    assert all(set(r) == set(ev.RECORD_FIELDS) for r in records)
+    assert [r["sample"] for r in records] == [0] * 5 + [1] * 5
+    assert [r["seed"] for r in records] == [7] * 5 + [8] * 5
+    assert sorted({c["seed"] for c in fake.calls}) == [7, 8]
+    assert all(r["correct"] and r["mode"] == "think" and r["requested"] == "think" for r in records)
+    short = ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", progress=False)
+    assert not any(r["correct"] for r in short)  # "0" is wrong for every gold here
+    assert [r["id"] for r in short] == [it.id for it in ITEMS]
+
+
+def test_evaluate_items_reads_answer_only_after_the_reasoning(monkeypatch):
+    """The gold appearing inside the reasoning must not count: the answer part is what is graded."""
+    item = MathItem(question="q", gold="42", id="x")
+
+    def gen(model, tokenizer, questions, **kw):
+        return [Generation(question="q", mode="think", requested="think", p_think=0.9, reasoning="42",
+                           answer="7", completion="<think>the answer is 42</think>7", num_tokens=9)]
+
+    monkeypatch.setattr(ev, "generate", gen)
+    (record,) = ev.evaluate_items(None, None, [item], mode="think", progress=False)
+    assert record["correct"] is False
+
+
+def test_records_path_resumes_after_a_kill(monkeypatch, tmp_path):
+    path = tmp_path / "records.jsonl"
+    killed = FakeGenerate(ANSWERS, fail_on_call=3)
+    monkeypatch.setattr(ev, "generate", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+                          records_path=path, progress=False)
+    assert len(ev.read_records(path)) == 4  # two finished batches were saved before the kill
+
+    resumed = FakeGenerate(ANSWERS)
+    monkeypatch.setattr(ev, "generate", resumed)
+    records = ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+                                records_path=path, progress=False)
+    assert resumed.generated == 6  # only the missing (item, sample) pairs
+    assert len(records) == 10 and len(ev.read_records(path)) == 10
+    assert [(r["id"], r["sample"]) for r in records] == [(it.id, s) for s in range(2) for it in ITEMS]
+
+    again = FakeGenerate(ANSWERS)
+    monkeypatch.setattr(ev, "generate", again)
+    assert ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+                             records_path=path, progress=False) == records
+    assert again.calls == []  # nothing regenerated
+
+    # Another mode and another benchmark are other keys: generated, and not mixed into the result.
+    other = ev.evaluate_items(None, None, ITEMS[:2], mode="short", benchmark="hand", records_path=path,
+                              progress=False)
+    assert len(other) == 2 and {r["requested"] for r in other} == {"short"}
+    assert again.generated == 2
+    assert len(ev.evaluate_items(None, None, ITEMS[:2], mode="think", benchmark="other", records_path=path,
+                                 progress=False)) == 2
+    assert again.generated == 4
+
+
+def test_torn_last_line_is_regenerated(monkeypatch, tmp_path):
+    path = tmp_path / "records.jsonl"
+    fake = FakeGenerate(ANSWERS)
+    monkeypatch.setattr(ev, "generate", fake)
+    ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path, progress=False)
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing the 4th record
+    fake.calls.clear()
+    records = ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path,
+                                progress=False)
+    assert fake.generated == 2 and len(records) == 5
+    assert len(ev.read_records(path)) == 5  # the torn line is ignored, the new ones start on a fresh line
+
+
+def test_duplicate_ids_and_bad_arguments_raise():
+    twins = [MathItem("a", "1", id="same"), MathItem("b", "2", id="same")]
+    with pytest.raises(ValueError, match="unique"):
+        ev.evaluate_items(None, None, twins, progress=False)
+    with pytest.raises(ValueError, match="mode"):
+        ev.evaluate_items(None, None, ITEMS, mode="ponder", progress=False)
+    with pytest.raises(ValueError, match="mode='auto'"):
+        ev.evaluate_items(None, None, ITEMS, mode="think", tau=0.5, progress=False)
+    with pytest.raises(ValueError, match="num_samples"):
+        ev.evaluate_items(None, None, ITEMS, num_samples=0, progress=False)
+
+
+@pytest.mark.parametrize("taus", [[1.5], [0.3, -0.1], [float("nan")], ["0.5"], [True], [], "0.5", None])
+def test_tau_sweep_rejects_bad_taus_before_generating(taus):
+    with pytest.raises(ValueError, match="tau"):
+        ev.tau_sweep(None, None, ITEMS, taus, progress=False)
+
+
+def test_tau_sweep_adds_both_ends_and_sorts_by_tokens(monkeypatch):
+    fake = FakeGenerate(ANSWERS)
+    monkeypatch.setattr(ev, "generate", fake)
+    points = ev.tau_sweep(None, None, ITEMS, [0.9, 0.3, 0.3], benchmark="hand", progress=False)
+    assert [(p["tau"], p["mode"]) for p in points] == [(None, "short"), (0.9, "auto"), (0.3, "auto"), (0.0, "auto")]
+    assert [p["mean_tokens"] for p in points] == sorted(p["mean_tokens"] for p in points)
+    assert points[0]["think_ratio"] == 0.0 and points[-1]["think_ratio"] == 1.0
+    assert points[-1]["accuracy"] == 1.0 and points[0]["accuracy"] == 0.0
+    only = ev.tau_sweep(None, None, ITEMS, [0.3], include_ends=False, progress=False)
+    assert [p["tau"] for p in only] == [0.3]
+
+
+# ---------------------------------------------------------------- report files
+
+
+def _summary(acc, think, tokens, by=None):
+    return {"n": 4, "accuracy": acc, "think_ratio": think, "mean_tokens": tokens, "format_error_rate": 0.0,
+            "by_difficulty": by or {}}
+
+
+def _report():
+    by = {"1": {"n": 2, "accuracy": 1.0, "think_ratio": 0.0, "mean_tokens": 5.0},
+          "3": {"n": 2, "accuracy": 0.5, "think_ratio": 1.0, "mean_tokens": 80.0}}
+    per_mode = ev.with_tokens_saved({"auto": _summary(0.75, 0.5, 42.5, by), "think": _summary(0.8, 1.0, 100.0, by),
+                                     "short": _summary(0.5, 0.0, 5.0, by)})
+    sweep = [{"tau": None, "mode": "short", "n": 4, "accuracy": 0.5, "think_ratio": 0.0, "mean_tokens": 5.0},
+             {"tau": 0.5, "mode": "auto", "n": 4, "accuracy": 0.75, "think_ratio": 0.5, "mean_tokens": 42.5},
+             {"tau": 0.0, "mode": "auto", "n": 4, "accuracy": 0.8, "think_ratio": 1.0, "mean_tokens": 100.0}]
+    gsm = {"auto": _summary(0.1, 0.2, 30.0), "short": _summary(0.05, 0.0, 8.0)}
+    return {"benchmarks": {"miniworld": per_mode, "gsm8k": gsm}, "tau_sweeps": {"miniworld": sweep},
+            "tau_sweep": [{"benchmark": "miniworld", **p} for p in sweep], "model": "tiny", "adapter": None,
+            "seconds": 1.5}
+
+
+def test_write_report_files(tmp_path):
+    report = _report()
+    paths = ev.write_report(report, tmp_path / "out")
+    assert set(paths) == {"json", "md", "png"}
+    assert [p.name for p in paths.values()] == ["report.json", "report.md", "report.png"]
+    assert json.loads(paths["json"].read_text()) == report
+    md = paths["md"].read_text()
+    assert "## miniworld" in md and "## gsm8k" in md
+    assert "| mode | n | accuracy | think ratio | mean tokens | tokens saved vs think | format errors |" in md
+    assert "| auto | 4 | 75.0% | 50.0% | 42.5 | 57.5% | 0.0% |" in md  # 1 - 42.5 / 100
+    assert "| short | 4 | 5.0% | 0.0% | 8.0 | — | 0.0% |" in md  # gsm8k ran no forced think
+    assert "### miniworld: by difficulty" in md
+    assert "| 3 | 2 | 50.0% | 100.0% | 80.0 | 50.0% | 100.0% | 80.0 | 50.0% | 100.0% | 80.0 |" in md
+    assert "| level | n | auto accuracy | auto think ratio | auto tokens | think accuracy |" in md
+    assert "### gsm8k: by difficulty" not in md
+    assert "### miniworld: think-threshold sweep" in md
+    assert "| — (forced short) | short | 4 | 50.0% | 0.0% | 5.0 |" in md and "| 0.5 | auto | 4 |" in md
+    png = paths["png"].read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_write_report_accepts_single_benchmark_shape(tmp_path):
+    """The quickstart's report: top-level modes and an unlabelled tau_sweep list."""
+    full = _report()
+    report = {**full["benchmarks"]["miniworld"], "tau_sweep": full["tau_sweeps"]["miniworld"]}
+    md = ev.write_report(report, tmp_path)["md"].read_text()
+    assert "| think | 4 | 80.0% | 100.0% | 100.0 | 0.0% | 0.0% |" in md
+    assert "think-threshold sweep" in md
+    report = {"benchmarks": {"miniworld": full["benchmarks"]["miniworld"]},
+              "tau_sweep": full["tau_sweeps"]["miniworld"]}
+    assert "### miniworld: think-threshold sweep" in ev.render_markdown(report)
+
+
+# ---------------------------------------------------------------- run_eval with a fake model
+
+
+def _cfg(tmp_path, **eval_overrides) -> RunConfig:
+    overrides = [f"output_dir={tmp_path}", "name=fake", "eval.limit=6", "eval.batch_size=4", "seed=3"]
+    overrides += [f"eval.{k}={json.dumps(v)}" for k, v in eval_overrides.items()]
+    return load_config(None, overrides)
+
+
+def test_run_eval_report_shape(monkeypatch, tmp_path):
+    fake = FakeGenerate()
+    monkeypatch.setattr(ev, "generate", fake)
+    cfg = _cfg(tmp_path, sweep_tau=[0.7, 0.2])
+    report = ev.run_eval(cfg, model=object(), tokenizer=object())
+    out = cfg.run_dir / "eval"
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png", "records.jsonl",
+                                               "resolved.yaml"}
+    saved = json.loads((out / "report.json").read_text())
+    assert saved == json.loads(json.dumps(report))
+    assert set(saved["benchmarks"]) == {"miniworld"}
+    assert set(saved["benchmarks"]["miniworld"]) == {"auto", "think", "short"}
+    for mode in ("auto", "think", "short"):  # one benchmark: its summaries also sit at top level
+        assert saved[mode] == saved["benchmarks"]["miniworld"][mode]
+        assert {"n", "accuracy", "think_ratio", "mean_tokens", "format_error_rate", "by_difficulty",
+                "tokens_saved_vs_think"} <= set(saved[mode])
+    assert saved["think"]["accuracy"] == 1.0 and saved["short"]["think_ratio"] == 0.0
+    assert saved["short"]["tokens_saved_vs_think"] == pytest.approx(1 - 4 / 60)
+    assert saved["auto"]["n"] == 6 and list(saved["auto"]["by_difficulty"]) == ["1", "2", "3", "4", "5", "6"]
+    assert isinstance(saved["tau_sweep"], list)
+    assert [(p["tau"], p["mode"]) for p in saved["tau_sweep"]] == [(None, "short"), (0.7, "auto"), (0.2, "auto"),
+                                                                  (0.0, "auto")]
+    assert all({"tau", "accuracy", "think_ratio", "mean_tokens"} <= set(p) for p in saved["tau_sweep"])
+    assert saved["tau_sweeps"]["miniworld"] == [{k: v for k, v in p.items() if k != "benchmark"}
+                                                for p in saved["tau_sweep"]]
+    assert saved["model"] == cfg.model.name_or_path and saved["adapter"] is None and saved["seconds"] >= 0
+    assert {c["seed"] for c in fake.calls} == {3}
+
+    # Rerun: everything comes from records.jsonl (the sweep's short point reused the short mode's records).
+    rerun = FakeGenerate()
+    monkeypatch.setattr(ev, "generate", rerun)
+    again = ev.run_eval(cfg, model=object(), tokenizer=object())
+    assert rerun.calls == [] and again["benchmarks"] == report["benchmarks"]
+    assert len(ev.read_records(out / "records.jsonl")) == 6 * 6  # auto, think, short, tau 0.7, 0.2, 0 (short shared)
+
+    # Other generation settings: the old records are set aside, not reused.
+    changed = _cfg(tmp_path, max_new_tokens=32, sweep_tau=[0.7, 0.2])
+    ev.run_eval(changed, model=object(), tokenizer=object())
+    assert rerun.generated == 6 * 6
+    assert len(list(out.glob("records.stale-*.jsonl"))) == 1
+
+
+def test_run_eval_uses_cfg_tau_for_auto_and_checks_data_file(monkeypatch, tmp_path):
+    fake = FakeGenerate()
+    monkeypatch.setattr(ev, "generate", fake)
+    report = ev.run_eval(_cfg(tmp_path, tau=0.9, modes=["auto"]), out_dir=tmp_path / "e", model=object(),
+                         tokenizer=object())
+    assert {c["tau"] for c in fake.calls} == {0.9}
+    assert report["auto"]["think_ratio"] == 0.0 and report["tau_sweep"] == []
+    assert "tokens_saved_vs_think" not in report["auto"]
+    with pytest.raises(ValueError, match="data_file"):
+        ev.run_eval(_cfg(tmp_path, benchmarks=["gsm8k", "amc"], data_file="x.jsonl"), model=object(),
+                    tokenizer=object())
+    with pytest.raises(ValueError, match="both"):
+        ev.run_eval(_cfg(tmp_path), model=object())
+
+
+# ---------------------------------------------------------------- the tiny real model
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    from thinkless_lite.config import ModelConfig
+    from thinkless_lite.model import load_model
+
+    return load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf"), trainable=False)
+
+
+def test_tau_sweep_on_tiny_model(tiny):
+    from thinkless_lite.data.miniworld import benchmark_items
+
+    items = benchmark_items(limit=4, per_level=1)
+    points = ev.tau_sweep(tiny.model, tiny.tokenizer, items, [0.5, 0.2], settings=SamplingSettings(max_new_tokens=6),
+                          batch_size=4, benchmark="miniworld", progress=False)
+    assert len(points) == 4
+    assert {p["tau"] for p in points} == {0.5, 0.2, 0.0, None}
+    for p in points:
+        assert set(p) == {"tau", "mode", "n", "accuracy", "think_ratio", "mean_tokens", "format_error_rate"}
+        assert p["n"] == 4 and 0.0 <= p["accuracy"] <= 1.0 and 0.0 <= p["think_ratio"] <= 1.0
+        assert 1 <= p["mean_tokens"] <= 6 and math.isfinite(p["mean_tokens"])
+    assert [p["mean_tokens"] for p in points] == sorted(p["mean_tokens"] for p in points)
+    by_tau = {p["tau"]: p for p in points}
+    assert by_tau[0.0]["think_ratio"] == 1.0 and by_tau[None]["think_ratio"] == 0.0
+    assert by_tau[None]["mode"] == "short"

@@ -1,0 +1,71 @@
+import warnings
+
+import pytest
+import torch
+
+from thinkless_lite.config import ModelConfig
+from thinkless_lite.infer import SamplingSettings, decide, generate, stream, think_ratio
+from thinkless_lite.model import load_model
+from thinkless_lite.tokens import format_prompt
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8),
+                          trainable=False)
+
+
+def test_forced_modes_start_with_their_token(tiny):
+    settings = SamplingSettings(max_new_tokens=6)
+    for mode in ("think", "short"):
+        out = generate(tiny.model, tiny.tokenizer, ["1+2", "3*4-5", "9"], mode=mode, settings=settings, batch_size=2)
+        assert [g.mode for g in out] == [mode] * 3
+        assert all(g.completion.startswith(f"<{mode}>") for g in out)
+        assert all(1 <= g.num_tokens <= 6 for g in out) and all(0 <= g.p_think <= 1 for g in out)
+    assert think_ratio(out) == 0.0
+
+
+def test_p_think_is_the_renormalised_first_token_distribution(tiny):
+    prompt = format_prompt(tiny.tokenizer, "4+4")
+    _, _, p_think = decide(tiny.model, tiny.tokenizer, [prompt])
+    batch = tiny.tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        logits = tiny.model(**batch).logits[0, -1]
+    probs = torch.softmax(logits, -1)
+    expected = probs[tiny.control_ids["think"]] / (probs[tiny.control_ids["think"]] + probs[tiny.control_ids["short"]])
+    assert abs(p_think[0] - expected.item()) < 1e-5
+
+
+def test_tau_routes_by_threshold(tiny):
+    out_all_think = generate(tiny.model, tiny.tokenizer, ["1+1", "2*3"], tau=0.0, settings=SamplingSettings(max_new_tokens=3))
+    assert [g.mode for g in out_all_think] == ["think", "think"] and out_all_think[0].requested == "tau=0"
+    p = out_all_think[0].p_think
+    above = generate(tiny.model, tiny.tokenizer, ["1+1"], tau=min(1.0, p + 1e-3), settings=SamplingSettings(max_new_tokens=3))
+    assert above[0].mode == "short"
+
+
+def test_batching_does_not_change_greedy_answers(tiny):
+    questions = ["1+2", "3*4-5", "9-1*2+3", "7"]
+    settings = SamplingSettings(max_new_tokens=8)
+    one = generate(tiny.model, tiny.tokenizer, questions, mode="think", settings=settings, batch_size=1)
+    four = generate(tiny.model, tiny.tokenizer, questions, mode="think", settings=settings, batch_size=4)
+    assert [g.completion for g in one] == [g.completion for g in four]
+
+
+def test_stream_yields_decision_text_done(tiny):
+    events = list(stream(tiny.model, tiny.tokenizer, "2+2", mode="think", settings=SamplingSettings(max_new_tokens=8)))
+    kinds = [e.kind for e in events]
+    assert kinds[0] == "decision" and kinds[-1] == "done" and events[0].mode == "think"
+    final = events[-1].generation
+    assert final.completion == "".join(e.text for e in events[:-1])
+    batch = generate(tiny.model, tiny.tokenizer, ["2+2"], mode="think", settings=SamplingSettings(max_new_tokens=8))
+    assert final.completion == batch[0].completion and final.num_tokens == batch[0].num_tokens
+
+
+@pytest.mark.parametrize("kwargs, match", [({"mode": "ponder"}, "mode must be"), ({"tau": 1.5}, "tau must be"),
+                                           ({"batch_size": 0}, "batch_size")])
+def test_bad_arguments(tiny, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        generate(tiny.model, tiny.tokenizer, ["1+1"], **kwargs)

@@ -1,0 +1,49 @@
+import pytest
+
+from thinkless_lite.data.miniworld import (MiniWorld, benchmark_items, long_solution, short_solution, solve,
+                                           split_of)
+
+
+def test_left_to_right_mod_10():
+    assert solve("7+3*2-5") == 5          # (7+3)=0, 0*2=0, 0-5=5
+    assert solve("9*9") == 1 and solve("0-1") == 9
+    reasoning, answer = long_solution("7+3*2-5")
+    assert answer == "5" and "7+3=0\n0*2=0\n0-5=5\n" in reasoning and "7+3*2-5" in reasoning
+    assert short_solution("2+2") == "4"
+    with pytest.raises(ValueError):
+        solve("7+")
+
+
+def test_deterministic_by_seed():
+    a = MiniWorld(seed=3).sample("train", 50)
+    assert a == MiniWorld(seed=3).sample("train", 50)
+    assert a != MiniWorld(seed=4).sample("train", 50)
+
+
+def test_train_and_test_never_overlap():
+    world = MiniWorld()
+    train = {i.question for i in world.sample("train", 3000)}
+    test = {i.question for i in world.sample("test", 1000)}
+    assert not train & test
+    assert all(split_of(q, world.test_fraction) == "train" for q in train)
+
+
+def test_difficulty_mix_and_levels():
+    world = MiniWorld(difficulty_weights={1: 1.0, 5: 1.0})
+    items = world.sample("train", 400)
+    assert {i.difficulty for i in items} == {1, 5}
+    assert all(len(i.question) == 2 * i.difficulty + 1 for i in items)
+    assert all(i.gold == str(solve(i.question)) for i in items)
+
+
+def test_benchmark_items_cover_every_level():
+    items = benchmark_items(per_level=10)
+    assert len(items) == 80 and {i.difficulty for i in items} == set(range(1, 9))
+    assert len(benchmark_items(limit=5)) == 5
+
+
+@pytest.mark.parametrize("kwargs", [{"difficulty_weights": {}}, {"difficulty_weights": {0: 1.0}},
+                                    {"test_fraction": 1.5}])
+def test_bad_settings(kwargs):
+    with pytest.raises(ValueError):
+        MiniWorld(**kwargs)

@@ -1,0 +1,101 @@
+"""The Thinkless reward: mode x correctness table, format errors, and the TRL reward function."""
+
+import pytest
+
+from thinkless_lite.rewards import (
+    RewardTable,
+    ScoredCompletion,
+    make_reward_function,
+    score_completion,
+    thinkless_reward,
+)
+from thinkless_lite.tokens import SHORT, THINK, ControlTokens
+
+SHORT_RIGHT = "<short>The answer is 12."
+SHORT_WRONG = "<short>The answer is 13."
+THINK_RIGHT = "<think>3 boxes of 4 apples: 3 * 4 = 12.</think>So there are \\boxed{12} apples."
+THINK_WRONG = "<think>3 boxes of 4 apples: 3 + 4 = 7.</think>So there are \\boxed{7} apples."
+
+
+@pytest.mark.parametrize("completion, mode, correct, reward", [
+    (SHORT_RIGHT, SHORT, True, 1.0),
+    (THINK_RIGHT, THINK, True, 0.5),
+    (SHORT_WRONG, SHORT, False, -1.0),
+    (THINK_WRONG, THINK, False, -1.0),
+])
+def test_mode_by_correctness_table(completion, mode, correct, reward):
+    assert score_completion(completion, "12") == ScoredCompletion(reward, mode, correct, False)
+    assert thinkless_reward(completion, "12") == reward
+
+
+def test_default_table_is_the_released_one():
+    assert RewardTable() == RewardTable(short_correct=1.0, think_correct=0.5, short_wrong=-1.0,
+                                        think_wrong=-1.0, format_error=-1.0)
+
+
+def test_custom_table_values_are_used():
+    table = RewardTable(short_correct=2.0, think_correct=0.25, short_wrong=-0.5, think_wrong=-0.75,
+                        format_error=-3.0)
+    assert [thinkless_reward(c, "12", table) for c in (SHORT_RIGHT, THINK_RIGHT, SHORT_WRONG, THINK_WRONG)] \
+        == [2.0, 0.25, -0.5, -0.75]
+    assert thinkless_reward("12", "12", table) == -3.0
+
+
+@pytest.mark.parametrize("completion, mode", [
+    ("The answer is 12.", None),  # no control token
+    ("", None),
+    (None, None),
+    ("<think>3 * 4 = 12, so the answer is 12", THINK),  # never closes its reasoning
+    ("<short>I am not sure.", SHORT),  # no parsable answer
+    ("<think>3 * 4 = 12</think>", THINK),  # empty answer part
+    ("<think>\\boxed{12}</think>Done, see above.", THINK),  # the answer only in the reasoning
+])
+def test_format_errors(completion, mode):
+    scored = score_completion(completion, "12")
+    assert scored == ScoredCompletion(-1.0, mode, correct=False, format_error=True)
+
+
+def test_answer_is_read_only_after_think_end():
+    completion = "<think>First guess: the answer is 12. Recheck: 3 * 5.</think>The answer is 15."
+    assert score_completion(completion, "15").correct
+    assert not score_completion(completion, "12").correct
+    assert thinkless_reward(completion, "12") == -1.0
+
+
+def test_leading_whitespace_before_the_control_token_is_tolerated():
+    assert thinkless_reward("  <short>12", "12") == 1.0
+
+
+def test_symbolic_answers_are_graded():
+    assert thinkless_reward("<short>$\\frac{1}{2}$", "0.5") == 1.0
+    assert thinkless_reward("<think>...</think>\\boxed{[-2, 7)}", "[-2,7)") == 0.5
+
+
+def test_custom_control_tokens():
+    tokens = ControlTokens(short="<|short|>", think="<|think|>", think_end="<|/think|>")
+    assert thinkless_reward("<|short|>12", "12", tokens=tokens) == 1.0
+    assert thinkless_reward("<|think|>3*4</think><|/think|>12", "12", tokens=tokens) == 0.5
+    assert thinkless_reward("<short>12", "12", tokens=tokens) == -1.0  # not this model's token
+
+
+def test_reward_function_with_trl_style_kwargs():
+    reward_fn = make_reward_function()
+    assert reward_fn.__name__ == "thinkless_reward"
+    rewards = reward_fn(
+        completions=[SHORT_RIGHT, THINK_RIGHT, SHORT_WRONG, "no token 12"],
+        prompts=["p"] * 4,
+        answer=["12", "12", "12", "12"],
+        completion_ids=[[1], [2], [3], [4]],
+        trainer_state=None,
+    )
+    assert rewards == [1.0, 0.5, -1.0, -1.0]
+
+
+def test_reward_function_options():
+    reward_fn = make_reward_function(RewardTable(think_correct=0.0), answer_column="gold")
+    assert reward_fn([THINK_RIGHT], gold=["12"]) == [0.0]
+    assert reward_fn([[{"role": "assistant", "content": SHORT_RIGHT}]], gold=["12"]) == [1.0]
+    with pytest.raises(KeyError, match="gold"):
+        reward_fn([SHORT_RIGHT], answer=["12"])
+    with pytest.raises(ValueError):
+        reward_fn([SHORT_RIGHT, SHORT_RIGHT], gold=["12"])

@@ -1,0 +1,114 @@
+"""DeGRPOTrainer: the loss TRL computes with our per-token advantages equals degrpo_loss exactly."""
+
+import inspect
+import warnings
+
+import pytest
+import torch
+
+from thinkless_lite.config import ModelConfig
+from thinkless_lite.losses import degrpo_loss, informative_groups
+from thinkless_lite.model import load_model
+from thinkless_lite.tokens import format_prompt
+
+GROUP = 4
+
+
+def test_trl_is_the_pinned_version_and_the_hooks_we_use_exist():
+    """We lean on GRPOTrainer internals: fail loudly when an upgrade moves them."""
+    import trl
+    from trl import GRPOTrainer
+
+    assert trl.__version__ == "1.15.0", "re-check DeGRPOTrainer's hooks before bumping TRL"
+    for hook, params in [("_generate_and_score_completions", ["inputs"]),
+                         ("_calculate_rewards", ["inputs", "prompts", "completions", "completion_ids_list"]),
+                         ("_get_per_token_logps_and_entropies", ["model", "input_ids", "attention_mask", "logits_to_keep"])]:
+        signature = inspect.signature(getattr(GRPOTrainer, hook))
+        assert list(signature.parameters)[1:1 + len(params)] == params, hook
+    source = inspect.getsource(GRPOTrainer._compute_loss)
+    assert "advantages.dim() == 1" in source, "TRL no longer accepts (B, T) advantages"
+    assert 'inputs["num_items_in_batch"]' in source, "dapo normaliser changed"
+
+
+def fixed_rewards(completions, **kwargs):
+    """Deterministic rewards with one uniform group (dropped) and varied others."""
+    out = []
+    for i in range(len(completions)):
+        group, member = divmod(i, GROUP)
+        out.append(-1.0 if group == 0 else [1.0, 0.5, -1.0, 0.5][(member + group) % 4])
+    return out
+
+
+def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from thinkless_lite.trainer import DeGRPOTrainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+    prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4-1", "9-9", "5+5*5"]]
+    dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
+                      num_generations=GROUP, max_completion_length=12, loss_type="dapo", scale_rewards="none",
+                      beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
+                      shuffle_dataset=False, max_steps=1, logging_steps=1)
+    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
+                            processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled)
+    return trainer, dataset
+
+
+@pytest.mark.parametrize("decoupled, alpha", [(True, 0.001), (True, 0.5), (False, 0.001)])
+def test_trainer_loss_equals_degrpo_loss(tiny_model_dir, tmp_path, decoupled, alpha):
+    torch.manual_seed(0)
+    trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=decoupled, alpha=alpha)
+    rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train() in a real run
+    batch = trainer._generate_and_score_completions(rows)
+    assert batch["advantages"].shape == batch["completion_mask"].shape  # per-token advantages reach the loss
+    loss = trainer.compute_loss(trainer.model, batch)
+
+    rewards = torch.tensor(fixed_rewards(rows))
+    keep = informative_groups(rewards, GROUP)
+    assert keep.tolist()[:GROUP] == [False] * GROUP and all(keep.tolist()[GROUP:])
+    advantages = rewards - rewards.view(-1, GROUP).mean(1).repeat_interleave(GROUP)
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention,
+                                                              batch["completion_ids"].shape[1])
+    mask = batch["completion_mask"].float()
+    expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=alpha,
+                           clip_eps=0.2, decoupled=decoupled)
+    assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
+
+    # And the gradients agree too, control-token rows included.
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    grads_trainer = torch.autograd.grad(trainer.compute_loss(trainer.model, batch), params, allow_unused=True)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention,
+                                                              batch["completion_ids"].shape[1])
+    expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=alpha,
+                           decoupled=decoupled)
+    grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
+    for a, b in zip(grads_trainer, grads_expected):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from thinkless_lite.trainer import DeGRPOTrainer
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, loss_type="grpo",
+                      use_cpu=True, report_to="none", max_completion_length=4)
+    with pytest.raises(ValueError, match="loss_type='dapo'"):
+        DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args,
+                      train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1"}]), processing_class=loaded.tokenizer)

@@ -1,0 +1,49 @@
+"""thinkless_lite: teach a reasoning LLM when to think, with QLoRA on one consumer GPU.
+
+Public API (imported lazily so ``import thinkless_lite`` stays fast and torch-free until needed)::
+
+    from thinkless_lite import load_config, load_model, generate, stream
+    from thinkless_lite import grade_answer, thinkless_reward, degrpo_loss
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "load_config": "thinkless_lite.config",
+    "RunConfig": "thinkless_lite.config",
+    "ControlTokens": "thinkless_lite.tokens",
+    "format_prompt": "thinkless_lite.tokens",
+    "parse_completion": "thinkless_lite.tokens",
+    "load_model": "thinkless_lite.model",
+    "save_adapter": "thinkless_lite.model",
+    "generate": "thinkless_lite.infer",
+    "stream": "thinkless_lite.infer",
+    "SamplingSettings": "thinkless_lite.infer",
+    "grade_answer": "thinkless_lite.grading",
+    "extract_answer": "thinkless_lite.grading",
+    "thinkless_reward": "thinkless_lite.rewards",
+    "score_completion": "thinkless_lite.rewards",
+    "RewardTable": "thinkless_lite.rewards",
+    "degrpo_loss": "thinkless_lite.losses",
+    "group_advantages": "thinkless_lite.losses",
+    "DeGRPOTrainer": "thinkless_lite.trainer",
+    "MiniWorld": "thinkless_lite.data.miniworld",
+    "load_benchmark": "thinkless_lite.data.benchmarks",
+    "evaluate_items": "thinkless_lite.evaluate",
+    "summarize": "thinkless_lite.evaluate",
+    "tau_sweep": "thinkless_lite.evaluate",
+    "run_eval": "thinkless_lite.evaluate",
+    "ThinklessEngine": "thinkless_lite.engine",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'thinkless_lite' has no attribute {name!r}")

@@ -1,0 +1,172 @@
+"""``thinkless-lite``: one command per stage, all driven by one YAML recipe.
+
+    thinkless-lite quickstart --out runs/quickstart       # the whole mini-world pipeline, CPU, minutes
+    thinkless-lite warmup --config configs/mini.yaml      # stage 1: hybrid SFT distillation (QLoRA)
+    thinkless-lite rl --config configs/mini.yaml          # stage 2: DeGRPO
+    thinkless-lite eval --config configs/mini.yaml --sweep-tau 0.1,0.5,0.9
+    thinkless-lite demo --config configs/mini.yaml --adapter runs/mini/rl/adapter
+    thinkless-lite build-base                             # regenerate the shipped tiny base model
+
+Any config key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from thinkless_lite.config import ConfigError, RunConfig, load_config
+
+
+def _common(parser: argparse.ArgumentParser, config_default: str | None = None) -> None:
+    parser.add_argument("--config", default=config_default,
+                        help="YAML recipe (see configs/); defaults are the mini-world's when omitted")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set rl.max_steps=50 (repeatable)")
+    parser.add_argument("--out", default=None, help="run folder (sets output_dir and name from the path)")
+
+
+def _load(args) -> RunConfig:
+    overrides = list(args.overrides)
+    if getattr(args, "out", None):
+        from pathlib import Path
+
+        out = Path(args.out)
+        overrides += [f"output_dir={out.parent.as_posix() or '.'}", f"name={out.name}"]
+    if getattr(args, "adapter", None):
+        overrides.append(f"model.adapter_path={args.adapter}")
+    return load_config(args.config, overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="thinkless-lite", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("quickstart", help="mini-world end to end: warm-up, DeGRPO, evaluation, report.json + plots")
+    _common(p, "configs/mini.yaml")
+    p.add_argument("--skip-warmup", action="store_true", help="reuse <out>/warmup/adapter")
+
+    p = sub.add_parser("warmup", help="stage 1: hybrid SFT distillation with QLoRA")
+    _common(p)
+
+    p = sub.add_parser("rl", help="stage 2: DeGRPO (or vanilla GRPO with --set rl.decoupled=false)")
+    _common(p)
+    p.add_argument("--adapter", help="start from this adapter instead of <run>/warmup/adapter")
+
+    p = sub.add_parser("eval", help="accuracy, think ratio and tokens per benchmark; optional tau sweep")
+    _common(p)
+    p.add_argument("--adapter", help="trained adapter folder (default: none, the base model)")
+    p.add_argument("--benchmarks", help="comma list: miniworld,gsm8k,math500,minerva_algebra,aime2024,amc")
+    p.add_argument("--modes", help="comma list of auto,think,short")
+    p.add_argument("--limit", type=int, help="questions per benchmark at most")
+    p.add_argument("--data-file", help="local json/jsonl copy of the (single) benchmark instead of the hub")
+    p.add_argument("--tau", type=float, help="auto mode routes to think when P(<think>) >= tau")
+    p.add_argument("--sweep-tau", help="comma list of thresholds, e.g. 0,0.25,0.5,0.75,1")
+
+    p = sub.add_parser("demo", help="Gradio page that shows which mode the model chose and why")
+    _common(p)
+    p.add_argument("--adapter", help="trained adapter folder")
+    p.add_argument("--host", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="create a public gradio.live link")
+
+    p = sub.add_parser("build-base", help="regenerate the shipped tiny mini-world base model (deterministic, CPU)")
+    p.add_argument("--out", default=None, help="target folder (default: the packaged assets)")
+    p.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
+    return parser
+
+
+def _eval_overrides(args) -> list[str]:
+    out = []
+    if args.benchmarks:
+        out.append(f"eval.benchmarks=[{args.benchmarks}]")
+    if args.modes:
+        out.append(f"eval.modes=[{args.modes}]")
+    if args.limit is not None:
+        out.append(f"eval.limit={args.limit}")
+    if args.data_file:
+        out.append(f"eval.data_file={json.dumps(args.data_file)}")
+    if args.tau is not None:
+        out.append(f"eval.tau={args.tau}")
+    if args.sweep_tau:
+        out.append(f"eval.sweep_tau=[{args.sweep_tau}]")
+    return out
+
+
+def run(args) -> object:
+    if args.command == "build-base":
+        from thinkless_lite.mini_base import MINI_BASE_DIR, BaseTrainingConfig, train_base
+
+        cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps else {}))
+        return train_base(args.out or MINI_BASE_DIR, cfg)
+    if args.command == "eval":
+        args.overrides = list(args.overrides) + _eval_overrides(args)
+    cfg = _load(args)
+    # Unsloth must be imported before TRL to patch it; select_backend imports it when it will be used.
+    from thinkless_lite.model import select_backend
+
+    select_backend(cfg.model.backend)
+    if args.command == "quickstart":
+        from thinkless_lite.quickstart import main as quickstart
+
+        return quickstart(cfg, skip_warmup=args.skip_warmup)
+    if args.command == "warmup":
+        from thinkless_lite.warmup import main as warmup
+
+        return warmup(cfg)
+    if args.command == "rl":
+        from thinkless_lite.rl import main as rl
+
+        return rl(cfg)
+    if args.command == "eval":
+        from thinkless_lite.evaluate import run_eval
+
+        return run_eval(cfg)
+    if args.command == "demo":
+        import importlib
+
+        app = importlib.import_module("demo.app") if _demo_importable() else _load_demo_module()
+        return app.main(cfg, adapter_path=cfg.model.adapter_path, host=args.host, port=args.port,
+                        share=True if args.share else None)
+    raise AssertionError(args.command)
+
+
+def _demo_importable() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("demo.app") is not None
+
+
+def _load_demo_module():
+    """demo/app.py lives beside the package (UI only); load it by path when run from a checkout."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "demo" / "app.py"
+    if not path.exists():
+        raise SystemExit(f"demo/app.py not found at {path}; run from a checkout of the repository")
+    spec = importlib.util.spec_from_file_location("thinkless_demo_app", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        result = run(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    if isinstance(result, dict):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

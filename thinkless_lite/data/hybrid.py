@@ -1,0 +1,322 @@
+"""Warm-up data: (question, long answer, short answer) rows -> SFT examples behind control tokens.
+
+Stage 1 of the paper distils two teachers into one model: a reasoning model's long answer after
+``<think>`` and an instruction model's short answer after ``<short>``. Sources:
+
+* ``miniworld``  the two exact mini-world teachers;
+* ``paired``     a hub dataset or local file with a long and a short column, or one response column
+                 whose text already starts with a control token (the paper's public warm-up data);
+* ``generate``   two teacher models the user names, run here (batched, resumable JSONL).
+
+Every source becomes :class:`TeacherResponse` rows; one builder filters and mixes them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from thinkless_lite.tokens import SHORT, THINK, ControlTokens, format_completion, format_prompt, parse_completion
+
+log = logging.getLogger("thinkless_lite")
+
+
+class WarmupDataError(ValueError):
+    """Warm-up data that cannot be used as configured; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class TeacherResponse:
+    """One teacher answer to one question. ``reasoning`` is empty for short answers."""
+
+    question: str
+    mode: str
+    reasoning: str
+    answer: str
+    gold: str | None = None
+    difficulty: int | None = None
+
+
+@dataclass
+class FilterReport:
+    """What the builder kept and why it dropped the rest."""
+
+    candidates: int = 0
+    kept: Counter = field(default_factory=Counter)
+    dropped: Counter = field(default_factory=Counter)
+
+    def __str__(self) -> str:
+        kept = ", ".join(f"{m}: {n}" for m, n in sorted(self.kept.items())) or "none"
+        dropped = ", ".join(f"{why}: {n}" for why, n in sorted(self.dropped.items())) or "none"
+        return f"{self.candidates} candidate responses; kept {sum(self.kept.values())} ({kept}); dropped ({dropped})"
+
+
+def split_long_response(text: str, tokens: ControlTokens = ControlTokens()) -> tuple[str, str] | None:
+    """A reasoning model's raw output -> (reasoning, final part); None when it never closes its thought.
+
+    Accepts outputs with or without the leading ``<think>`` (R1-style templates put it in the prompt).
+    """
+    body = text.strip()
+    if body.startswith(tokens.think):
+        body = body[len(tokens.think):]
+    reasoning, sep, final = body.partition(tokens.think_end)
+    if not sep:
+        return None
+    return reasoning.strip("\n"), final.strip()
+
+
+# ---------------------------------------------------------------- sources -> teacher responses
+
+def responses_from_columns(rows: Sequence[dict], *, question_column: str, answer_column: str | None,
+                           long_column: str | None = None, short_column: str | None = None,
+                           response_column: str | None = None, tokens: ControlTokens = ControlTokens(),
+                           difficulty_column: str | None = None) -> list[TeacherResponse]:
+    """Map a paired dataset's columns to teacher responses (two columns, or one control-token column)."""
+    if not rows:
+        raise WarmupDataError("the paired dataset has no rows")
+    if response_column is None and not (long_column or short_column):
+        raise WarmupDataError("paired data needs warmup.data.long_column and/or short_column, "
+                              "or warmup.data.response_column (text starting with a control token)")
+    available = sorted(rows[0].keys())
+    wanted = {"question_column": question_column, "answer_column": answer_column, "long_column": long_column,
+              "short_column": short_column, "response_column": response_column}
+    missing = {key: col for key, col in wanted.items() if col is not None and col not in rows[0]}
+    if missing:
+        listed = ", ".join(f"warmup.data.{key}={col!r}" for key, col in missing.items())
+        raise WarmupDataError(f"column mapping names missing column(s): {listed}; the data has: {', '.join(available)}")
+    out = []
+    for row in rows:
+        question = row.get(question_column)
+        if not isinstance(question, str) or not question.strip():
+            continue
+        gold = row.get(answer_column) if answer_column else None
+        gold = None if gold is None else str(gold)
+        level = row.get(difficulty_column) if difficulty_column else None
+        if response_column is not None:
+            parsed = parse_completion(row.get(response_column), tokens)
+            if parsed.mode is not None:
+                out.append(TeacherResponse(question, parsed.mode, parsed.reasoning, parsed.answer if parsed.closed else "",
+                                           gold, level))
+            else:
+                out.append(TeacherResponse(question, "", "", "", gold, level))  # counted as no control token
+            continue
+        if long_column and isinstance(row.get(long_column), str):
+            split = split_long_response(row[long_column], tokens)
+            reasoning, final = split if split else (row[long_column], "")
+            out.append(TeacherResponse(question, THINK, reasoning, final, gold, level))
+        if short_column and isinstance(row.get(short_column), str):
+            out.append(TeacherResponse(question, SHORT, "", row[short_column].strip(), gold, level))
+    return out
+
+
+def miniworld_responses(world, n_questions: int, seed_offset: int = 0) -> list[TeacherResponse]:
+    """Both exact mini-world teachers answer ``n_questions`` training questions."""
+    from thinkless_lite.data.miniworld import long_solution, short_solution
+
+    out = []
+    for item in world.sample("train", n_questions, seed_offset=seed_offset):
+        reasoning, answer = long_solution(item.question)
+        out.append(TeacherResponse(item.question, THINK, reasoning, answer, item.gold, item.difficulty))
+        out.append(TeacherResponse(item.question, SHORT, "", short_solution(item.question), item.gold, item.difficulty))
+    return out
+
+
+# ---------------------------------------------------------------- teacher generation (resumable)
+
+def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: str | Path, *, role: str,
+                          batch_size: int = 8, max_new_tokens: int = 1024, system_prompt: str | None = None,
+                          temperature: float = 0.0, seed: int = 0, backend: str = "auto", progress: bool = True) -> Path:
+    """Run one teacher over ``questions``, appending ``{"index", "role", "response"}`` lines to a JSONL.
+
+    Resumable: indices already in the file for this role are skipped, so a killed run continues
+    where it stopped. The teacher answers with its own chat template (an R1 template's forced
+    ``<think>`` is kept: that is how the reasoning teacher is meant to be run).
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkless_lite.mini_base import resolve_model_path
+    from thinkless_lite.model import compute_dtype, select_backend
+
+    if role not in ("long", "short"):
+        raise ValueError(f"role must be 'long' or 'short', got {role!r}")
+    out_path = Path(out_path)
+    written = read_teacher_file(out_path)
+    _check_questions(written, questions, out_path)
+    done = {row["index"] for row in written if row.get("role") == role}
+    todo = [i for i in range(len(questions)) if i not in done]
+    if not todo:
+        return out_path
+    _drop_torn_tail(out_path)
+    path = resolve_model_path(model_name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": compute_dtype("auto")}
+    if select_backend(backend).name != "full" and torch.cuda.is_available():
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=kwargs["dtype"])
+    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
+    if torch.cuda.is_available() and "quantization_config" not in kwargs:
+        model = model.cuda()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    bar = tqdm(total=len(todo), desc=f"{role} teacher ({Path(str(model_name)).name})", disable=not progress)
+    with out_path.open("a", encoding="utf-8") as sink:
+        for start in range(0, len(todo), batch_size):
+            chunk = todo[start:start + batch_size]
+            prompts = [tokenizer.apply_chat_template(
+                ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+                + [{"role": "user", "content": questions[i]}], tokenize=False, add_generation_prompt=True)
+                for i in chunk]
+            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+            with torch.no_grad():
+                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                     temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                     pad_token_id=tokenizer.pad_token_id)
+            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+            for index, text in zip(chunk, texts):
+                sink.write(json.dumps({"index": index, "role": role, "question": questions[index],
+                                       "response": text}) + "\n")
+            sink.flush()
+            bar.update(len(chunk))
+    bar.close()
+    return out_path
+
+
+def _check_questions(rows: Sequence[dict], questions: Sequence[str], path: str | Path) -> None:
+    """Lines record their question: one that disagrees with ``questions`` means the file is another run's."""
+    for row in rows:
+        i = row["index"]
+        if 0 <= i < len(questions) and "question" in row and row["question"] != questions[i]:
+            raise WarmupDataError(
+                f"{path}: the line for index {i} answers {row['question']!r}, but question {i} is now "
+                f"{questions[i]!r}: the file was written for other questions. Delete it or set "
+                f"warmup.data.generated_file to a new path.")
+
+
+def _drop_torn_tail(path: Path) -> None:
+    """Cut a torn last line (no newline: killed mid-write) so that appended lines start on a fresh line.
+
+    Without this the first line appended on resume would be glued to the fragment, unreadable, and lost.
+    """
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with path.open("r+b") as handle:
+            handle.truncate(data.rfind(b"\n") + 1)
+
+
+def read_teacher_file(path: str | Path) -> list[dict]:
+    """Lines of a teacher JSONL; a torn last line (the process was killed mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("index"), int) and isinstance(row.get("response"), str) \
+                and row.get("role") in ("long", "short"):
+            rows.append(row)
+    return rows
+
+
+def generated_responses(questions: Sequence[str], golds: Sequence[str | None], teacher_file: str | Path,
+                        tokens: ControlTokens = ControlTokens()) -> list[TeacherResponse]:
+    """Teacher JSONL -> teacher responses (long ones split at ``</think>``).
+
+    One response per (index, role), the first one written; indices beyond ``questions`` (a run with
+    fewer questions sharing the file) are ignored. A line recorded for another question at its index
+    means the file belongs to another question list: that raises :class:`WarmupDataError`.
+    """
+    rows = read_teacher_file(teacher_file)
+    _check_questions(rows, questions, teacher_file)
+    out = []
+    seen = set()
+    for row in rows:
+        i = row["index"]
+        if not 0 <= i < len(questions) or (i, row["role"]) in seen:
+            continue
+        seen.add((i, row["role"]))
+        if row["role"] == "long":
+            split = split_long_response(row["response"], tokens)
+            reasoning, final = split if split else (row["response"], "")
+            out.append(TeacherResponse(questions[i], THINK, reasoning, final, golds[i]))
+        else:
+            out.append(TeacherResponse(questions[i], SHORT, "", row["response"].strip(), golds[i]))
+    return out
+
+
+# ---------------------------------------------------------------- filter and mix
+
+def build_sft_examples(responses: Iterable[TeacherResponse], tokenizer, *, num_examples: int, short_share: float,
+                       seed: int = 0, max_completion_tokens: int | None = None, require_correct: bool = False,
+                       tokens: ControlTokens = ControlTokens(), system_prompt: str | None = None,
+                       ) -> tuple[list[dict], FilterReport]:
+    """Filter teacher responses and mix them into ``{"prompt", "completion", "mode", ...}`` examples.
+
+    Drops: no control token; no parsable final answer; wrong answers (``require_correct``); completions
+    over ``max_completion_tokens``. Then draws ``round(short_share * num_examples)`` short examples
+    and the rest think, shuffled with ``seed``. When one pool runs short, the other style fills the gap
+    as far as it can, unless its share is 0: ``short_share`` 0.0 or 1.0 always gives one style only.
+    """
+    from thinkless_lite.grading import extract_answer, grade_answer
+
+    report = FilterReport()
+    pools: dict[str, list[dict]] = {THINK: [], SHORT: []}
+    for response in responses:
+        report.candidates += 1
+        if response.mode not in (THINK, SHORT):
+            report.dropped["no control token"] += 1
+            continue
+        if not response.answer or extract_answer(response.answer) is None:
+            report.dropped[f"{response.mode}: no parsable answer"] += 1
+            continue
+        if require_correct:
+            if response.gold is None:
+                raise WarmupDataError("warmup.data.require_correct needs gold answers: set warmup.data.answer_column")
+            if not grade_answer(response.answer, response.gold):
+                report.dropped[f"{response.mode}: wrong answer"] += 1
+                continue
+        completion = format_completion(response.mode, response.answer, response.reasoning, tokens)
+        if max_completion_tokens is not None:
+            length = len(tokenizer(completion, add_special_tokens=False)["input_ids"])
+            if length > max_completion_tokens:
+                report.dropped[f"{response.mode}: longer than {max_completion_tokens} tokens"] += 1
+                continue
+        pools[response.mode].append({
+            "prompt": format_prompt(tokenizer, response.question, system_prompt, tokens=tokens),
+            "completion": completion, "mode": response.mode, "question": response.question,
+            "gold": response.gold, "difficulty": response.difficulty})
+    rng = random.Random(seed)
+    want_short = round(short_share * num_examples)
+    want_think = num_examples - want_short
+    n_short = min(want_short, len(pools[SHORT]))
+    n_think = min(want_think, len(pools[THINK]))
+    if short_share < 1:  # short pool ran dry: think fills in (never into a think-free mix)
+        n_think = min(num_examples - n_short, len(pools[THINK]))
+    if short_share > 0:  # think pool ran dry: short fills in (never into a short-free mix)
+        n_short = min(num_examples - n_think, len(pools[SHORT]))
+    if (n_short, n_think) != (want_short, want_think):
+        log.warning("warm-up data: asked for %d short + %d think examples, the filtered pools gave %d + %d",
+                    want_short, want_think, n_short, n_think)
+    examples = rng.sample(pools[SHORT], n_short) + rng.sample(pools[THINK], n_think)
+    rng.shuffle(examples)
+    report.kept.update({SHORT: n_short, THINK: n_think})
+    if not examples:
+        raise WarmupDataError(f"no warm-up examples left after filtering: {report}")
+    log.info("warm-up data: %s", report)
+    return examples, report

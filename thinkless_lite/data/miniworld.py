@@ -1,0 +1,149 @@
+"""The mini-world: chained single-digit arithmetic mod 10, with a difficulty knob.
+
+``7+3*2-5`` is read left to right mod 10: (7+3)=0, 0*2=0, 0-5=5. Difficulty is the number of
+operations k. A step-by-step solution needs one easy step per operation, so a small model solves
+every k reliably; a direct answer must compose k steps in one forward pass, which a tiny model can
+only do for k=1. That is exactly the regime Thinkless is about: think only when it pays.
+
+Two teachers, both exact: the long-form solver writes an R1-style chain (restates the task, one
+line per step, a closing sentence: the verbosity is deliberate, reasoning models overthink easy
+questions), the short-form solver writes the answer alone.
+
+Splits are decided by a hash of the expression, so train and test never overlap whatever the seed,
+and every item is a pure function of (seed, split, index).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from thinkless_lite.data.items import MathItem
+
+OPERATORS = ("+", "-", "*")
+SPLITS = ("train", "test")
+# Default mix leans easy, like GSM8K for a reasoning model (the paper thinks on 13% of GSM8K).
+# Token arithmetic: forced think costs ~53 + 8k tokens, a direct answer 3, and only k=1 is reliably
+# answerable directly; with 70% of items at k=1 a well-routed model needs ~43% of forced-think
+# tokens, at 60% it would need ~52%.
+DEFAULT_DIFFICULTY_WEIGHTS = {1: 0.7, 2: 0.05, 3: 0.05, 4: 0.04, 5: 0.04, 6: 0.04, 7: 0.04, 8: 0.04}
+
+
+def apply(op: str, left: int, right: int) -> int:
+    if op == "+":
+        return (left + right) % 10
+    if op == "-":
+        return (left - right) % 10
+    if op == "*":
+        return (left * right) % 10
+    raise ValueError(f"unknown operator {op!r}; expected one of {OPERATORS}")
+
+
+def solve_steps(expression: str) -> list[tuple[int, str, int, int]]:
+    """Evaluate left to right; returns (left, op, right, result) per operation."""
+    text = expression.replace(" ", "")
+    if len(text) < 3 or len(text) % 2 == 0:
+        raise ValueError(f"not a mini-world expression: {expression!r} (expected e.g. '7+3*2')")
+    value = int(text[0])
+    steps = []
+    for i in range(1, len(text), 2):
+        op, right = text[i], int(text[i + 1])
+        result = apply(op, value, right)
+        steps.append((value, op, right, result))
+        value = result
+    return steps
+
+
+def solve(expression: str) -> int:
+    steps = solve_steps(expression)
+    return steps[-1][3]
+
+
+def long_solution(expression: str) -> tuple[str, str]:
+    """The reasoning teacher: (reasoning, answer). Reasoning goes between <think> and </think>."""
+    steps = solve_steps(expression)
+    lines = "".join(f"{a}{op}{b}={r}\n" for a, op, b, r in steps)
+    answer = str(steps[-1][3])
+    return f"Let me solve {expression} step by step.\n{lines}So the answer is {answer}.\n", answer
+
+
+def short_solution(expression: str) -> str:
+    """The instruction teacher: the answer alone."""
+    return str(solve(expression))
+
+
+def split_of(expression: str, test_fraction: float) -> str:
+    """Hash-based split: an expression lands in one split forever, independent of any seed."""
+    digest = hashlib.sha256(expression.encode()).digest()
+    return "test" if int.from_bytes(digest[:4], "big") / 2**32 < test_fraction else "train"
+
+
+@dataclass(frozen=True)
+class MiniWorld:
+    """Task family settings. ``difficulty_weights`` maps k (operations) to sampling weight."""
+
+    difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS))
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self):
+        if not self.difficulty_weights:
+            raise ValueError("difficulty_weights is empty; give e.g. {1: 0.5, 4: 0.5}")
+        for k, w in self.difficulty_weights.items():
+            if int(k) < 1 or w < 0:
+                raise ValueError(f"difficulty_weights has a bad entry {k}: {w} (levels >= 1, weights >= 0)")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+
+    @property
+    def levels(self) -> list[int]:
+        return sorted(int(k) for k in self.difficulty_weights)
+
+    def _draw_expression(self, rng: random.Random, k: int) -> str:
+        parts = [str(rng.randrange(10))]
+        for _ in range(k):
+            parts += [rng.choice(OPERATORS), str(rng.randrange(10))]
+        return "".join(parts)
+
+    def sample(self, split: str, n: int, *, difficulties: Sequence[int] | None = None,
+               seed_offset: int = 0) -> list[MathItem]:
+        """``n`` items of ``split``; difficulties drawn from the mix, or cycled over ``difficulties``.
+
+        Deterministic in (seed, split, seed_offset). k=1 has only 300 distinct expressions, so
+        small levels repeat items within a split; the splits themselves never share one.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        rng = random.Random(f"{self.seed}:{split}:{seed_offset}")
+        levels = self.levels
+        weights = [self.difficulty_weights[k] for k in levels]
+        items = []
+        for i in range(n):
+            k = difficulties[i % len(difficulties)] if difficulties else rng.choices(levels, weights)[0]
+            while True:
+                expression = self._draw_expression(rng, k)
+                if split_of(expression, self.test_fraction) == split:
+                    break
+            items.append(MathItem(question=expression, gold=short_solution(expression),
+                                  id=f"mini-{split}-{seed_offset}-{i}", difficulty=k, source="miniworld"))
+        return items
+
+    def teacher_rows(self, items: Sequence[MathItem]) -> list[dict]:
+        """Rows for the hybrid warm-up builder: question, gold, long and short responses."""
+        rows = []
+        for item in items:
+            reasoning, answer = long_solution(item.question)
+            rows.append({"question": item.question, "answer": item.gold, "difficulty": item.difficulty,
+                         "long_reasoning": reasoning, "long_answer": answer,
+                         "short_answer": short_solution(item.question)})
+        return rows
+
+
+def benchmark_items(limit: int | None = None, *, per_level: int = 50, world: MiniWorld | None = None) -> list[MathItem]:
+    """The held-out evaluation set: ``per_level`` test items at every difficulty level."""
+    world = world or MiniWorld()
+    levels = world.levels
+    items = world.sample("test", per_level * len(levels), difficulties=levels, seed_offset=10_000)
+    return items[:limit] if limit else items

@@ -1,0 +1,224 @@
+"""Inference: batched and streaming generation that reports the mode the model chose and why.
+
+The decision step is made explicit: one forward pass over the prompt gives the first-token
+distribution, from which we read P(<think>) = p(think) / (p(think) + p(short)) and pick the control
+token (sampled in ``auto``, forced in ``think``/``short``, thresholded with ``tau``). Generation then
+continues from prompt + control token. Evaluation, the demo and the notebooks all call this module.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from thinkless_lite.tokens import SHORT, THINK, ControlTokens, format_prompt, parse_completion
+
+INFERENCE_MODES = ("auto", "think", "short")
+
+
+@dataclass
+class Generation:
+    """One answer: what was asked, which mode was taken, what came out and what it cost."""
+
+    question: str
+    mode: str | None          # think | short | None (no control token: a format error)
+    requested: str            # auto | think | short | tau=<value>
+    p_think: float            # P(<think>) at the decision step, renormalised over the two control tokens
+    reasoning: str
+    answer: str
+    completion: str           # raw decoded completion, control token included
+    num_tokens: int           # generated tokens, control token and end-of-sequence included
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+
+
+def _check_mode(mode: str, tau: float | None) -> str:
+    if mode not in INFERENCE_MODES:
+        raise ValueError(f"mode must be one of {INFERENCE_MODES}, got {mode!r}")
+    if tau is not None and not 0.0 <= tau <= 1.0:
+        raise ValueError(f"tau must be within 0..1, got {tau}")
+    return f"tau={tau:g}" if tau is not None and mode == "auto" else mode
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
+    """Greedy at temperature 0, else temperature + nucleus sampling, row-wise."""
+    if settings.temperature <= 0:
+        return logits.argmax(dim=-1)
+    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
+    if settings.top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < settings.top_p
+        sorted_probs = sorted_probs * keep
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
+
+
+@torch.no_grad()
+def decide(model, tokenizer, prompts: Sequence[str], *, mode: str = "auto", tau: float | None = None,
+           settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
+           generator: torch.Generator | None = None):
+    """The decision step for a batch: (encoded prompts, first token ids, P(think) per prompt)."""
+    _check_mode(mode, tau)
+    tokenizer.padding_side = "left"
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=False).to(_device(model))
+    logits = model(**batch).logits[:, -1, :]
+    short_id, think_id = tokenizer.convert_tokens_to_ids([tokens.short, tokens.think])
+    pair = torch.softmax(logits[:, [short_id, think_id]].float(), dim=-1)
+    p_think = pair[:, 1]
+    if mode == "think":
+        first = torch.full_like(p_think, think_id, dtype=torch.long)
+    elif mode == "short":
+        first = torch.full_like(p_think, short_id, dtype=torch.long)
+    elif tau is not None:
+        first = torch.where(p_think >= tau, think_id, short_id).long()
+    else:
+        generator = generator or torch.Generator().manual_seed(settings.seed)
+        first = _sample(logits, settings, generator)
+    return batch, first, p_think.tolist()
+
+
+def _generate_kwargs(tokenizer, settings: SamplingSettings) -> dict:
+    kwargs = {"max_new_tokens": max(settings.max_new_tokens - 1, 1), "pad_token_id": tokenizer.pad_token_id,
+              "eos_token_id": tokenizer.eos_token_id, "do_sample": settings.temperature > 0}
+    if settings.temperature > 0:
+        kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
+    else:
+        kwargs.update(temperature=None, top_p=None, top_k=None)
+    return kwargs
+
+
+def _count_tokens(ids: torch.Tensor, tokenizer) -> int:
+    """Generated tokens up to and including the first end-of-sequence (padding excluded)."""
+    ids = ids.tolist()
+    if tokenizer.eos_token_id in ids:
+        return ids.index(tokenizer.eos_token_id) + 1
+    return sum(1 for t in ids if t != tokenizer.pad_token_id)
+
+
+@torch.no_grad()
+def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", tau: float | None = None,
+             settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
+             system_prompt: str | None = None, batch_size: int = 32, progress: bool = False) -> list[Generation]:
+    """Answer ``questions`` in batches; ``mode`` auto|think|short, ``tau`` thresholds P(think) in auto."""
+    from tqdm.auto import tqdm
+
+    requested = _check_mode(mode, tau)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    was_training = model.training
+    model.eval()
+    results: list[Generation] = []
+    starts = range(0, len(questions), batch_size)
+    for start in tqdm(starts, desc=f"generating ({requested})", disable=not progress):
+        chunk = list(questions[start:start + batch_size])
+        began = time.time()
+        prompts = [format_prompt(tokenizer, q, system_prompt, tokens=tokens) for q in chunk]
+        batch, first, p_think = decide(model, tokenizer, prompts, mode=mode, tau=tau, settings=settings,
+                                       tokens=tokens, generator=generator)
+        input_ids = torch.cat([batch["input_ids"], first[:, None]], dim=1)
+        attention = torch.cat([batch["attention_mask"], torch.ones_like(first[:, None])], dim=1)
+        finished = first == tokenizer.eos_token_id
+        out = model.generate(input_ids=input_ids, attention_mask=attention, **_generate_kwargs(tokenizer, settings))
+        new_ids = out[:, input_ids.shape[1]:]
+        elapsed = (time.time() - began) / len(chunk)
+        for i, question in enumerate(chunk):
+            rest = new_ids[i] if not finished[i] else new_ids[i][:0]
+            completion_ids = torch.cat([first[i:i + 1], rest])
+            text = tokenizer.decode(completion_ids, skip_special_tokens=True)
+            parsed = parse_completion(text, tokens)
+            results.append(Generation(
+                question=question, mode=parsed.mode, requested=requested, p_think=float(p_think[i]),
+                reasoning=parsed.reasoning, answer=parsed.answer, completion=text,
+                num_tokens=1 + (_count_tokens(rest, tokenizer) if len(rest) else 0), seconds=elapsed))
+    if was_training:
+        model.train()
+    return results
+
+
+@dataclass
+class StreamEvent:
+    """``decision`` (mode and P(think) known), ``text`` (a new piece of completion), or ``done``."""
+
+    kind: str
+    text: str = ""
+    mode: str | None = None
+    p_think: float | None = None
+    generation: Generation | None = None
+
+
+def stream(model, tokenizer, question: str, *, mode: str = "auto", tau: float | None = None,
+           settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
+           system_prompt: str | None = None) -> Iterator[StreamEvent]:
+    """Yield the decision first, then text as it is generated, then the finished Generation."""
+    from transformers import TextIteratorStreamer
+
+    requested = _check_mode(mode, tau)
+    began = time.time()
+    model.eval()
+    prompt = format_prompt(tokenizer, question, system_prompt, tokens=tokens)
+    torch.manual_seed(settings.seed)
+    batch, first, p_think = decide(model, tokenizer, [prompt], mode=mode, tau=tau, settings=settings, tokens=tokens)
+    first_text = tokenizer.decode(first, skip_special_tokens=True)
+    chosen = parse_completion(first_text, tokens).mode
+    yield StreamEvent("decision", text=first_text, mode=chosen, p_think=p_think[0])
+    pieces = [first_text]
+    count = 1
+    if int(first[0]) != tokenizer.eos_token_id:
+        streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
+        input_ids = torch.cat([batch["input_ids"], first[:, None]], dim=1)
+        attention = torch.ones_like(input_ids)
+        kwargs = dict(input_ids=input_ids, attention_mask=attention, streamer=streamer,
+                      **_generate_kwargs(tokenizer, settings))
+        holder: dict = {}
+
+        def run():
+            try:
+                with torch.no_grad():
+                    holder["out"] = model.generate(**kwargs)
+            except Exception as err:  # noqa: BLE001 - re-raised in the caller's thread below
+                holder["error"] = err
+                streamer.end()
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        for piece in streamer:
+            if piece:
+                pieces.append(piece)
+                yield StreamEvent("text", text=piece)
+        worker.join()
+        if "error" in holder:
+            raise holder["error"]
+        count += _count_tokens(holder["out"][0, input_ids.shape[1]:], tokenizer)
+    text = "".join(pieces)
+    parsed = parse_completion(text, tokens)
+    yield StreamEvent("done", mode=parsed.mode, p_think=p_think[0], generation=Generation(
+        question=question, mode=parsed.mode, requested=requested, p_think=p_think[0], reasoning=parsed.reasoning,
+        answer=parsed.answer, completion=text, num_tokens=count, seconds=time.time() - began))
+
+
+def think_ratio(generations: Sequence[Generation]) -> float:
+    return sum(g.mode == THINK for g in generations) / max(len(generations), 1)
+
+
+def short_ratio(generations: Sequence[Generation]) -> float:
+    return sum(g.mode == SHORT for g in generations) / max(len(generations), 1)

@@ -1,0 +1,88 @@
+"""The Thinkless reward: correctness, with a bonus for getting it right without thinking.
+
+Correct short answers earn more than correct thinking answers, so the policy learns to think
+only when it must; a wrong answer or a malformed completion is penalised whichever mode it chose.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from thinkless_lite.grading import extract_answer, grade_answer
+from thinkless_lite.tokens import SHORT, ControlTokens, parse_completion
+
+
+@dataclass(frozen=True)
+class RewardTable:
+    """Reward per outcome; the defaults are the paper's released values."""
+
+    short_correct: float = 1.0
+    think_correct: float = 0.5
+    short_wrong: float = -1.0
+    think_wrong: float = -1.0
+    format_error: float = -1.0
+
+
+@dataclass(frozen=True)
+class ScoredCompletion:
+    """The reward and why: the mode chosen (None if none), correctness, and format failure."""
+
+    reward: float
+    mode: str | None
+    correct: bool
+    format_error: bool
+
+
+def score_completion(completion: str, gold: str, table: RewardTable = RewardTable(),
+                     tokens: ControlTokens = ControlTokens()) -> ScoredCompletion:
+    """Score one completion against its gold answer.
+
+    Only the answer part is graded (after ``</think>`` or ``<short>``): a number the model
+    wrote while reasoning must not count. A missing control token, an unclosed ``<think>``
+    or an answer part with no answer in it is a format error.
+    """
+    parsed = parse_completion(completion, tokens)
+    if not parsed.format_ok or extract_answer(parsed.answer) is None:
+        return ScoredCompletion(table.format_error, parsed.mode, correct=False, format_error=True)
+    correct = grade_answer(parsed.answer, gold)
+    if parsed.mode == SHORT:
+        reward = table.short_correct if correct else table.short_wrong
+    else:
+        reward = table.think_correct if correct else table.think_wrong
+    return ScoredCompletion(reward, parsed.mode, correct=correct, format_error=False)
+
+
+def thinkless_reward(completion: str, gold: str, table: RewardTable = RewardTable(),
+                     tokens: ControlTokens = ControlTokens()) -> float:
+    """The scalar reward of :func:`score_completion`."""
+    return score_completion(completion, gold, table, tokens).reward
+
+
+def _completion_text(completion) -> str | None:
+    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
+        return completion[-1].get("content")
+    return completion
+
+
+def make_reward_function(table: RewardTable = RewardTable(), tokens: ControlTokens = ControlTokens(),
+                         answer_column: str = "answer") -> Callable[..., list[float]]:
+    """A TRL reward function: ``f(completions, **dataset_columns) -> list[float]``.
+
+    TRL passes every dataset column as a keyword list aligned with ``completions``; the gold
+    answers are read from ``answer_column``. Completions are plain strings; a conversational
+    completion (a list of messages) is read from its last message's content.
+    """
+
+    def thinkless_reward_fn(completions: Sequence[str], **kwargs) -> list[float]:
+        if answer_column not in kwargs:
+            raise KeyError(f"reward function needs the dataset column {answer_column!r}; got {sorted(kwargs)}")
+        golds = kwargs[answer_column]
+        if len(golds) != len(completions):
+            raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
+        return [thinkless_reward(_completion_text(completion), gold, table, tokens)
+                for completion, gold in zip(completions, golds)]
+
+    thinkless_reward_fn.__name__ = "thinkless_reward"
+    thinkless_reward_fn.__qualname__ = "thinkless_reward"
+    return thinkless_reward_fn

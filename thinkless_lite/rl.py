@@ -1,0 +1,143 @@
+"""Stage 2, DeGRPO: reinforcement learning that teaches the model when to think.
+
+    thinkless-lite rl --config configs/mini.yaml
+
+Starts from the warm-up adapter (``<run>/warmup/adapter`` when present, or ``model.adapter_path``),
+samples ``rl.num_generations`` answers per question, rewards them by mode and correctness
+(+1 short right, +0.5 think right, -1 wrong), and updates the adapter with the decoupled loss.
+Writes ``<run>/rl/{adapter/, metrics.jsonl, curves.png, resolved.yaml}``; reruns resume from the
+last complete checkpoint. Departures from the paper: LoRA on a 4-bit base; on the mini-world alpha is
+raised because completions are ~50 tokens rather than thousands (see configs/mini.yaml).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
+                                      align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
+                                      read_metrics)
+from thinkless_lite.config import RunConfig, save_resolved
+from thinkless_lite.model import compute_dtype, load_model, save_adapter
+from thinkless_lite.plots import plot_rl_curves
+from thinkless_lite.rewards import RewardTable
+from thinkless_lite.tokens import format_prompt
+from thinkless_lite.trainer import DeGRPOTrainer, RecordingReward
+from thinkless_lite.warmup import mini_world
+
+log = logging.getLogger("thinkless_lite")
+
+GOLD_FORMATS = ("plain", "gsm8k", "boxed")
+
+
+def rl_items(cfg: RunConfig):
+    """Training questions with gold answers, from the mini-world, the hub or a local file."""
+    data = cfg.rl.data
+    if data.source == "miniworld":
+        return mini_world(cfg).sample("train", data.num_examples, seed_offset=1)
+    from thinkless_lite.data.benchmarks import gsm8k_gold, last_boxed
+    from thinkless_lite.data.sources import ColumnMap, load_rows, rows_to_items
+
+    if data.gold_format not in GOLD_FORMATS:
+        raise ValueError(f"rl.data.gold_format must be one of {GOLD_FORMATS}, got {data.gold_format!r}")
+    normalizer = {"plain": None, "gsm8k": gsm8k_gold, "boxed": last_boxed}[data.gold_format]
+    rows = load_rows(data.source, split=data.split, config=data.hub_config)
+    items, _ = rows_to_items(rows, ColumnMap(question=data.question_column, answer=data.answer_column),
+                             source_name=data.source, gold_normalizer=normalizer, limit=data.num_examples)
+    return items
+
+
+def start_adapter(cfg: RunConfig) -> str | None:
+    """Explicit model.adapter_path wins; else this run's warm-up adapter if it exists."""
+    if cfg.model.adapter_path:
+        return cfg.model.adapter_path
+    warm = cfg.run_dir / "warmup" / "adapter"
+    return str(warm) if (warm / "adapter_config.json").exists() else None
+
+
+def grpo_config(cfg: RunConfig, output_dir: Path):
+    from trl import GRPOConfig
+
+    rl = cfg.rl
+    generation_batch = rl.prompts_per_step * rl.num_generations
+    world = max(int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1, 1)
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", world))
+    if generation_batch % (world * rl.gradient_accumulation_steps):
+        raise ValueError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
+                         f"processes x rl.gradient_accumulation_steps ({world} x {rl.gradient_accumulation_steps})")
+    on_gpu = torch.cuda.is_available()
+    args = dict(
+        output_dir=str(output_dir), max_steps=rl.max_steps, learning_rate=rl.learning_rate,
+        per_device_train_batch_size=generation_batch // (world * rl.gradient_accumulation_steps),
+        gradient_accumulation_steps=rl.gradient_accumulation_steps, num_generations=rl.num_generations,
+        max_completion_length=rl.max_completion_length, temperature=rl.temperature, top_p=rl.top_p,
+        beta=rl.beta, epsilon=rl.clip_eps, loss_type="dapo", scale_rewards="group" if rl.scale_rewards else "none",
+        num_iterations=1, logging_steps=rl.logging_steps, save_steps=rl.save_steps,
+        save_total_limit=rl.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
+        report_to=list(rl.report_to) or "none", use_cpu=not on_gpu, lr_scheduler_type="constant_with_warmup",
+        warmup_steps=0, bf16=on_gpu and compute_dtype(cfg.model.dtype) == torch.bfloat16,
+        fp16=on_gpu and compute_dtype(cfg.model.dtype) == torch.float16, gradient_checkpointing=False,
+        log_completions=False, disable_tqdm=False, dataloader_num_workers=0, max_grad_norm=1.0,
+    )
+    args.update(rl.trainer_overrides)
+    return GRPOConfig(**args)
+
+
+def main(cfg: RunConfig) -> dict:
+    """Run DeGRPO; returns the adapter path, steps, wall time and the final training metrics."""
+    from datasets import Dataset
+
+    began = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stage_dir = cfg.run_dir / "rl"
+    adapter = start_adapter(cfg)
+    model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
+    save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
+    loaded = load_model(model_cfg, trainable=True, seed=cfg.seed)
+    print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
+    tokens = cfg.model.control_tokens
+    items = rl_items(cfg)
+    dataset = Dataset.from_list([{"prompt": format_prompt(loaded.tokenizer, it.question, cfg.model.system_prompt),
+                                  "answer": it.gold, "difficulty": it.difficulty or 0} for it in items])
+    recorder = RecordingReward(RewardTable(**dataclasses.asdict(cfg.rl.reward)), tokens)
+    checkpoints = stage_dir / "checkpoints"
+    metrics_path = stage_dir / "metrics.jsonl"
+    resume = last_complete_checkpoint(checkpoints)
+    align_metrics_with_checkpoint(metrics_path, resume)
+    trainer = DeGRPOTrainer(
+        model=loaded.model, reward_funcs=[recorder], args=grpo_config(cfg, checkpoints), train_dataset=dataset,
+        processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
+        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder,
+        callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
+    if resume:
+        print(f"resuming RL from {resume}")
+    with explain_out_of_memory("rl.num_generations, rl.prompts_per_step, rl.max_completion_length "
+                               "(or raise rl.gradient_accumulation_steps)"):
+        trainer.train(resume_from_checkpoint=resume)
+    adapter_dir = save_adapter(loaded, stage_dir / "adapter")
+    rows = read_metrics(metrics_path)
+    curves = plot_rl_curves(rows, stage_dir / "curves.png",
+                            title=f"{'DeGRPO' if cfg.rl.decoupled else 'vanilla GRPO'} (alpha={cfg.rl.alpha:g})")
+    final = {k: v for row in rows for k, v in row.items() if k in FINAL_KEYS}
+    dropped = [row["groups_dropped"] for row in rows if isinstance(row.get("groups_dropped"), float)]
+    if dropped and min(dropped) >= 1.0:
+        log.warning("every group had equal rewards at every step, so nothing was learned: the model is always right "
+                    "or always wrong (or never emits a control token) on these prompts. Check the warm-up, the data's "
+                    "difficulty and rl.max_completion_length.")
+    summary = {"adapter": str(adapter_dir), "steps": trainer.state.global_step, "curves": str(curves),
+               "metrics": str(metrics_path), "seconds": round(time.time() - began, 1), "final": final,
+               "resumed_from": resume, "decoupled": cfg.rl.decoupled}
+    log.info("RL done: %s", summary)
+    return summary
+
+
+FINAL_KEYS = ("think_ratio", "accuracy", "accuracy_think", "accuracy_short", "reward", "format_error_rate",
+              "tokens_think", "tokens_short", "groups_all_correct", "groups_all_wrong", "kl", "loss")

@@ -1,0 +1,131 @@
+"""DeGRPO on TRL's GRPOTrainer: the smallest override that turns the stock loss into the decoupled one.
+
+Generation, vLLM, Unsloth's patched trainer, accelerate, checkpointing and logging all stay TRL's.
+We override one documented hook, ``_generate_and_score_completions``, and hand the loss per-token
+advantages of shape (B, T) (TRL's ``_compute_loss`` accepts them). With TRL's token-sum ``dapo``
+aggregation, whose normaliser spans the whole generation batch on every process, per-token weights
+from :func:`thinkless_lite.losses.loss_token_weights` make the stock clipped surrogate equal to
+:func:`thinkless_lite.losses.degrpo_loss` exactly (the surrogate is positively homogeneous in A).
+
+Also here: dropping groups whose rewards are all equal (as the release does) and the metrics users
+watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups).
+"""
+
+from __future__ import annotations
+
+import torch
+from trl import GRPOTrainer
+
+from thinkless_lite.compat import fused_logprobs_available, plain_logps_and_entropies, restore_adapter_precision
+
+from thinkless_lite.losses import informative_groups, loss_token_weights
+from thinkless_lite.rewards import RewardTable, score_completion
+from thinkless_lite.tokens import SHORT, THINK, ControlTokens
+
+
+class RecordingReward:
+    """TRL reward function that keeps each completion's outcome for the trainer's metrics."""
+
+    __name__ = "thinkless_reward"
+
+    def __init__(self, table: RewardTable, tokens: ControlTokens, answer_column: str = "answer"):
+        self.table, self.tokens, self.answer_column = table, tokens, answer_column
+        self.last_outcomes: list = []
+
+    def __call__(self, completions, **kwargs) -> list[float]:
+        golds = kwargs[self.answer_column]
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        self.last_outcomes = [score_completion(t, str(g), self.table, self.tokens) for t, g in zip(texts, golds)]
+        return [o.reward for o in self.last_outcomes]
+
+
+class DeGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose loss is DeGRPO (``decoupled=True``) or token-exact vanilla GRPO (``False``)."""
+
+    def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
+                 recorder: RecordingReward | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        restore_adapter_precision(self.model)
+        if self.loss_type != "dapo":
+            raise ValueError(f"DeGRPOTrainer needs GRPOConfig(loss_type='dapo') (token-sum over the generation "
+                             f"batch); got {self.loss_type!r}")
+        self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
+        self.recorder = recorder
+        self._last_rewards: torch.Tensor | None = None
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        """TRL's fused head needs Triton (GPU); elsewhere the same numbers come from a plain forward."""
+        if fused_logprobs_available() or any(v is not None for v in multimodal.values()):
+            return super()._get_per_token_logps_and_entropies(
+                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
+                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+        return plain_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                         compute_entropy, compute_aux_loss)
+
+    def _generate_single_turn(self, *args, **kwargs):
+        """Sample in eval mode: with gradient checkpointing on, a model in train mode drops its KV cache
+        while ``generate`` still feeds one token per step, so every token after the first loses its context."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return super()._generate_single_turn(*args, **kwargs)
+        finally:
+            self.model.train(was_training)
+
+    def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
+        rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
+        self._last_rewards = rewards  # gathered over processes, groups consecutive
+        return rewards
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        local = out["completion_ids"].shape[0]
+        start = self.accelerator.process_index * local
+        rewards = torch.nansum(self._last_rewards, dim=1)
+        keep_all = informative_groups(rewards, self.num_generations) if self.drop_uniform_groups \
+            else torch.ones_like(rewards, dtype=torch.bool)
+        keep = keep_all[start:start + local].to(out["completion_mask"].device)
+        mask = out["completion_mask"].float() * keep[:, None].float()
+        # Global counts, so every process weights its tokens against the same whole batch.
+        counts = torch.stack([mask[:, 0].sum(), mask[:, 1:].sum(), (mask.sum(1) > 0).float().sum()])
+        counts = self.accelerator.reduce(counts, reduction="sum")
+        weights = loss_token_weights(
+            mask, alpha=self.alpha, decoupled=self.decoupled, normalizer=out["num_items_in_batch"].float(),
+            n_control=counts[0], n_response=counts[1], n_sequences=counts[2])
+        out["advantages"] = out["advantages"].reshape(-1, 1) * weights
+        self._record_metrics(out["completion_mask"], rewards, keep_all)
+        return out
+
+    def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor) -> None:
+        if self.recorder is None or not self.recorder.last_outcomes:
+            return
+        mode = "train" if self.model.training else "eval"
+        outcomes = self.recorder.last_outcomes
+        device = completion_mask.device
+        is_think = torch.tensor([o.mode == THINK for o in outcomes], device=device, dtype=torch.float)
+        is_short = torch.tensor([o.mode == SHORT for o in outcomes], device=device, dtype=torch.float)
+        correct = torch.tensor([o.correct for o in outcomes], device=device, dtype=torch.float)
+        fmt = torch.tensor([o.format_error for o in outcomes], device=device, dtype=torch.float)
+        lengths = completion_mask.sum(1).float()
+        rows = torch.stack([is_think, is_short, correct, fmt, lengths], dim=1)
+        rows = self.accelerator.gather(rows)
+        think, short, correct, fmt, lengths = rows.unbind(1)
+        n = rows.shape[0]
+        groups = correct.view(-1, self.num_generations)
+        metrics = self._metrics[mode]
+
+        def ratio(num, den):
+            return (num / den).item() if den > 0 else float("nan")
+
+        metrics["think_ratio"].append(ratio(think.sum(), n))
+        metrics["accuracy"].append(ratio(correct.sum(), n))
+        metrics["accuracy_think"].append(ratio((correct * think).sum(), think.sum()))
+        metrics["accuracy_short"].append(ratio((correct * short).sum(), short.sum()))
+        metrics["format_error_rate"].append(ratio(fmt.sum(), n))
+        metrics["tokens_think"].append(ratio((lengths * think).sum(), think.sum()))
+        metrics["tokens_short"].append(ratio((lengths * short).sum(), short.sum()))
+        metrics["groups_all_correct"].append((groups.min(1).values == 1).float().mean().item())
+        metrics["groups_all_wrong"].append((groups.max(1).values == 0).float().mean().item())
+        metrics["groups_dropped"].append(1.0 - keep_all.float().view(-1, self.num_generations)[:, 0].mean().item())
+

@@ -1,0 +1,137 @@
+"""Stage 1, warm-up distillation: teach a reasoning model both answer styles behind control tokens.
+
+    thinkless-lite warmup --config configs/mini.yaml
+
+Builds hybrid SFT data (mini-world teachers, a paired dataset, or two teacher models run here),
+then trains a QLoRA adapter with TRL's SFTTrainer on completions only. Writes
+``<run>/warmup/{adapter/, resolved.yaml, metrics.jsonl, data_report.txt}``; a rerun resumes from the
+last complete checkpoint. Departure from the paper: LoRA adapters on a 4-bit base instead of full
+fine-tuning, so only the adapter and the new control-token rows train.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+
+from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
+                                      align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
+                                      read_metrics)
+from thinkless_lite.compat import PortableSFTTrainer
+from thinkless_lite.config import RunConfig, save_resolved
+from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generate_teacher_file,
+                                        generated_responses, miniworld_responses, responses_from_columns)
+from thinkless_lite.data.miniworld import MiniWorld
+from thinkless_lite.model import compute_dtype, load_model, load_tokenizer, save_adapter
+
+log = logging.getLogger("thinkless_lite")
+
+
+def mini_world(cfg: RunConfig) -> MiniWorld:
+    w = cfg.miniworld
+    return MiniWorld(difficulty_weights={int(k): float(v) for k, v in w.difficulty_weights.items()},
+                     test_fraction=w.test_fraction, seed=w.seed)
+
+
+def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
+    """The configured source -> teacher responses (both styles per question where available)."""
+    data = cfg.warmup.data
+    tokens = cfg.model.control_tokens
+    if data.source == "miniworld":
+        return miniworld_responses(mini_world(cfg), data.num_examples)
+    if not data.path:
+        raise WarmupDataError(f"warmup.data.source={data.source} needs warmup.data.path (hub dataset id or local file)")
+    from thinkless_lite.data.sources import load_rows
+
+    rows = load_rows(data.path, split=data.split, config=data.hub_config)
+    if data.source == "paired":
+        return responses_from_columns(rows, question_column=data.question_column, answer_column=data.answer_column,
+                                      long_column=data.long_column, short_column=data.short_column,
+                                      response_column=data.response_column, tokens=tokens)
+    # generate: run both teachers over the questions, resumably, then read their answers back.
+    if not (data.reasoning_model and data.instruct_model):
+        raise WarmupDataError("warmup.data.source=generate needs warmup.data.reasoning_model and instruct_model")
+    if data.question_column not in rows[0]:
+        raise WarmupDataError(f"warmup.data.question_column={data.question_column!r} is not a column; "
+                              f"the data has: {', '.join(sorted(rows[0]))}")
+    rows = [r for r in rows if isinstance(r.get(data.question_column), str)][: data.num_examples]
+    questions = [r[data.question_column] for r in rows]
+    golds = [None if r.get(data.answer_column) is None else str(r[data.answer_column]) for r in rows] \
+        if data.answer_column else [None] * len(rows)
+    target = Path(data.generated_file or stage_dir / "teacher_responses.jsonl")
+    generate_teacher_file(data.reasoning_model, questions, target, role="long", batch_size=data.generation_batch_size,
+                          max_new_tokens=data.max_new_tokens_long, seed=cfg.seed, system_prompt=cfg.model.system_prompt)
+    generate_teacher_file(data.instruct_model, questions, target, role="short", batch_size=data.generation_batch_size,
+                          max_new_tokens=data.max_new_tokens_short, seed=cfg.seed, system_prompt=cfg.model.system_prompt)
+    return generated_responses(questions, golds, target, tokens)
+
+
+def sft_config(cfg: RunConfig, output_dir: Path):
+    from trl import SFTConfig
+
+    w = cfg.warmup
+    on_gpu = torch.cuda.is_available()
+    dtype = cfg.model.dtype
+    args = dict(
+        output_dir=str(output_dir), max_steps=w.max_steps, num_train_epochs=w.num_train_epochs,
+        learning_rate=w.learning_rate, per_device_train_batch_size=w.per_device_train_batch_size,
+        gradient_accumulation_steps=w.gradient_accumulation_steps, warmup_steps=w.warmup_ratio,
+        lr_scheduler_type=w.lr_scheduler_type, logging_steps=w.logging_steps, save_steps=w.save_steps,
+        save_total_limit=w.save_total_limit, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
+        completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
+        use_cpu=not on_gpu, bf16=on_gpu and compute_dtype(dtype) == torch.bfloat16,
+        fp16=on_gpu and compute_dtype(dtype) == torch.float16,
+        dataloader_num_workers=0, disable_tqdm=False, logging_first_step=True,
+        # gradient checkpointing is set up by the model backend (PEFT/Unsloth), not twice by the Trainer.
+        gradient_checkpointing=False, dataset_num_proc=None,
+    )
+    args.update(w.trainer_overrides)
+    return SFTConfig(**args)
+
+
+def main(cfg: RunConfig) -> dict:
+    """Run the warm-up stage; returns a summary with the adapter path, steps and final loss."""
+    from datasets import Dataset
+
+    began = time.time()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stage_dir = cfg.run_dir / "warmup"
+    save_resolved(cfg, stage_dir)
+    # Data first (it needs only the tokenizer): a bad column mapping fails before any model loads, and
+    # teacher models never share memory with the student.
+    tokenizer, _ = load_tokenizer(cfg.model)
+    responses = teacher_responses(cfg, cfg.model.control_tokens, stage_dir)
+    data = cfg.warmup.data
+    examples, report = build_sft_examples(
+        responses, tokenizer, num_examples=data.num_examples, short_share=data.short_share, seed=cfg.seed,
+        max_completion_tokens=data.max_completion_tokens, require_correct=data.require_correct,
+        tokens=cfg.model.control_tokens, system_prompt=cfg.model.system_prompt)
+    (stage_dir / "data_report.txt").write_text(str(report) + "\n")
+    print(f"warm-up data: {report}")
+    loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    checkpoints = stage_dir / "checkpoints"
+    trainer = PortableSFTTrainer(
+        model=loaded.model, args=sft_config(cfg, checkpoints), train_dataset=dataset,
+        processing_class=loaded.tokenizer,
+        callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
+    resume = last_complete_checkpoint(checkpoints)
+    align_metrics_with_checkpoint(stage_dir / "metrics.jsonl", resume)
+    if resume:
+        print(f"resuming warm-up from {resume}")
+    with explain_out_of_memory("warmup.per_device_train_batch_size (raise gradient_accumulation_steps to keep the "
+                               "effective batch) or model.max_seq_length"):
+        result = trainer.train(resume_from_checkpoint=resume)
+    adapter_dir = save_adapter(loaded, stage_dir / "adapter")
+    # The Trainer's training_loss averages over all steps but sums only the resumed ones: read the log.
+    losses = [row["loss"] for row in read_metrics(stage_dir / "metrics.jsonl") if isinstance(row.get("loss"), float)]
+    summary = {"adapter": str(adapter_dir), "steps": trainer.state.global_step,
+               "train_loss": losses[-1] if losses else result.training_loss,
+               "examples": len(examples), "seconds": round(time.time() - began, 1), "backend": loaded.backend.name,
+               "resumed_from": resume}
+    log.info("warm-up done: %s", summary)
+    return summary
