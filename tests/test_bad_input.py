@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -109,28 +110,33 @@ def test_a_column_mapping_naming_missing_columns_lists_what_is_there(tmp_path):
     assert "did you mean 'problem'?" in message and "did you mean 'solution'?" in message
 
 
-def test_a_failed_start_on_bad_data_loses_nothing(tiny_model_dir, tmp_path):
-    """An existing RL run, restarted on an empty data file: the error comes, checkpoints and logs stay."""
+@pytest.mark.parametrize("stage", ["warmup", "rl"])
+def test_a_failed_start_on_bad_data_loses_nothing(tiny_model_dir, tmp_path, stage):
+    """An existing run, started again on an empty data file: the error comes, every file of the run stays."""
     common = [f"model.name_or_path={tiny_model_dir}", "model.backend=hf", "model.lora_r=4", "model.lora_alpha=8",
-              "threads=1", "rl.max_steps=2", "rl.save_steps=1", "rl.num_generations=2", "rl.prompts_per_step=2",
-              "rl.max_completion_length=4", "rl.data.num_examples=8", "rl.beta=0.0", f"output_dir={tmp_path}",
-              "name=run"]
+              "threads=1", "warmup.max_steps=2", "warmup.save_steps=1", "warmup.data.num_examples=8",
+              "warmup.per_device_train_batch_size=4", "rl.max_steps=2", "rl.save_steps=1", "rl.num_generations=2",
+              "rl.prompts_per_step=2", "rl.max_completion_length=4", "rl.data.num_examples=8", "rl.beta=0.0",
+              f"output_dir={tmp_path}", "name=run"]
+    main = warmup.main if stage == "warmup" else rl.main
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        rl.main(load_config(None, common))
-    stage = tmp_path / "run" / "rl"
+        main(load_config(None, common))
+    folder = tmp_path / "run" / stage
 
     def snapshot():
-        return {str(p.relative_to(stage)): hashlib.sha256(p.read_bytes()).hexdigest()
-                for p in sorted(stage.rglob("*")) if p.is_file()}
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
 
     before = snapshot()
-    assert "checkpoints/checkpoint-2/checkpoint_complete" in before and "metrics.jsonl" in before
+    assert {"checkpoints/checkpoint-2/checkpoint_complete", "metrics.jsonl", "resolved.yaml"} <= set(before)
     empty = tmp_path / "empty.jsonl"
     empty.write_bytes(b"")
+    bad = (["warmup.data.source=paired", f"warmup.data.path={empty}", "warmup.data.response_column=text",
+            "warmup.max_steps=4"] if stage == "warmup" else [f"rl.data.source={empty}", "rl.max_steps=4"])
     with warnings.catch_warnings(), pytest.raises(DataFileError, match="the file is empty"):
         warnings.simplefilter("ignore")
-        rl.main(load_config(None, common + [f"rl.data.source={empty}", "rl.max_steps=4"]))
+        main(load_config(None, common + bad))
     assert snapshot() == before
 
 
@@ -139,7 +145,7 @@ def test_a_failed_start_on_bad_data_loses_nothing(tiny_model_dir, tmp_path):
 def test_a_config_typo_exits_2_and_names_the_key(tmp_path):
     def run(*args):
         return subprocess.run([sys.executable, "-m", "thinkless_lite.cli", *args], capture_output=True, text=True,
-                              timeout=120, cwd=REPO, env={"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
+                              timeout=120, cwd=REPO, env=dict(os.environ, HF_HUB_OFFLINE="1"))
 
     done = run("rl", "--set", "rl.alpah=0.1", "--out", str(tmp_path / "typo"))
     assert done.returncode == 2, done.stderr
@@ -295,17 +301,29 @@ def assert_good_checkpoint_kept(tmp_path):
     assert not (tmp_path / "nan" / "warmup" / "adapter").exists()  # no poisoned final adapter either
 
 
-def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path,
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(tiny_model_dir, tmp_path, monkeypatch,
                                                                       loss_turns_nan_at_step_3):
     with warnings.catch_warnings(), pytest.raises(NonFiniteLossError) as err:
         warnings.simplefilter("ignore")
         warmup.main(nan_cfg(tiny_model_dir, tmp_path, "warmup.logging_steps=1"))
     message = str(err.value)
-    assert "loss became nan at step 3" in message and "Lower the learning rate" in message
-    assert "last good checkpoint" in message
+    assert "loss became nan at step 3" in message and "last good checkpoint" in message
+    assert "Lower the learning rate (warmup.learning_rate / rl.learning_rate) and run the same command" in message
     assert_good_checkpoint_kept(tmp_path)
     rows = [r for r in read_metrics(tmp_path / "nan" / "warmup" / "metrics.jsonl") if "loss" in r]
     assert [r["step"] for r in rows] == [1, 2] and all(r["loss"] > 0 for r in rows)  # the log holds good steps only
+
+    # What the message says to do: a lower learning rate, the same command. It resumes at the good checkpoint.
+    monkeypatch.undo()  # the data is fine again
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = warmup.main(nan_cfg(tiny_model_dir, tmp_path, "warmup.logging_steps=1",
+                                      "warmup.learning_rate=1e-4", "warmup.lr_scheduler_type=constant"))
+    assert summary["resumed_from"].endswith("checkpoint-2") and summary["steps"] == 8
+    rows = [r for r in read_metrics(tmp_path / "nan" / "warmup" / "metrics.jsonl") if "loss" in r]
+    assert [r["step"] for r in rows] == list(range(1, 9))
+    assert [r["learning_rate"] for r in rows[2:]] == pytest.approx([1e-4] * 6)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
 
 
 def test_a_nan_between_two_logs_never_marks_the_poisoned_checkpoint(tiny_model_dir, tmp_path,

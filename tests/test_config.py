@@ -14,6 +14,7 @@ def test_overrides_are_typed_and_nested():
     cfg = load_config("configs/mini.yaml", ["rl.alpha=0.25", "model.backend=hf", "eval.sweep_tau=[0.1, 0.9]"])
     assert cfg.rl.alpha == 0.25 and cfg.model.backend == "hf" and cfg.eval.sweep_tau == [0.1, 0.9]
     assert isinstance(load_config(None, ["rl.alpha=1"]).rl.alpha, float)  # an int literal is fine for a float
+    assert load_config(None, ["rl.learning_rate=1e-4"]).rl.learning_rate == 1e-4  # YAML 1.1 reads this as a string
 
 
 def test_unknown_key_names_it_and_the_allowed_keys():

@@ -9,7 +9,7 @@ def test_left_to_right_mod_10():
     assert solve("9*9") == 1 and solve("0-1") == 9
     reasoning, answer = long_solution("7+3*2-5")
     assert answer == "5" and "7+3=0\n0*2=0\n0-5=5\n" in reasoning and "7+3*2-5" in reasoning
-    assert short_solution("2+2") == "4"
+    assert short_solution("2+2") == "2+2=4"
     with pytest.raises(ValueError):
         solve("7+")
 

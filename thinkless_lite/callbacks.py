@@ -30,14 +30,20 @@ class CheckpointCompleteCallback(TrainerCallback):
       of 1) would leave no complete checkpoint at all.
     * A checkpoint whose trainable weights are not finite is never marked; training stops with
       :class:`NonFiniteLossError` and the last good checkpoint stays the one a rerun resumes from.
+
+    And one about the resume itself: the checkpoint's optimizer and LR schedule come back with the
+    learning rate they were saved with, so a rerun with a *different* ``learning_rate`` (lower, after a
+    NaN) would silently keep the old one. The schedule is rescaled to the configured rate instead.
     """
 
     def __init__(self):
         self.save_total_limit: int | None = None
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         if args.save_total_limit is not None:  # take the rotation over (see the class docstring)
             self.save_total_limit, args.save_total_limit = args.save_total_limit, None
+        if state.global_step > 0:  # resumed: optimizer and schedule were just loaded from the checkpoint
+            _apply_learning_rate(args.learning_rate, optimizer, lr_scheduler)
         return control
 
     def on_save(self, args, state, control, model=None, **kwargs):
@@ -47,8 +53,7 @@ class CheckpointCompleteCallback(TrainerCallback):
             control.should_training_stop = True
             raise NonFiniteLossError(
                 f"the weights stopped being finite before step {state.global_step}; {folder.name} is not marked "
-                f"complete and training stopped. The last good checkpoint in {args.output_dir} is kept and a rerun "
-                f"resumes from it. Lower the learning rate, or check the data for empty completions.")
+                f"complete and training stopped. The last good checkpoint in {args.output_dir} is kept. {_NAN_ADVICE}")
         if state.is_world_process_zero and folder.is_dir():
             _fsync_files(folder)  # the marker must never reach the disk before the data it vouches for
             tmp = folder / (COMPLETE_MARKER + ".tmp")
@@ -58,6 +63,23 @@ class CheckpointCompleteCallback(TrainerCallback):
             if self.save_total_limit:
                 _rotate(Path(args.output_dir), self.save_total_limit, keep=state.best_model_checkpoint)
         return control
+
+
+def _apply_learning_rate(learning_rate: float, optimizer, lr_scheduler) -> None:
+    """Rescale a loaded multiplicative schedule (every transformers scheduler but reduce_lr_on_plateau)
+    so that its peak is ``learning_rate``; the optimizer's moments and the schedule's position stay."""
+    scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate's wrapper, if any
+    base_lrs, factors = getattr(scheduler, "base_lrs", None), getattr(scheduler, "lr_lambdas", None)
+    if optimizer is None or not base_lrs or not factors or len(set(base_lrs)) != 1:
+        return
+    if math.isclose(base_lrs[0], learning_rate, rel_tol=1e-9):
+        return
+    print(f"resumed with learning rate {learning_rate:g} (the checkpoint was trained with {base_lrs[0]:g})")
+    scheduler.base_lrs = [learning_rate] * len(base_lrs)
+    for group, factor in zip(optimizer.param_groups, factors):
+        group["initial_lr"] = learning_rate
+        group["lr"] = learning_rate * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
 
 
 def _trainable_weights_finite(model) -> bool:
@@ -141,6 +163,11 @@ class NonFiniteLossError(RuntimeError):
     pass
 
 
+_NAN_ADVICE = ("Lower the learning rate (warmup.learning_rate / rl.learning_rate) and run the same command again: "
+               "it resumes from that checkpoint with the new rate. Also check the data for empty completions; on "
+               "fp16 GPUs (T4) an overflowing forward pass gives inf: try a lower rate first.")
+
+
 class NonFiniteLossCallback(TrainerCallback):
     """Stop at the first NaN/inf loss instead of saving a poisoned adapter over a good checkpoint.
 
@@ -162,7 +189,7 @@ class NonFiniteLossCallback(TrainerCallback):
             control.should_save = False
             raise NonFiniteLossError(
                 f"loss became {loss} at step {state.global_step}; training stopped. The last good checkpoint "
-                f"in {args.output_dir} is kept. Lower the learning rate, or check the data for empty completions.")
+                f"in {args.output_dir} is kept. {_NAN_ADVICE}")
         return control
 
 

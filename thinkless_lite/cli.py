@@ -155,6 +155,15 @@ def _load_demo_module():
     return module
 
 
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """Failures whose message already tells the user the fix: no traceback for those."""
+    from thinkless_lite.callbacks import NonFiniteLossError
+    from thinkless_lite.data.hybrid import WarmupDataError
+    from thinkless_lite.data.sources import DataSourceError
+
+    return (DataSourceError, WarmupDataError, NonFiniteLossError)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -163,6 +172,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"config error: {err}", file=sys.stderr)
         return 2
+    except Exception as err:
+        if not isinstance(err, _expected_errors()):
+            raise
+        print(f"error: {err}", file=sys.stderr)  # bad data or a NaN loss: the message says what to do
+        return 1
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

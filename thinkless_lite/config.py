@@ -207,6 +207,17 @@ def _type_ok(value: Any, annotation: Any) -> bool:
     return True
 
 
+def _coerce_float(value: Any, annotation: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` (no dot) as a string; for a float setting, take it as the number it is."""
+    accepts_float = annotation is float or float in typing.get_args(annotation)
+    if accepts_float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def from_dict(cls, data: dict | None, where: str = ""):
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError."""
     data = {} if data is None else data
@@ -224,6 +235,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
         if dataclasses.is_dataclass(annotation):
             kwargs[name] = from_dict(annotation, value, f"{where}{name}.")
         else:
+            value = _coerce_float(value, annotation)
             if not _type_ok(value, annotation):
                 raise ConfigError(f"{where}{name}: expected {getattr(annotation, '__name__', annotation)}, "
                                   f"got {value!r} ({type(value).__name__}); help: {by_name[name].metadata.get('help', '')}")

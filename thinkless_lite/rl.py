@@ -100,11 +100,12 @@ def main(cfg: RunConfig) -> dict:
     stage_dir = cfg.run_dir / "rl"
     adapter = start_adapter(cfg)
     model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
-    save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
+    items = rl_items(cfg)  # before the model: bad data fails in seconds, not after a multi-GB load
     loaded = load_model(model_cfg, trainable=True, seed=cfg.seed)
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
     tokens = cfg.model.control_tokens
-    items = rl_items(cfg)
+    # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
+    save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
     dataset = Dataset.from_list([{"prompt": format_prompt(loaded.tokenizer, it.question, cfg.model.system_prompt),
                                   "answer": it.gold, "difficulty": it.difficulty or 0} for it in items])
     recorder = RecordingReward(RewardTable(**dataclasses.asdict(cfg.rl.reward)), tokens)

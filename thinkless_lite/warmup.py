@@ -100,7 +100,7 @@ def main(cfg: RunConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     stage_dir = cfg.run_dir / "warmup"
-    save_resolved(cfg, stage_dir)
+    stage_dir.mkdir(parents=True, exist_ok=True)
     # Data first (it needs only the tokenizer): a bad column mapping fails before any model loads, and
     # teacher models never share memory with the student.
     tokenizer, _ = load_tokenizer(cfg.model)
@@ -113,6 +113,8 @@ def main(cfg: RunConfig) -> dict:
     (stage_dir / "data_report.txt").write_text(str(report) + "\n")
     print(f"warm-up data: {report}")
     loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
+    # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
+    save_resolved(cfg, stage_dir)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     checkpoints = stage_dir / "checkpoints"
     trainer = PortableSFTTrainer(

@@ -7,7 +7,7 @@ only do for k=1. That is exactly the regime Thinkless is about: think only when 
 
 Two teachers, both exact: the long-form solver writes an R1-style chain (restates the task, one
 line per step, a closing sentence: the verbosity is deliberate, reasoning models overthink easy
-questions), the short-form solver writes the answer alone.
+questions), the short-form solver restates the task with its result and no steps (``7+3*2-5=5``).
 
 Splits are decided by a hash of the expression, so train and test never overlap whatever the seed,
 and every item is a pure function of (seed, split, index).
@@ -25,9 +25,9 @@ from thinkless_lite.data.items import MathItem
 OPERATORS = ("+", "-", "*")
 SPLITS = ("train", "test")
 # Default mix leans easy, like GSM8K for a reasoning model (the paper thinks on 13% of GSM8K).
-# Token arithmetic: forced think costs ~53 + 8k tokens, a direct answer 3, and only k=1 is reliably
-# answerable directly; with 70% of items at k=1 a well-routed model needs ~43% of forced-think
-# tokens, at 60% it would need ~52%.
+# Token arithmetic: forced think costs 53 + 8k tokens, a direct answer 2k + 5 (7 at k=1), and only k=1
+# is reliably answerable directly; with 70% of items at k=1 a perfectly routed model needs ~46% of
+# forced-think tokens, at 60% it would need ~55%.
 DEFAULT_DIFFICULTY_WEIGHTS = {1: 0.7, 2: 0.05, 3: 0.05, 4: 0.04, 5: 0.04, 6: 0.04, 7: 0.04, 8: 0.04}
 
 
@@ -70,8 +70,13 @@ def long_solution(expression: str) -> tuple[str, str]:
 
 
 def short_solution(expression: str) -> str:
-    """The instruction teacher: the answer alone."""
-    return str(solve(expression))
+    """The instruction teacher: the task restated with its result, ``7+3*2-5=5``, no steps.
+
+    Restating is how instruction models answer, and it keeps the direct answer learnable by LoRA on
+    any seed of the base: at k=1 it is the copy-then-compute step the base does in every reasoning
+    line, while k >= 2 still has to compose k operations in one forward pass.
+    """
+    return f"{expression}={solve(expression)}"
 
 
 def split_of(expression: str, test_fraction: float) -> str:
@@ -126,7 +131,7 @@ class MiniWorld:
                 expression = self._draw_expression(rng, k)
                 if split_of(expression, self.test_fraction) == split:
                     break
-            items.append(MathItem(question=expression, gold=short_solution(expression),
+            items.append(MathItem(question=expression, gold=str(solve(expression)),
                                   id=f"mini-{split}-{seed_offset}-{i}", difficulty=k, source="miniworld"))
         return items
 
