@@ -33,9 +33,9 @@ its error; an unavailable backend (Unsloth without CUDA, or not installed) is re
 the reason; neither stops the other runs.
 
 Backends: ``hf`` (transformers + bitsandbytes NF4 + PEFT), ``unsloth`` (Unsloth's FastLanguageModel,
-imported in the order ``thinkless-lite rl`` imports it today: ``thinkless_lite.trainer`` and so TRL
-first, so Unsloth's rewritten GRPOTrainer is NOT DeGRPOTrainer's base), ``unsloth-first`` (Unsloth
-imported before TRL/transformers, as Unsloth asks, so its rewritten GRPOTrainer and GRPO loss ARE the
+imported after ``thinkless_lite.trainer`` and so after TRL, as a library user importing the stage
+modules first would, so Unsloth's rewritten GRPOTrainer is NOT DeGRPOTrainer's base), ``unsloth-first`` (Unsloth
+imported before TRL/transformers, as Unsloth asks and the ``thinkless-lite`` CLI does, so its rewritten GRPOTrainer and GRPO loss ARE the
 base of DeGRPOTrainer). Each result says whether an Unsloth trainer class is in DeGRPOTrainer's MRO.
 
 Outputs (per run): peak GPU memory (``torch.cuda.max_memory_allocated`` and ``max_memory_reserved``;
@@ -188,20 +188,6 @@ def _median(values: list[float | None]) -> float | None:
 
 # ============================================================================ checkpoint
 
-def byte_alphabet() -> list[str]:
-    """GPT-2's byte-to-unicode symbols in byte order (what a byte-level BPE vocabulary is built on)."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
-        list(range(ord("®"), ord("ÿ") + 1))
-    codes, extra = {}, 0
-    for byte in range(256):
-        if byte in printable:
-            codes[byte] = chr(byte)
-        else:
-            codes[byte] = chr(256 + extra)
-            extra += 1
-    return [codes[b] for b in range(256)]
-
-
 def build_tokenizer(total_len: int | None):
     """A byte-level ``Qwen2Tokenizer`` without merges (one token per byte) padded to ``total_len`` tokens.
 
@@ -215,7 +201,7 @@ def build_tokenizer(total_len: int | None):
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    from thinkless_lite.mini_base import MINI_CHAT_TEMPLATE
+    from thinkless_lite.mini_base import MINI_CHAT_TEMPLATE, byte_alphabet
 
     base = ["<|endoftext|>"] + byte_alphabet()
     added = ["<|im_start|>", "<|im_end|>", "<think>", "</think>"]

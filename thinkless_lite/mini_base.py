@@ -38,7 +38,7 @@ def resolve_model_path(name_or_path: str) -> str:
     return str(MINI_BASE_DIR) if name_or_path == MINI_BASE_NAME else name_or_path
 
 
-def _byte_alphabet() -> list[str]:
+def byte_alphabet() -> list[str]:
     """GPT-2's byte-to-unicode table in byte order: the 256 symbols a byte-level BPE works on."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     codes, extra = {}, 0
@@ -61,7 +61,7 @@ def build_tokenizer():
     from tokenizers import AddedToken
     from transformers import Qwen2Tokenizer
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS[:3] + _byte_alphabet())}
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS[:3] + byte_alphabet())}
     tokenizer = Qwen2Tokenizer(vocab=vocab, merges=[], unk_token=None, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                clean_up_tokenization_spaces=False)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>"]})
