@@ -630,7 +630,6 @@ def worker_verify(spec: dict, record: dict) -> None:
 
 def compare_grads(a: dict, b: dict) -> dict:
     """How far gradients ``a`` are from ``b`` over the parameters both have."""
-    import torch
 
     common = sorted(set(a) & set(b))
     if not common:

@@ -67,7 +67,6 @@ def execute(path: Path, artifacts: Path, monkeypatch, may_fail: tuple[str, ...] 
     there is recorded in the outputs (for the test to judge) and the run goes on.
     """
     from nbclient import NotebookClient
-    from nbclient.exceptions import CellExecutionError
 
     for name, value in {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "GRADIO_ANALYTICS_ENABLED": "False"}.items():

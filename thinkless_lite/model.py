@@ -192,7 +192,6 @@ def load_tokenizer(cfg: ModelConfig):
 
 def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> LoadedModel:
     """Base (4-bit unless told otherwise) + tokenizer + control tokens + LoRA (new, or from adapter_path)."""
-    from transformers import AutoTokenizer
 
     choice = select_backend(cfg.backend)
     log.info("backend: %s (%s)", choice.name, choice.reason)
