@@ -4,7 +4,7 @@ UI only: every question goes through :class:`thinkless_lite.engine.ThinklessEngi
 the answer, shows the control token the model chose (``short`` / ``think``) the moment it is chosen,
 P(think) as a bar, the reasoning in a collapsible "Thinking" message, and what the answer cost.
 
-    python demo/app.py --config configs/mini.yaml [--adapter runs/mini/rl/adapter] [--port 7860] [--share]
+    thinkless-lite demo --config configs/mini.yaml [--adapter runs/mini/rl/adapter] [--port 7860] [--share]
 
 Safe defaults: binds 127.0.0.1, no public link unless ``--share``, a bounded queue, input length
 limit. ``gradio_client`` can call ``Client(url).predict(question, mode, tau, api_name="/answer")``.
@@ -15,20 +15,17 @@ from __future__ import annotations
 import argparse
 import html
 import logging
-import sys
 import time
 from pathlib import Path
 from typing import Iterator
 
 import gradio as gr
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python demo/app.py` from a checkout without an install
-    sys.path.insert(0, str(REPO))
+from thinkless_lite.config import DemoConfig, RunConfig, load_config
+from thinkless_lite.engine import ThinklessEngine, render_answer
+from thinkless_lite.tokens import SHORT, THINK, parse_completion
 
-from thinkless_lite.config import DemoConfig, RunConfig, load_config  # noqa: E402
-from thinkless_lite.engine import ThinklessEngine, render_answer  # noqa: E402
-from thinkless_lite.tokens import SHORT, THINK, parse_completion  # noqa: E402
+REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("thinkless_lite.demo")
 

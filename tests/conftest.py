@@ -54,3 +54,15 @@ def mini_base_dir() -> Path:
     if not (MINI_BASE_DIR / "model.safetensors").exists():
         pytest.fail(f"shipped base missing at {MINI_BASE_DIR}; regenerate with `thinkless-lite build-base`")
     return MINI_BASE_DIR
+
+
+@pytest.fixture
+def avx512bf16_cpu(monkeypatch):
+    """bitsandbytes believes this CPU has AVX512-BF16 (it asks once per layer, when the layer is built).
+
+    Layers built under this fixture take bitsandbytes' CPU inference layout on an eval pass, on any
+    machine: tests that use it fail everywhere if the guard against that layout breaks.
+    """
+    import bitsandbytes.nn.modules as bnb_modules
+
+    monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)

@@ -56,7 +56,7 @@ def chromium() -> str:
 @pytest.fixture(scope="module")
 def server(tiny_model_dir, tmp_path_factory):
     """The demo app, launched in a background thread; yields url, config and whether the model is real."""
-    from demo.app import build_app, launch
+    from thinkless_lite.demo.app import build_app, launch
 
     shipped = (MINI_BASE_DIR / "model.safetensors").exists()
     name = MINI_BASE_NAME if shipped else str(tiny_model_dir)

@@ -98,7 +98,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def server(tiny_model_dir):
-    from demo.app import build_app, launch
+    from thinkless_lite.demo.app import build_app, launch
 
     shipped = (MINI_BASE_DIR / "model.safetensors").exists()
     name = MINI_BASE_NAME if shipped else str(tiny_model_dir)

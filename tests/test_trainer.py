@@ -59,8 +59,12 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha):
     return trainer, dataset
 
 
-@pytest.mark.parametrize("decoupled, alpha", [(True, 0.001), (True, 0.5), (False, 0.001)])
-def test_trainer_loss_equals_degrpo_loss(tiny_model_dir, tmp_path, decoupled, alpha):
+@pytest.mark.parametrize("decoupled, alpha, cpu", [(True, 0.001, "any"), (True, 0.5, "any"), (False, 0.001, "any"),
+                                                 (True, 0.001, "avx512bf16")])
+def test_trainer_loss_equals_degrpo_loss(tiny_model_dir, tmp_path, request, decoupled, alpha, cpu):
+    """Also on a CPU where bitsandbytes repacks 4-bit weights during the (eval-mode) generation."""
+    if cpu == "avx512bf16":
+        request.getfixturevalue("avx512bf16_cpu")
     torch.manual_seed(0)
     trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=decoupled, alpha=alpha)
     rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]

@@ -9,8 +9,25 @@ Public API (imported lazily so ``import thinkless_lite`` stays fast and torch-fr
 from __future__ import annotations
 
 import importlib
+import logging
 
 __version__ = "0.1.0"
+
+
+class _OptionalKernelNotice(logging.Filter):
+    """bitsandbytes, on AVX512-BF16 CPUs, warns at import that the optional ``kernels`` package (a faster CPU
+    kernel fetched from the hub) is missing. Nothing is wrong and nothing can be done offline: its own
+    built-in kernel runs instead. The warning greeted every command; it is kept at debug level."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "kernels-community" not in record.getMessage():
+            return True
+        logging.getLogger("thinkless_lite").debug("bitsandbytes: optional `kernels` CPU kernel unavailable; "
+                                                  "using its built-in AVX512-BF16 kernel (%s)", record.getMessage())
+        return False
+
+
+logging.getLogger("bitsandbytes.backends.cpu.ops").addFilter(_OptionalKernelNotice())
 
 _EXPORTS = {
     "load_config": "thinkless_lite.config",

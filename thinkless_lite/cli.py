@@ -127,32 +127,11 @@ def run(args) -> object:
 
         return run_eval(cfg)
     if args.command == "demo":
-        import importlib
+        from thinkless_lite.demo import app
 
-        app = importlib.import_module("demo.app") if _demo_importable() else _load_demo_module()
         return app.main(cfg, adapter_path=cfg.model.adapter_path, host=args.host, port=args.port,
                         share=True if args.share else None)
     raise AssertionError(args.command)
-
-
-def _demo_importable() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("demo.app") is not None
-
-
-def _load_demo_module():
-    """demo/app.py lives beside the package (UI only); load it by path when run from a checkout."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "demo" / "app.py"
-    if not path.exists():
-        raise SystemExit(f"demo/app.py not found at {path}; run from a checkout of the repository")
-    spec = importlib.util.spec_from_file_location("thinkless_demo_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _expected_errors() -> tuple[type[BaseException], ...]:

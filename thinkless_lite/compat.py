@@ -11,16 +11,26 @@ There the trainable weights go back to fp32.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from trl import SFTTrainer
 from trl.trainer import utils as trl_utils
 
-from thinkless_lite.model import bf16_native
+from thinkless_lite.model import bf16_native, keep_4bit_weights_trainable
+
+log = logging.getLogger("thinkless_lite")
 
 
 def fused_logprobs_available() -> bool:
     """Whether TRL's Triton log-prob kernels imported and a GPU is there to run them."""
     return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and torch.cuda.is_available()
+
+
+def prepare_for_training(model) -> None:
+    """What every trainer does to its model first: trainable 4-bit layout, adapter precision."""
+    keep_4bit_weights_trainable(model)
+    restore_adapter_precision(model)
 
 
 def restore_adapter_precision(model) -> None:
@@ -41,7 +51,7 @@ class PortableSFTTrainer(SFTTrainer):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        restore_adapter_precision(self.model)
+        prepare_for_training(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if fused_logprobs_available():
@@ -71,3 +81,88 @@ def plain_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_
     logps = torch.cat(all_logps)
     entropies = torch.cat(all_entropies) if compute_entropy else None
     return logps, entropies, (torch.stack(all_aux).mean() if compute_aux_loss else None)
+
+
+# ---------------------------------------------------------------- Unsloth's patched GRPOTrainer
+
+def trainer_flavour(trainer_class: type) -> str:
+    """``"unsloth"`` when ``import unsloth`` rewrote the GRPOTrainer this class inherits from, else ``"trl"``.
+
+    Unsloth replaces ``trl.GRPOTrainer`` by a rewritten copy named ``UnslothGRPOTrainer``, so which one a
+    subclass got depends on whether ``unsloth`` was imported before the subclass was defined.
+    """
+    return "unsloth" if any(c.__name__.startswith("Unsloth") for c in trainer_class.__mro__) else "trl"
+
+
+def unsloth_layout(per_token: torch.Tensor, prompt_ids: torch.Tensor, pad_token_id: int,
+                   width: int | None = None) -> torch.Tensor:
+    """Re-lay ``(B, T)`` per-token values (TRL's completion columns) into the columns of Unsloth's text loss.
+
+    unsloth_zoo's ``grpo_accumulated_loss`` moves every prompt's left padding to the right
+    (``left_pack_padding``), keeps the last ``T + max_left_pad`` columns, and rebuilds the completion mask
+    there (``create_completion_attention_mask``): row b's completion starts at column
+    ``max_left_pad - pads_b``. Its loss broadcasts a ``(B,)`` advantage but takes a ``(B, T)`` one as is,
+    so DeGRPO's per-token advantages must move the same way. ``max_left_pad`` is what that function uses:
+    ``width - T`` when old or reference log-probs fix the width, else the largest prompt padding here.
+    """
+    batch, length = per_token.shape
+    pads = (prompt_ids == pad_token_id).sum(dim=1)  # zoo's calculate_pad_tokens_in_prompt
+    max_left_pad = int(pads.max()) if width is None else width - length
+    if max_left_pad < int(pads.max()):
+        raise ValueError(f"Unsloth's loss window is {width} columns, too narrow for prompts with {int(pads.max())} pads")
+    out = per_token.new_zeros(batch, length + max_left_pad)
+    columns = (max_left_pad - pads).unsqueeze(1).to(per_token.device) + torch.arange(length, device=per_token.device)
+    out.scatter_(1, columns, per_token)
+    return out
+
+
+def unsloth_loss_inputs(inputs: dict, pad_token_id: int) -> dict:
+    """The micro-batch ``inputs`` with DeGRPO's per-token advantages in Unsloth's loss layout.
+
+    Also checks that Unsloth's own mask (``ids != pad`` over the re-laid completions) keeps every token
+    TRL's mask keeps, which the per-token weights were computed from; it does whenever the model writes
+    no pad token inside an answer (hence ``model.ensure_distinct_pad_token``).
+    """
+    advantages = inputs["advantages"]
+    if advantages.dim() == 1:
+        return inputs
+    fixed = next((inputs[k] for k in ("old_per_token_logps", "ref_per_token_logps") if inputs.get(k) is not None), None)
+    width = None if fixed is None else fixed.shape[1]
+    prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
+    kept_by_trl = unsloth_layout(inputs["completion_mask"].float(), prompt_ids, pad_token_id, width)
+    kept_by_unsloth = unsloth_layout((completion_ids != pad_token_id).float(), prompt_ids, pad_token_id, width)
+    dropped = int((kept_by_trl > kept_by_unsloth).sum())
+    if dropped:
+        log.warning("%d completion tokens are the pad token (id %d), which Unsloth's loss masks out although "
+                    "DeGRPO's weights count them; the loss is slightly smaller than DeGRPO's on this batch",
+                    dropped, pad_token_id)
+    return {**inputs, "advantages": unsloth_layout(advantages, prompt_ids, pad_token_id, width)}
+
+
+def ensure_reference_adapter(model) -> bool:
+    """Make the PEFT adapter named ``ref`` an exact, frozen copy of ``default``: the KL reference.
+
+    Our KL reference is the policy RL starts from (the warm-up adapter, control rows included), as in
+    the paper, where the reference is the warm-up model. Stock TRL copies the LoRA weights into ``ref``
+    but not the trainable control-token rows (their parameter names end in ``.default``, not
+    ``.default.``), which would leave the reference with the base's untrained control rows; Unsloth's
+    trainer drops TRL's ``ref`` block altogether, which would make the reference the adapter-free base,
+    a model that never learned to choose. Both then pull the control token towards "never choose".
+    Returns False for a model without PEFT adapters.
+    """
+    if not hasattr(model, "peft_config") or "default" not in model.peft_config:
+        return False
+    if "ref" not in model.peft_config:
+        model.add_adapter("ref", model.peft_config["default"])
+        model.set_adapter("default")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, param in params.items():
+            head, dot, tail = name.rpartition(".default")
+            if not dot or (tail and not tail.startswith(".")):
+                continue
+            reference = params.get(f"{head}.ref{tail}")
+            if reference is not None:
+                reference.copy_(param)
+                reference.requires_grad_(False)
+    return True

@@ -124,7 +124,7 @@ class RLConfig:
     decoupled: bool = field(default=True, metadata={"help": "DeGRPO (True) or vanilla GRPO token averaging (False)."})
     alpha: float = field(default=0.001, metadata={"help": "Weight of the control-token term. Scale it with 1/completion length: the paper's 0.001 suits ~1-4k-token answers."})
     clip_eps: float = field(default=0.2, metadata={"help": "PPO clip range."})
-    beta: float = field(default=0.001, metadata={"help": "KL weight to the adapter-free base (0 disables it and saves a forward pass)."})
+    beta: float = field(default=0.001, metadata={"help": "KL weight to the reference: a frozen copy of the adapter RL starts from (the warm-up), control rows included (0 disables it and saves a forward pass)."})
     scale_rewards: bool = field(default=False, metadata={"help": "Divide advantages by the group std (released: off)."})
     drop_uniform_groups: bool = field(default=True, metadata={"help": "Drop groups whose rewards are all equal (no signal)."})
     num_generations: int = field(default=8, metadata={"help": "Samples per prompt (the group)."})

@@ -21,12 +21,22 @@ from pathlib import Path
 import torch
 
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.mini_base import resolve_model_path
+from thinkless_lite.mini_base import MINI_BASE_DIR, MINI_BASE_NAME
 from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, ControlTokens, neutralise_chat_template
 
 log = logging.getLogger("thinkless_lite")
 
 BACKENDS = ("auto", "unsloth", "hf", "full")
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """The folder (or hub id) to load: the embedded mini base by name, a local ``.gguf`` via its cached
+    conversion (:mod:`thinkless_lite.gguf`), anything else as given."""
+    if name_or_path == MINI_BASE_NAME:
+        return str(MINI_BASE_DIR)
+    from thinkless_lite.gguf import gguf_to_hf, is_gguf
+
+    return str(gguf_to_hf(name_or_path)) if is_gguf(name_or_path) else name_or_path
 
 
 @dataclass(frozen=True)
@@ -91,9 +101,34 @@ def prepare_tokenizer(tokenizer, cfg: ModelConfig) -> list[int]:
                       stacklevel=2)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     tokenizer.chat_template = neutralise_chat_template(tokenizer.chat_template, tokens)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return ensure_control_tokens(tokenizer, tokens)
+    pad_ids = ensure_distinct_pad_token(tokenizer)
+    return pad_ids + ensure_control_tokens(tokenizer, tokens)
+
+
+# Pad-like tokens that bases ship unused, most specific first (the list Unsloth's pad repair also uses).
+PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<pad>", "[PAD]", "<PAD>", "<|pad|>",
+                  "<|endoftext|>", "<fim_pad>", "<|fim_pad|>", "<｜▁pad▁｜>")
+ADDED_PAD_TOKEN = "<|pad|>"
+
+
+def ensure_distinct_pad_token(tokenizer) -> list[int]:
+    """Give the tokenizer a pad token that is not its end of sequence; return the id if one had to be added.
+
+    Padding with EOS makes EOS invisible wherever a mask is rebuilt as ``ids != pad`` (Unsloth's GRPO loss
+    does exactly that, and drops every answer's last token from the loss while TRL's normaliser still
+    counts it), and makes a prompt's own turn-end tokens look like padding. A pad-like token the
+    vocabulary already has is reused; only if there is none is ``<|pad|>`` added (one new embedding row).
+    """
+    eos = tokenizer.eos_token_id
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id != eos:
+        return []
+    vocab = tokenizer.get_vocab()
+    for candidate in PAD_CANDIDATES:
+        if candidate in vocab and vocab[candidate] != eos:
+            tokenizer.pad_token = candidate
+            return []
+    tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
+    return [tokenizer.pad_token_id]
 
 
 def ensure_control_tokens(tokenizer, tokens: ControlTokens) -> list[int]:
@@ -172,17 +207,31 @@ def control_rows_to_train(cfg: ModelConfig, tokenizer) -> list[int]:
     return [tokenizer.convert_tokens_to_ids(t) for t in wanted]
 
 
-def _lora_config(cfg: ModelConfig, new_token_ids: list[int]):
+def trainable_token_indices(model, rows: list[int]) -> dict[str, list[int]] | None:
+    """PEFT's ``trainable_token_indices``: the control rows of the input embedding, and of the output head
+    when it is a separate matrix (untied, as in R1-Distill-Qwen-1.5B): the rows that *emit* ``<short>``
+    live there, and an adapter that trained only the input side could never learn to choose it."""
+    if not rows:
+        return None
+    indices = {"embed_tokens": list(rows)}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        name = next(n for n, m in model.named_modules() if m is head).split(".")[-1]
+        indices[name] = list(rows)
+    return indices
+
+
+def _lora_config(cfg: ModelConfig, token_indices: dict | None):
     from peft import LoraConfig
 
     return LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
         target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM", bias="none",
-        trainable_token_indices={"embed_tokens": list(new_token_ids)} if new_token_ids else None)
+        trainable_token_indices=token_indices)
 
 
 def load_tokenizer(cfg: ModelConfig):
-    """The tokenizer a run uses: the adapter's when it has one, prepared (template, control tokens)."""
+    """The tokenizer a run uses: the adapter's when it has one, prepared (template, pad, control tokens)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(cfg))
@@ -190,44 +239,142 @@ def load_tokenizer(cfg: ModelConfig):
     return tokenizer, new_ids
 
 
-def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> LoadedModel:
-    """Base (4-bit unless told otherwise) + tokenizer + control tokens + LoRA (new, or from adapter_path)."""
+def grow_vocabulary(model, size: int) -> int:
+    """Resize the embeddings to ``size`` rows; the new rows (control tokens, a pad) start at the mean row.
 
+    transformers' ``mean_resizing`` samples new rows *around* the mean (random), and without it they are
+    random and small; Unsloth's ``add_new_tokens`` uses the plain mean, as we do: deterministic, so an
+    adapter loads onto a freshly resized base exactly, and a new output row starts as likely as an
+    average token instead of almost never. Returns how many rows were added.
+    """
+    old = model.get_input_embeddings().weight.shape[0]
+    if old >= size:
+        return 0
+    model.resize_token_embeddings(size, mean_resizing=False)
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    seen = set()
+    with torch.no_grad():
+        for layer in layers:
+            if layer is None or id(layer.weight) in seen:
+                continue
+            seen.add(id(layer.weight))
+            weight = layer.weight
+            weight[old:] = weight[:old].float().mean(dim=0).to(weight.dtype)
+    return size - old
+
+
+def _prepare_for_kbit_or_checkpointing(model, cfg: ModelConfig, backend: str):
+    """PEFT's k-bit preparation (casts, input grads, checkpointing) for a 4-bit base, else plain checkpointing."""
+    from peft import prepare_model_for_kbit_training
+
+    if backend == "hf" and cfg.load_in_4bit:
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> LoadedModel:
+    """Base (4-bit unless told otherwise) + tokenizer + control tokens + LoRA (new, or from adapter_path).
+
+    Whichever way the adapter comes (new or from a folder), a trainable model gets the same treatment:
+    k-bit preparation and gradient checkpointing on ``hf``, Unsloth's LoRA patching on ``unsloth``.
+    """
     choice = select_backend(cfg.backend)
     log.info("backend: %s (%s)", choice.name, choice.reason)
     dtype = compute_dtype(cfg.dtype)
     tokenizer, new_ids = load_tokenizer(cfg)
     torch.manual_seed(seed)
     model = _load_unsloth(cfg, dtype) if choice.name == "unsloth" else _load_hf(cfg, choice.name, dtype)
-    if model.get_input_embeddings().weight.shape[0] < len(tokenizer):
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    grow_vocabulary(model, len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    trained_rows = control_rows_to_train(cfg, tokenizer)
-    if cfg.adapter_path:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
-    elif choice.name == "unsloth":
+    token_indices = trainable_token_indices(model, control_rows_to_train(cfg, tokenizer))
+    unsloth_checkpointing = "unsloth" if cfg.gradient_checkpointing else False
+    if choice.name == "unsloth":
         from unsloth import FastLanguageModel
 
-        model = FastLanguageModel.get_peft_model(
-            model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=list(cfg.lora_target_modules), random_state=seed,
-            use_gradient_checkpointing="unsloth" if cfg.gradient_checkpointing else False,
-            **({"trainable_token_indices": {"embed_tokens": trained_rows}} if trained_rows else {}))
-    else:
-        from peft import get_peft_model, prepare_model_for_kbit_training
+        if cfg.adapter_path:
+            from peft import PeftModel
 
-        if choice.name == "hf" and cfg.load_in_4bit:
-            model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-        elif cfg.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
-        model = get_peft_model(model, _lora_config(cfg, trained_rows))
+            model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
+            # FastLanguageModel.from_pretrained(adapter) would do this itself; a PeftModel made by hand must ask.
+            model = FastLanguageModel.patch_peft_model(model, use_gradient_checkpointing=unsloth_checkpointing)
+        else:
+            model = FastLanguageModel.get_peft_model(
+                model, r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=list(cfg.lora_target_modules), random_state=seed,
+                use_gradient_checkpointing=unsloth_checkpointing,
+                **({"trainable_token_indices": token_indices} if token_indices else {}))
+    else:
+        from peft import PeftModel, get_peft_model
+
+        if trainable:
+            model = _prepare_for_kbit_or_checkpointing(model, cfg, choice.name)
+        if cfg.adapter_path:
+            model = PeftModel.from_pretrained(model, cfg.adapter_path, is_trainable=trainable)
+        else:
+            model = get_peft_model(model, _lora_config(cfg, token_indices))
     _expose_output_bias(model)
-    if not trainable:
+    save_small_adapters(model)
+    if trainable:
+        keep_4bit_weights_trainable(model)
+    else:
         model.eval()
     return LoadedModel(model, tokenizer, choice, new_ids, control_token_ids(tokenizer, cfg.control_tokens))
+
+
+def save_small_adapters(model) -> None:
+    """Make this model's ``save_pretrained`` (and so every Trainer checkpoint and ``push_to_hub``) write the
+    adapter alone: LoRA weights and the trained control rows, nothing else.
+
+    PEFT's default (``save_embedding_layers="auto"``) saves both whole embedding tables once the vocabulary
+    was resized, which the control tokens always do: ~250 MB for SmolLM2-135M, ~1.8 GB for a 151k-vocabulary
+    1.5B model, although the trained rows are already in the adapter as trainable-token values and every
+    other row is the base's. TRL's KL reference (the ``ref`` adapter) is rebuilt from the starting adapter
+    whenever a trainer starts, so it is not saved either. Loading needs the base resized to the tokenizer,
+    which :func:`load_model` does.
+    """
+    save = model.save_pretrained
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        kwargs.setdefault("save_embedding_layers", False)
+        kwargs.setdefault("selected_adapters", [name for name in model.peft_config if name != "ref"])
+        return save(save_directory, *args, **kwargs)
+
+    save_pretrained.__doc__ = save.__doc__
+    model.save_pretrained = save_pretrained
+
+
+def keep_4bit_weights_trainable(model) -> int:
+    """Keep every bitsandbytes 4-bit weight in the layout that its autograd path reads.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight into an inference-only
+    layout the first time the layer runs in eval mode without grad, and never converts it back. Every
+    later forward then goes through ``gemv_4bit``, which has no backward: a crash on layers with a bias,
+    silently wrong LoRA gradients on layers without one. RL generates in eval mode before every update,
+    so a model that will train must never take that path: the repacking is switched off here, and
+    layers that were already repacked (a model tried out before training) are converted back.
+    Inference-only models keep bitsandbytes' default. Returns how many layers had to be converted back.
+    """
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # no bitsandbytes, no 4-bit layers
+        return 0
+    converted = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            converted += 1
+    if converted:
+        log.warning("%d 4-bit layers had been repacked for CPU inference (an eval pass before training); "
+                    "converted them back so that training gets correct gradients", converted)
+    return converted
 
 
 def _expose_output_bias(model) -> None:

@@ -111,14 +111,8 @@ def enter_repo_root(start: str | os.PathLike | None = None) -> Path:
 
 
 def demo_module():
-    """``demo/app.py`` of the checkout (it lives beside the package, not inside it)."""
-    if importlib.util.find_spec("demo") is not None and importlib.util.find_spec("demo.app") is not None:
-        return importlib.import_module("demo.app")
-    path = repo_root() / "demo" / "app.py"
-    spec = importlib.util.spec_from_file_location("thinkless_demo_app", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The demo's UI module (``demo/app.py`` of the repository, installed as ``thinkless_lite.demo.app``)."""
+    return importlib.import_module("thinkless_lite.demo.app")
 
 
 # ---------------------------------------------------------------- parameters -> config overrides

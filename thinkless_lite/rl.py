@@ -27,7 +27,6 @@ from thinkless_lite.model import compute_dtype, load_model, save_adapter
 from thinkless_lite.plots import plot_rl_curves
 from thinkless_lite.rewards import RewardTable
 from thinkless_lite.tokens import format_prompt
-from thinkless_lite.trainer import DeGRPOTrainer, RecordingReward
 from thinkless_lite.warmup import mini_world
 
 log = logging.getLogger("thinkless_lite")
@@ -102,6 +101,9 @@ def main(cfg: RunConfig) -> dict:
     model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
     items = rl_items(cfg)  # before the model: bad data fails in seconds, not after a multi-GB load
     loaded = load_model(model_cfg, trainable=True, seed=cfg.seed)
+    # Imported after the model: with the unsloth backend, `import unsloth` must rewrite TRL's trainer first.
+    from thinkless_lite.trainer import DeGRPOTrainer, RecordingReward
+
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
     tokens = cfg.model.control_tokens
     # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
@@ -116,7 +118,7 @@ def main(cfg: RunConfig) -> dict:
     trainer = DeGRPOTrainer(
         model=loaded.model, reward_funcs=[recorder], args=grpo_config(cfg, checkpoints), train_dataset=dataset,
         processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
-        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder,
+        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
         callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
     if resume:
         print(f"resuming RL from {resume}")

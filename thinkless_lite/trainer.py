@@ -7,6 +7,12 @@ aggregation, whose normaliser spans the whole generation batch on every process,
 from :func:`thinkless_lite.losses.loss_token_weights` make the stock clipped surrogate equal to
 :func:`thinkless_lite.losses.degrpo_loss` exactly (the surrogate is positively homogeneous in A).
 
+Under Unsloth (``import unsloth`` rewrites ``trl.GRPOTrainer``; this class then inherits the rewrite)
+two more things hold: ``compute_loss`` re-lays the advantages into the columns of Unsloth's own loss
+(:func:`thinkless_lite.compat.unsloth_loss_inputs`), and the log-prob hook passes Unsloth's extra
+positional flag through untouched. The KL reference is the starting adapter on both
+(:func:`thinkless_lite.compat.ensure_reference_adapter`).
+
 Also here: dropping groups whose rewards are all equal (as the release does) and the metrics users
 watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups).
 """
@@ -16,8 +22,8 @@ from __future__ import annotations
 import torch
 from trl import GRPOTrainer
 
-from thinkless_lite.compat import fused_logprobs_available, plain_logps_and_entropies, restore_adapter_precision
-
+from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
+                                   prepare_for_training, trainer_flavour, unsloth_loss_inputs)
 from thinkless_lite.losses import informative_groups, loss_token_weights
 from thinkless_lite.rewards import RewardTable, score_completion
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
@@ -40,28 +46,49 @@ class RecordingReward:
 
 
 class DeGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose loss is DeGRPO (``decoupled=True``) or token-exact vanilla GRPO (``False``)."""
+    """GRPOTrainer whose loss is DeGRPO (``decoupled=True``) or token-exact vanilla GRPO (``False``).
+
+    ``backend`` is the model's (``unsloth``, ``hf``, ``full``): Unsloth's trainer only works with an
+    Unsloth model and the stock one only with a plain one, so a mismatch (``unsloth`` imported after this
+    module, or imported at all for an ``hf`` run) stops here with what to do, not mid-step.
+    """
 
     def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
-                 recorder: RecordingReward | None = None, **kwargs):
+                 recorder: RecordingReward | None = None, backend: str | None = None, **kwargs):
+        check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
-        restore_adapter_precision(self.model)
+        prepare_for_training(self.model)
         if self.loss_type != "dapo":
             raise ValueError(f"DeGRPOTrainer needs GRPOConfig(loss_type='dapo') (token-sum over the generation "
                              f"batch); got {self.loss_type!r}")
+        if self.beta != 0.0:
+            ensure_reference_adapter(self.accelerator.unwrap_model(self.model))
         self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
 
+    @property
+    def on_unsloth(self) -> bool:
+        return trainer_flavour(type(self)) == "unsloth"
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
-        """TRL's fused head needs Triton (GPU); elsewhere the same numbers come from a plain forward."""
-        if fused_logprobs_available() or any(v is not None for v in multimodal.values()):
-            return super()._get_per_token_logps_and_entropies(
-                model, input_ids, attention_mask, logits_to_keep, batch_size=batch_size,
-                compute_entropy=compute_entropy, compute_aux_loss=compute_aux_loss, **multimodal)
+                                           compute_entropy=False, *args, **kwargs):
+        """TRL's fused head needs Triton (GPU); elsewhere the same numbers come from a plain forward.
+
+        Everything after ``compute_entropy`` passes through as given: Unsloth calls this with a seventh
+        positional argument (``compute_efficient``) that TRL's signature does not have.
+        """
+        multimodal = any(v is not None for k, v in kwargs.items() if k != "compute_aux_loss")
+        if self.on_unsloth or args or multimodal or fused_logprobs_available():
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              batch_size, compute_entropy, *args, **kwargs)
         return plain_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
-                                         compute_entropy, compute_aux_loss)
+                                         compute_entropy, bool(kwargs.get("compute_aux_loss", False)))
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.on_unsloth:
+            inputs = unsloth_loss_inputs(inputs, self.processing_class.pad_token_id)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def _generate_single_turn(self, *args, **kwargs):
         """Sample in eval mode: with gradient checkpointing on, a model in train mode drops its KV cache
@@ -129,3 +156,19 @@ class DeGRPOTrainer(GRPOTrainer):
         metrics["groups_all_wrong"].append((groups.max(1).values == 0).float().mean().item())
         metrics["groups_dropped"].append(1.0 - keep_all.float().view(-1, self.num_generations)[:, 0].mean().item())
 
+
+
+def check_trainer_flavour(trainer_class: type, backend: str | None) -> None:
+    """Fail loudly when the GRPOTrainer we inherit from does not match the model's backend."""
+    if backend is None:
+        return
+    flavour = trainer_flavour(trainer_class)
+    if backend == "unsloth" and flavour != "unsloth":
+        raise RuntimeError("the model uses the unsloth backend, but DeGRPOTrainer was built on stock TRL's "
+                           "GRPOTrainer: thinkless_lite.trainer was imported before unsloth. Load the model "
+                           "(thinkless_lite.load_model) or call thinkless_lite.model.select_backend('unsloth') "
+                           "before importing thinkless_lite.trainer, or restart the Python session.")
+    if backend != "unsloth" and flavour == "unsloth":
+        raise RuntimeError(f"the model uses the {backend} backend, but unsloth was imported and rewrote TRL's "
+                           "GRPOTrainer, which works only with Unsloth models: use model.backend=unsloth (or auto), "
+                           "or run without importing unsloth.")

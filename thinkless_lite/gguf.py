@@ -1,0 +1,98 @@
+"""A ``.gguf`` file as a base model: converted once to a cached Hugging Face folder, then loaded like any other.
+
+transformers reads GGUF (with the ``gguf`` package) by dequantising it to plain weights, which takes
+tens of seconds and has two quirks we fix once, at conversion:
+
+* the tokenizer comes back with ``eos`` = ``bos`` (``<|im_start|>`` on SmolLM2) and no pad, although the
+  file's own metadata (``tokenizer.ggml.eos_token_id``, seen in the model config) names the turn end;
+* ``save_pretrained`` refuses a model still marked as GGUF-quantised, although its weights are plain.
+
+The folder lands in ``$THINKLESS_LITE_CACHE`` (default ``~/.cache/thinkless_lite``) under ``gguf/``,
+keyed by the file's name, size and modification time; a half-written conversion is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from pathlib import Path
+
+log = logging.getLogger("thinkless_lite")
+
+CACHE_ENV = "THINKLESS_LITE_CACHE"
+COMPLETE_MARKER = "conversion_complete"
+
+
+def is_gguf(name_or_path: str | os.PathLike) -> bool:
+    return str(name_or_path).lower().endswith(".gguf")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "thinkless_lite")
+
+
+def converted_folder(gguf_path: str | os.PathLike) -> Path:
+    """Where the conversion of this exact file lives (it changes when the file does)."""
+    path = Path(gguf_path).resolve()
+    stat = path.stat()
+    key = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    return cache_root() / "gguf" / f"{path.stem}-{key}"
+
+
+def gguf_to_hf(gguf_path: str | os.PathLike) -> Path:
+    """The cached Hugging Face folder of ``gguf_path``, converting it the first time (fp32 weights)."""
+    source = Path(gguf_path)
+    if not source.is_file():
+        raise FileNotFoundError(f"model.name_or_path={str(gguf_path)!r} ends in .gguf but is not a file; give the "
+                                "path of a local .gguf (hub GGUF repos: download the file first)")
+    target = converted_folder(source)
+    if (target / COMPLETE_MARKER).exists():
+        return target
+    try:
+        import gguf  # noqa: F401  (transformers' GGUF reader needs it)
+    except ImportError as err:
+        raise ImportError("reading a .gguf model needs the gguf package: pip install 'thinkless-lite[gguf]' "
+                          "(or pip install gguf)") from err
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a Hugging Face folder (once): %s", source, target)
+    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
+    fix_gguf_tokenizer(tokenizer, model.config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.config.pad_token_id = tokenizer.pad_token_id
+    unmark_dequantised(model)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    (partial / COMPLETE_MARKER).write_text(str(source.resolve()) + "\n")
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
+
+
+def fix_gguf_tokenizer(tokenizer, config) -> None:
+    """End of sequence from the file's metadata (the model config), pad unset so the loader picks a distinct one."""
+    eos_id = config.eos_token_id[0] if isinstance(config.eos_token_id, (list, tuple)) else config.eos_token_id
+    if eos_id is not None and tokenizer.eos_token_id != eos_id:
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(int(eos_id))
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.pad_token = None
+
+
+def unmark_dequantised(model) -> None:
+    """transformers dequantises GGUF on load but keeps it marked quantised, which blocks ``save_pretrained``."""
+    for owner in (model, model.config):
+        for attribute in ("hf_quantizer", "quantization_config"):
+            if hasattr(owner, attribute):
+                try:
+                    delattr(owner, attribute)
+                except AttributeError:
+                    setattr(owner, attribute, None)
+    if getattr(model, "is_quantized", False):
+        model.is_quantized = False
