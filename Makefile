@@ -21,8 +21,9 @@ $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 	fi
 	touch $@
 
-$(BIN)/.dev: $(BIN)/.installed requirements/dev.txt
+$(BIN)/.dev: $(BIN)/.installed requirements/dev.txt requirements/no-deps.txt
 	$(BIN)/pip install -q -r requirements/dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
 	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
 	bash scripts/install_browser.sh
 	touch $@

@@ -106,3 +106,133 @@ def test_a_training_step_changes_only_adapter_and_new_token_rows(qlora):
     head = model.get_output_embeddings()
     assert head.bias is None and torch.equal(head.weight.detach(), merged)
     del embed_before
+
+
+@pytest.fixture(scope="module")
+def untied_model_dir(tmp_path_factory):
+    """A tiny Qwen2 whose output head is its own matrix (R1-Distill-Qwen-1.5B and Qwen2.5-7B are built so)."""
+    from thinkless_lite.mini_base import BaseTrainingConfig, build_model, build_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny-untied")
+    tokenizer = build_tokenizer()
+    model = build_model(tokenizer, BaseTrainingConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                                                      num_attention_heads=4, num_key_value_heads=2))
+    model.config.tie_word_embeddings = False
+    model.lm_head.weight = torch.nn.Parameter(torch.randn_like(model.lm_head.weight) * 0.02)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_new_rows_start_at_the_mean_row_on_both_sides(untied_model_dir):
+    from transformers import AutoModelForCausalLM
+
+    from thinkless_lite.model import grow_vocabulary
+
+    model = AutoModelForCausalLM.from_pretrained(untied_model_dir)
+    old = model.get_input_embeddings().weight.shape[0]
+    means = [layer.weight[:old].mean(0).clone() for layer in (model.get_input_embeddings(), model.get_output_embeddings())]
+    assert grow_vocabulary(model, old + 2) == 2 and grow_vocabulary(model, old + 2) == 0
+    for layer, mean in zip((model.get_input_embeddings(), model.get_output_embeddings()), means):
+        assert torch.allclose(layer.weight[old:], mean.expand(2, -1))
+
+
+def test_an_untied_head_trains_its_control_rows_too(untied_model_dir):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(ModelConfig(name_or_path=str(untied_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+    indices = loaded.model.peft_config["default"].trainable_token_indices
+    assert indices == {"embed_tokens": [loaded.control_ids["short"]], "lm_head": [loaded.control_ids["short"]]}
+    names = trainable_parameter_names(loaded.model)
+    assert any("lm_head" in n and "trainable_tokens_delta" in n for n in names)
+
+
+def test_adapters_hold_lora_and_control_rows_only_and_load_onto_a_fresh_base(tiny_model_dir, tmp_path):
+    from safetensors import safe_open
+
+    from thinkless_lite.model import save_adapter
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        trained = load_model(config)
+        with torch.no_grad():
+            for param in trained.model.parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param) * 0.05)
+        folder = save_adapter(trained, tmp_path / "adapter")
+        with safe_open(folder / "adapter_model.safetensors", "pt") as f:
+            keys = list(f.keys())
+        assert keys and all("lora_" in k or "trainable_tokens" in k for k in keys), keys
+        size = sum(f.stat().st_size for f in folder.iterdir())
+        reloaded = load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(folder)}), trainable=False)
+    batch = trained.tokenizer(["<short>1+2=3"], return_tensors="pt", add_special_tokens=False)
+    trained.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(trained.model(**batch).logits, reloaded.model(**batch).logits, atol=1e-5)
+    lora = sum(p.numel() * 4 for p in trained.model.parameters() if p.requires_grad)
+    assert size < lora + 200_000, (size, lora)  # weights, tokenizer and configs: no embedding tables
+
+
+def test_a_trainable_adapter_load_gets_kbit_preparation_and_checkpointing(tiny_model_dir, tmp_path):
+    from thinkless_lite.model import save_adapter
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = save_adapter(load_model(config), tmp_path / "adapter")
+        loaded = load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(folder),
+                                           "gradient_checkpointing": True}))
+    base = loaded.model.get_base_model()
+    assert base.is_gradient_checkpointing
+    assert getattr(base, "is_loaded_in_4bit", False)
+
+
+def fake_unsloth(monkeypatch, calls):
+    """An ``unsloth`` module whose FastLanguageModel records what load_model asks of it (the real one needs CUDA)."""
+    import sys
+    import types
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import thinkless_lite.model as model_module
+
+    class FastLanguageModel:
+        @staticmethod
+        def from_pretrained(model_name, max_seq_length, load_in_4bit, dtype):
+            calls.append(("from_pretrained", model_name))
+            return AutoModelForCausalLM.from_pretrained(model_name), None
+
+        @staticmethod
+        def get_peft_model(model, r, lora_alpha, lora_dropout, target_modules, random_state, use_gradient_checkpointing,
+                           trainable_token_indices=None):
+            calls.append(("get_peft_model", use_gradient_checkpointing, trainable_token_indices))
+            return get_peft_model(model, LoraConfig(r=r, lora_alpha=lora_alpha, target_modules=target_modules,
+                                                    trainable_token_indices=trainable_token_indices))
+
+        @staticmethod
+        def patch_peft_model(model, use_gradient_checkpointing):
+            calls.append(("patch_peft_model", use_gradient_checkpointing))
+            return model
+
+    monkeypatch.setitem(sys.modules, "unsloth", types.SimpleNamespace(FastLanguageModel=FastLanguageModel))
+    monkeypatch.setattr(model_module, "unsloth_status", lambda: (True, "CUDA GPU and a working unsloth"))
+
+
+def test_unsloth_patches_an_adapter_loaded_from_a_folder(tiny_model_dir, tmp_path, monkeypatch):
+    """RL from the warm-up adapter: Unsloth's LoRA kernels and checkpointing, as for a new adapter."""
+    from thinkless_lite.model import save_adapter
+
+    calls = []
+    fake_unsloth(monkeypatch, calls)
+    config = ModelConfig(name_or_path=str(tiny_model_dir), backend="unsloth", lora_r=4, lora_alpha=8,
+                         gradient_checkpointing=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fresh = load_model(config)
+        assert calls[-1][:2] == ("get_peft_model", "unsloth") and calls[-1][2] == {"embed_tokens": [fresh.control_ids["short"]]}
+        folder = save_adapter(fresh, tmp_path / "adapter")
+        calls.clear()
+        load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(folder)}))
+    assert [c[0] for c in calls] == ["from_pretrained", "patch_peft_model"] and calls[1][1] == "unsloth"

@@ -116,3 +116,49 @@ def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="loss_type='dapo'"):
         DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args,
                       train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1"}]), processing_class=loaded.tokenizer)
+
+
+def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_model_dir, tmp_path):
+    """beta > 0, RL from a (warm-up) adapter: the reference TRL scores with is that adapter, not the base."""
+    from datasets import Dataset
+    from trl import GRPOConfig
+
+    from thinkless_lite.model import save_adapter
+    from thinkless_lite.trainer import DeGRPOTrainer
+
+    config = ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8, train_control_rows="all")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm = load_model(config)
+        with torch.no_grad():  # a trained warm-up: LoRA and control rows away from the base
+            for name, param in warm.model.named_parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param) * 0.05)
+        adapter = save_adapter(warm, tmp_path / "warmup")
+        loaded = load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(adapter)}))
+    prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4-1"]]
+    dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
+    args = GRPOConfig(output_dir=str(tmp_path / "rl"), per_device_train_batch_size=2 * GROUP, num_generations=GROUP,
+                      max_completion_length=8, loss_type="dapo", scale_rewards="none", beta=0.04, use_cpu=True,
+                      bf16=False, report_to="none", seed=0, shuffle_dataset=False, max_steps=1)
+    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
+                            processing_class=loaded.tokenizer, backend="hf")
+    model = trainer.model
+    params = dict(model.named_parameters())
+    deltas = [n for n in params if "trainable_tokens_delta.ref" in n]
+    assert deltas and all(torch.equal(params[n], params[n.replace(".ref", ".default")]) for n in deltas)
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer._generate_and_score_completions([dataset[i] for i in range(2) for _ in range(GROUP)])
+    ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    width = batch["completion_ids"].shape[1]
+    with torch.no_grad():
+        policy, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, attention, width)
+        with model.disable_adapter():
+            base, _, _ = trainer._get_per_token_logps_and_entropies(model, ids, attention, width)
+    mask = batch["completion_mask"].bool()
+    assert torch.allclose(batch["ref_per_token_logps"][mask], policy[mask], atol=1e-5)
+    assert not torch.allclose(base[mask], policy[mask], atol=1e-3)
+    saved = save_adapter(loaded, tmp_path / "rl-adapter")
+    assert not (saved / "ref").exists() and (saved / "adapter_model.safetensors").exists()

@@ -94,49 +94,42 @@ def trainer_flavour(trainer_class: type) -> str:
     return "unsloth" if any(c.__name__.startswith("Unsloth") for c in trainer_class.__mro__) else "trl"
 
 
-def unsloth_layout(per_token: torch.Tensor, prompt_ids: torch.Tensor, pad_token_id: int,
-                   width: int | None = None) -> torch.Tensor:
-    """Re-lay ``(B, T)`` per-token values (TRL's completion columns) into the columns of Unsloth's text loss.
+def unsloth_layout(per_token: torch.Tensor, prompt_ids: torch.Tensor, completion_ids: torch.Tensor,
+                   pad_token_id: int, width: int | None = None) -> torch.Tensor:
+    """Move ``(B, T)`` per-token values (TRL's completion columns) to where Unsloth's text loss reads them.
 
-    unsloth_zoo's ``grpo_accumulated_loss`` moves every prompt's left padding to the right
-    (``left_pack_padding``), keeps the last ``T + max_left_pad`` columns, and rebuilds the completion mask
-    there (``create_completion_attention_mask``): row b's completion starts at column
-    ``max_left_pad - pads_b``. Its loss broadcasts a ``(B,)`` advantage but takes a ``(B, T)`` one as is,
-    so DeGRPO's per-token advantages must move the same way. ``max_left_pad`` is what that function uses:
-    ``width - T`` when old or reference log-probs fix the width, else the largest prompt padding here.
+    unsloth_zoo's ``grpo_accumulated_loss`` moves every pad token of a row to its end (``left_pack_padding``,
+    a stable sort on ``ids != pad``), keeps the last ``T + max_left_pad`` columns and rebuilds the
+    completion mask there. Its loss broadcasts a ``(B,)`` advantage but takes a ``(B, T)`` one as is, so
+    DeGRPO's per-token advantages must make the same move: the same permutation is applied to them here.
+    ``max_left_pad`` is the one that function uses: ``width - T`` when old or reference log-probs fix the
+    width, else the most pad tokens any prompt of this micro-batch has.
     """
     batch, length = per_token.shape
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)
     pads = (prompt_ids == pad_token_id).sum(dim=1)  # zoo's calculate_pad_tokens_in_prompt
     max_left_pad = int(pads.max()) if width is None else width - length
     if max_left_pad < int(pads.max()):
-        raise ValueError(f"Unsloth's loss window is {width} columns, too narrow for prompts with {int(pads.max())} pads")
-    out = per_token.new_zeros(batch, length + max_left_pad)
-    columns = (max_left_pad - pads).unsqueeze(1).to(per_token.device) + torch.arange(length, device=per_token.device)
-    out.scatter_(1, columns, per_token)
-    return out
+        raise ValueError(f"Unsloth's loss window of {width} columns is too narrow for prompts with "
+                         f"{int(pads.max())} pad tokens")
+    values = torch.cat([per_token.new_zeros(prompt_ids.shape), per_token], dim=1)
+    order = torch.argsort((ids != pad_token_id).to(torch.int8), dim=1, descending=True, stable=True)
+    return values.gather(1, order.to(values.device))[:, -(length + max_left_pad):]
 
 
 def unsloth_loss_inputs(inputs: dict, pad_token_id: int) -> dict:
     """The micro-batch ``inputs`` with DeGRPO's per-token advantages in Unsloth's loss layout.
 
-    Also checks that Unsloth's own mask (``ids != pad`` over the re-laid completions) keeps every token
-    TRL's mask keeps, which the per-token weights were computed from; it does whenever the model writes
-    no pad token inside an answer (hence ``model.ensure_distinct_pad_token``).
+    Unsloth's mask keeps ``ids != pad``; DeGRPO's weights are zero on pad tokens too (see
+    ``DeGRPOMixin._generate_and_score_completions``), so both losses cover the same tokens.
     """
     advantages = inputs["advantages"]
     if advantages.dim() == 1:
         return inputs
     fixed = next((inputs[k] for k in ("old_per_token_logps", "ref_per_token_logps") if inputs.get(k) is not None), None)
-    width = None if fixed is None else fixed.shape[1]
-    prompt_ids, completion_ids = inputs["prompt_ids"], inputs["completion_ids"]
-    kept_by_trl = unsloth_layout(inputs["completion_mask"].float(), prompt_ids, pad_token_id, width)
-    kept_by_unsloth = unsloth_layout((completion_ids != pad_token_id).float(), prompt_ids, pad_token_id, width)
-    dropped = int((kept_by_trl > kept_by_unsloth).sum())
-    if dropped:
-        log.warning("%d completion tokens are the pad token (id %d), which Unsloth's loss masks out although "
-                    "DeGRPO's weights count them; the loss is slightly smaller than DeGRPO's on this batch",
-                    dropped, pad_token_id)
-    return {**inputs, "advantages": unsloth_layout(advantages, prompt_ids, pad_token_id, width)}
+    relaid = unsloth_layout(advantages, inputs["prompt_ids"], inputs["completion_ids"], pad_token_id,
+                            None if fixed is None else fixed.shape[1])
+    return {**inputs, "advantages": relaid}
 
 
 def ensure_reference_adapter(model) -> bool:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +88,7 @@ def bf16_native() -> bool:
 
 # ---------------------------------------------------------------- tokenizer
 
-def prepare_tokenizer(tokenizer, cfg: ModelConfig) -> list[int]:
+def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = ()) -> list[int]:
     """Pad token, chat template (override, fallback, neutralised), control tokens. Returns new token ids.
 
     Control tokens are added as *non-special* tokens: TRL decodes completions with
@@ -101,7 +102,7 @@ def prepare_tokenizer(tokenizer, cfg: ModelConfig) -> list[int]:
                       stacklevel=2)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     tokenizer.chat_template = neutralise_chat_template(tokenizer.chat_template, tokens)
-    pad_ids = ensure_distinct_pad_token(tokenizer)
+    pad_ids = ensure_distinct_pad_token(tokenizer, end_ids)
     return pad_ids + ensure_control_tokens(tokenizer, tokens)
 
 
@@ -111,20 +112,23 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<pad>"
 ADDED_PAD_TOKEN = "<|pad|>"
 
 
-def ensure_distinct_pad_token(tokenizer) -> list[int]:
-    """Give the tokenizer a pad token that is not its end of sequence; return the id if one had to be added.
+def ensure_distinct_pad_token(tokenizer, end_ids: Iterable[int] = ()) -> list[int]:
+    """Give the tokenizer a pad token that ends nothing; return its id if one had to be added.
 
-    Padding with EOS makes EOS invisible wherever a mask is rebuilt as ``ids != pad`` (Unsloth's GRPO loss
-    does exactly that, and drops every answer's last token from the loss while TRL's normaliser still
-    counts it), and makes a prompt's own turn-end tokens look like padding. A pad-like token the
-    vocabulary already has is reused; only if there is none is ``<|pad|>`` added (one new embedding row).
+    ``end_ids`` are the model's other end-of-sequence ids (its generation config's), which TRL also
+    stops at and keeps in the completion mask. Padding with any of them makes that token invisible
+    wherever a mask is rebuilt as ``ids != pad`` (Unsloth's GRPO loss does exactly that, and would drop
+    every answer's last token while TRL's normaliser still counts it), and makes a prompt's own turn-end
+    tokens look like padding. A pad-like token the vocabulary already has is reused (Qwen2.5's
+    ``<|fim_pad|>`` rather than its ``<|endoftext|>``, which ends a generation); only if there is none is
+    ``<|pad|>`` added (one new embedding row).
     """
-    eos = tokenizer.eos_token_id
-    if tokenizer.pad_token is not None and tokenizer.pad_token_id != eos:
+    ends = {tokenizer.eos_token_id, *end_ids}
+    if tokenizer.pad_token is not None and tokenizer.pad_token_id not in ends:
         return []
     vocab = tokenizer.get_vocab()
     for candidate in PAD_CANDIDATES:
-        if candidate in vocab and vocab[candidate] != eos:
+        if candidate in vocab and vocab[candidate] not in ends:
             tokenizer.pad_token = candidate
             return []
     tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
@@ -230,12 +234,23 @@ def _lora_config(cfg: ModelConfig, token_indices: dict | None):
         trainable_token_indices=token_indices)
 
 
+def generation_end_ids(name_or_path: str) -> list[int]:
+    """The end-of-sequence ids in a base's generation config (none when it has no such file)."""
+    from transformers import GenerationConfig
+
+    try:
+        ids = GenerationConfig.from_pretrained(resolve_model_path(name_or_path)).eos_token_id
+    except (OSError, ValueError):
+        return []
+    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+
+
 def load_tokenizer(cfg: ModelConfig):
     """The tokenizer a run uses: the adapter's when it has one, prepared (template, pad, control tokens)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(cfg))
-    new_ids = prepare_tokenizer(tokenizer, cfg)
+    new_ids = prepare_tokenizer(tokenizer, cfg, generation_end_ids(cfg.name_or_path))
     return tokenizer, new_ids
 
 

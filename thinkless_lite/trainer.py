@@ -45,8 +45,8 @@ class RecordingReward:
         return [o.reward for o in self.last_outcomes]
 
 
-class DeGRPOTrainer(GRPOTrainer):
-    """GRPOTrainer whose loss is DeGRPO (``decoupled=True``) or token-exact vanilla GRPO (``False``).
+class DeGRPOMixin:
+    """What DeGRPO changes in a GRPOTrainer; mixed into whichever one ``trl`` exports (see ``DeGRPOTrainer``).
 
     ``backend`` is the model's (``unsloth``, ``hf``, ``full``): Unsloth's trainer only works with an
     Unsloth model and the stock one only with a plain one, so a mismatch (``unsloth`` imported after this
@@ -63,9 +63,21 @@ class DeGRPOTrainer(GRPOTrainer):
                              f"batch); got {self.loss_type!r}")
         if self.beta != 0.0:
             ensure_reference_adapter(self.accelerator.unwrap_model(self.model))
+        self._never_sample_padding()
         self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
+
+    def _never_sample_padding(self) -> None:
+        """The pad token is padding, never content: it is kept out of sampling (TRL's documented
+        ``suppress_tokens`` generation setting). Unsloth's loss removes every pad token from a sequence
+        before scoring it, so an answer that contained one would be scored on another text than TRL's."""
+        pad = self.processing_class.pad_token_id
+        if pad is None or self.use_vllm:  # vLLM's SamplingParams have no suppress_tokens
+            return
+        suppressed = sorted({*(self.generation_kwargs.get("suppress_tokens") or []), pad})
+        self.generation_kwargs["suppress_tokens"] = suppressed
+        self.generation_config.suppress_tokens = suppressed
 
     @property
     def on_unsloth(self) -> bool:
@@ -113,7 +125,9 @@ class DeGRPOTrainer(GRPOTrainer):
         keep_all = informative_groups(rewards, self.num_generations) if self.drop_uniform_groups \
             else torch.ones_like(rewards, dtype=torch.bool)
         keep = keep_all[start:start + local].to(out["completion_mask"].device)
-        mask = out["completion_mask"].float() * keep[:, None].float()
+        # A pad token the model wrote inside an answer counts as padding, as it does in Unsloth's loss mask.
+        answer_tokens = out["completion_mask"].float() * (out["completion_ids"] != self.processing_class.pad_token_id)
+        mask = answer_tokens * keep[:, None].float()
         # Global counts, so every process weights its tokens against the same whole batch.
         counts = torch.stack([mask[:, 0].sum(), mask[:, 1:].sum(), (mask.sum(1) > 0).float().sum()])
         counts = self.accelerator.reduce(counts, reduction="sum")
@@ -172,3 +186,7 @@ def check_trainer_flavour(trainer_class: type, backend: str | None) -> None:
         raise RuntimeError(f"the model uses the {backend} backend, but unsloth was imported and rewrote TRL's "
                            "GRPOTrainer, which works only with Unsloth models: use model.backend=unsloth (or auto), "
                            "or run without importing unsloth.")
+
+
+class DeGRPOTrainer(DeGRPOMixin, GRPOTrainer):
+    """GRPOTrainer whose loss is DeGRPO (``decoupled=True``) or token-exact vanilla GRPO (``False``)."""
