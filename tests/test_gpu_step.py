@@ -1,42 +1,33 @@
-"""benchmarks/gpu_step.py on CPU: the tiny shape runs the real DeGRPO step under hf; unsloth is skipped, not a crash.
+"""The GPU check (benchmarks/gpu/, scripts/gpu_check.sh) on CPU: the tiny shape runs the real DeGRPO step and
+the loss check under hf; unsloth is reported skipped with its reason, not a crash.
 
-The GPU numbers themselves need a CUDA machine (docs/gpu.md); here we check the plumbing: one worker
-process per backend, forced lengths, per-token (B, T) advantages reaching the loss, and the JSON and
-Markdown reports (fields, skip reasons, targets left "n/a" off a GPU, the loss check in --verify-loss).
+The GPU numbers need a CUDA machine (docs/gpu.md). Here: one worker process per backend, forced completion
+lengths, prompts of mixed lengths reaching the loss's micro-batches, per-token (B, T) advantages, the loss
+check's PASS against ``degrpo_loss`` (and that it can tell a wrong advantage layout), the verdict and target
+logic on GPU-shaped records, the non-zero exit when nothing was proven, and the shell script's arguments.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import subprocess
 from pathlib import Path
 
 import pytest
+import torch
+
+from benchmarks.gpu import cli, report
+from benchmarks.gpu.common import NOT_MEASURED
+from benchmarks.gpu.inputs import prompt_lengths
+from benchmarks.gpu.shapes import SHAPES, count_params
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "gpu_step.py"
-
-
-@pytest.fixture(scope="module")
-def gpu_step():
-    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def work(tmp_path_factory) -> Path:
-    """One checkpoint folder shared by both runs (the script reuses a built checkpoint)."""
-    return tmp_path_factory.mktemp("gpu_step")
-
-
 SMALL = ["--tiny", "--device", "cpu", "--threads", "1", "--prompt-len", "12", "--completion-len", "6",
-         "--generations", "4"]
+         "--generations", "4", "--prompts", "2"]
 
 
-def test_shapes_are_the_real_qwen2_numbers(gpu_step):
-    small, large = gpu_step.SHAPES["1.5b"], gpu_step.SHAPES["7b"]
+def test_shapes_are_the_real_qwen2_numbers():
+    small, large = SHAPES["1.5b"], SHAPES["7b"]
     assert (small["hidden_size"], small["intermediate_size"], small["num_hidden_layers"],
             small["num_attention_heads"], small["num_key_value_heads"]) == (1536, 8960, 28, 12, 2)
     assert (large["hidden_size"], large["intermediate_size"], large["num_hidden_layers"],
@@ -45,80 +36,135 @@ def test_shapes_are_the_real_qwen2_numbers(gpu_step):
         assert shape["vocab_size"] == 151936 and shape["tie_word_embeddings"] is tied
         assert shape["rope_theta"] == 1e6 and shape["max_position_embeddings"] == 32768
     # Parameter counts of the hub models (model cards): 1.54B and 7.61B.
-    assert round(gpu_step._count_params(small) / 1e9, 2) == 1.54
-    assert round(gpu_step._count_params(large) / 1e9, 2) == 7.61
+    assert round(count_params(small) / 1e9, 2) == 1.54
+    assert round(count_params(large) / 1e9, 2) == 7.61
+    assert prompt_lengths(4, 256) == [256, 214, 171, 128] and prompt_lengths(1, 9) == [9]
 
 
-def test_cpu_bench_reports_hf_and_skips_unsloth(gpu_step, work, tmp_path):
+def test_cpu_bench_runs_hf_with_mixed_prompts_and_skips_unsloth(tmp_path):
     out = tmp_path / "bench.json"
-    rc = gpu_step.main(SMALL + ["--backends", "hf,unsloth,unsloth-first", "--steps", "1", "--out", str(out),
-                                "--work-dir", str(work), "--keep-work"])
+    rc = cli.main(SMALL + ["--grad-accum", "2", "--steps", "1", "--out", str(out), "--work-dir", str(tmp_path / "work")])
     results = json.loads(out.read_text())
     runs = {r["backend"]: r for r in results["runs"]}
     assert rc == 0, runs["hf"].get("error") or runs["hf"].get("log_tail")
-
-    assert results["settings"]["device"] == "cpu" and results["settings"]["mode"] == "bench"
+    assert results["settings"]["mode"] == "bench" and results["settings"]["backends"] == ["hf", "unsloth"]
     for key in ("torch", "transformers", "trl", "peft", "bitsandbytes", "unsloth", "unsloth_zoo"):
         assert key in results["versions"] and key in results["expected_versions"]
-    assert results["device"]["name"].startswith("CPU")
-    built = results["checkpoints"]["tiny"]
-    assert built["parameters"] == gpu_step._count_params(gpu_step.SHAPES["tiny"])  # the formula counts a real model
-
-    for backend in ("unsloth", "unsloth-first"):
-        assert runs[backend]["status"] == "skipped"
-        assert "CUDA" in runs[backend]["reason"]
+    assert results["checkpoints"]["tiny"]["checkpoint"]["parameters"] == count_params(SHAPES["tiny"])
+    assert runs["unsloth"]["status"] == "skipped" and "CUDA" in runs["unsloth"]["reason"]
 
     hf = runs["hf"]
     assert hf["status"] == "ok", hf
-    assert hf["backend_chosen"]["name"] == "hf" and hf["unsloth_trainer_in_mro"] is False
-    assert hf["trainer_mro"][0] == "thinkless_lite.trainer.DeGRPOTrainer"
+    # The CLI's batch flags and the recipe's checkpointing reach TRL's trainer.
+    assert hf["grpo"]["per_device_train_batch_size"] == 4 and hf["grpo"]["gradient_accumulation_steps"] == 2
+    assert hf["gradient_checkpointing"] is True
     step = hf["steps"][0]
-    for key in ("step_s", "generate_s", "rollout_s", "update_s", "peak_rss_gb", "generated_tokens"):
-        assert isinstance(step[key], (int, float)) and step[key] > 0, key
-    # Forced lengths: every completion is exactly --completion-len tokens; prompts exactly --prompt-len.
-    assert hf["forced_lengths_ok"] is True
-    assert step["completion_len_min"] == step["completion_len_max"] == 6
-    assert step["generated_tokens"] == 4 * 6 and step["prompt_tokens"] == 4 * 12
-    # DeGRPO hands TRL's loss per-token advantages of shape (B, T).
-    assert step["advantages_shape"] == [4, 6]
-    summary = hf["summary"]
+    for key in ("step_s", "generate_s", "rollout_s", "update_s", "peak_rss_gb"):
+        assert step[key] > 0, key
+    # Forced completions: exactly --completion-len tokens each.
+    assert hf["forced_lengths_ok"] is True and step["completion_len_min"] == step["completion_len_max"] == 6
+    assert step["generated_tokens"] == 8 * 6
+    # Mixed prompts: the step's two prompts are 12 and 6 tokens, and the loss saw micro-batches mixing them.
+    assert step["prompt_tokens"] == 4 * 12 + 4 * 6
+    assert hf["prompt_lengths"] == [6, 12] and hf["micro_batches"] == 2
+    assert any(len(set(batch)) > 1 for batch in step["micro_batch_prompt_lengths"])
+    assert hf["mixed_micro_batches"] >= 1
+    assert step["advantages_shape"] == [8, 6]  # DeGRPO hands TRL's loss per-token advantages (B, T)
     for key in ("step_s", "generate_s", "update_s", "generation_tokens_per_s", "update_tokens_per_s"):
-        assert summary[key] > 0, key
-    assert "peak_rss_gb" in hf["peak"] and "peak_allocated_gb" not in hf["peak"]  # no GPU counters on CPU
-    assert hf["grpo"]["loss_type"] == "dapo" and hf["gradient_checkpointing"] is True  # the T4 recipe's settings
-    assert hf["generation_in_train_mode_with_checkpointing"] is True  # flagged, see docs/gpu.md
-
-    assert results["targets"], "speed targets are listed even when they cannot be assessed"
-    assert all(t["status"] == "n/a" for t in results["targets"])
+        assert hf["summary"][key] > 0, key
 
     md = out.with_suffix(".md").read_text()
     assert "| shape | backend | status | peak reserved GB | peak allocated GB | load peak reserved GB" in md
-    assert "| tiny | hf | ok |" in md
-    assert "| tiny | unsloth | skipped: no CUDA GPU" in md
-    assert "torch " in md and "transformers 5.17.0" in md
-    assert "Not measured yet: no GPU was available in the session that built this script." in md
+    assert "| tiny | hf | ok |" in md and "| tiny | unsloth | skipped: no CUDA GPU" in md
+    assert "BENCH tiny/hf: peak RSS" in md and NOT_MEASURED in md
 
 
-def test_cpu_verify_loss_checks_hf_and_skips_unsloth(gpu_step, work, tmp_path):
+def test_cpu_verify_loss_passes_against_degrpo_loss(tmp_path):
     """In this process (--in-process) to stay fast; the bench test above covers the worker processes."""
     out = tmp_path / "verify.json"
-    rc = gpu_step.main(SMALL + ["--verify-loss", "--in-process", "--out", str(out), "--work-dir", str(work),
-                                "--keep-work"])
+    rc = cli.main(SMALL + ["--verify-loss", "--in-process", "--out", str(out)])
     results = json.loads(out.read_text())
     runs = {r["backend"]: r for r in results["runs"]}
-    assert rc == 0, [c for c in results.get("checks", []) if c["status"] != "PASS"] or runs["hf"]
-    assert results["settings"]["mode"] == "verify-loss"
-    assert runs["unsloth"]["status"] == "skipped" and "CUDA" in runs["unsloth"]["reason"]
-    hf = runs["hf"]
-    assert hf["status"] == "ok"
-    assert hf["loss"] == pytest.approx(hf["expected_loss_bt"], abs=1e-5)
-    # The check is sensitive: collapsing the advantages to one per sequence gives another loss.
-    assert abs(hf["expected_loss_bt"] - hf["expected_loss_if_per_sequence"]) > 1e-3
-    assert hf["loss_with_per_sequence_advantages"] == pytest.approx(hf["expected_loss_if_per_sequence"], abs=1e-5)
-    assert hf["grad_tensors"] > 0 and hf["zero_grad_tensors"] == 0 and not hf["missing_grad_tensors"]
     checks = {c["check"]: c for c in results["checks"]}
-    assert checks["tiny/hf: loss == closed form with (B, T) advantages"]["status"] == "PASS"
-    assert checks["tiny/hf: trainer gradients == degrpo_loss reference gradients"]["status"] == "PASS"
-    assert checks["tiny/unsloth"]["status"] == "skipped"
+    assert rc == 0 and results["verdict"] == "PASS", [c for c in results["checks"] if c["status"] == "FAIL"]
+    assert runs["unsloth"]["status"] == "skipped" and checks["tiny/unsloth: ran"]["status"] == "skipped"
+    hf = runs["hf"]
+    lengths = hf["batch"]["prompt_lengths"]  # from the prompt mask the loss received
+    assert lengths == prompt_lengths(8, 12) and len(set(lengths)) == 7 and (min(lengths), max(lengths)) == (6, 12)
+    assert hf["loss"] == pytest.approx(hf["expected_loss_bt"], abs=1e-6)
+    assert hf["reference"]["loss"] == pytest.approx(hf["expected_loss_bt"], abs=1e-6)
+    assert hf["reference"]["cosine"] > 0.9999 and hf["reference"]["rel_l2"] < 1e-4
+    # The same gradient comparison would catch advantages collapsed to one per sequence.
+    assert hf["per_sequence_vs_bt"]["cosine"] < report.UNSLOTH_COSINE
+    assert hf["loss_with_per_sequence_advantages"] == pytest.approx(hf["expected_loss_if_per_sequence"], abs=1e-6)
+    for name in ("loss == closed form with (B, T) advantages", "loss == degrpo_loss on plain-forward log-probs",
+                 "gradients == degrpo_loss gradients", "the gradient check tells (B, T) from (B,) advantages",
+                 "prompts of mixed lengths", "every LoRA tensor has a gradient"):
+        assert checks[f"tiny/hf: {name}"]["status"] == "PASS", name
     md = out.with_suffix(".md").read_text()
-    assert "DeGRPO loss check" in md and "| tiny | unsloth | skipped" in md
+    assert "LOSS CHECK: PASS (6 passed, 0 failed)" in md and "| tiny | unsloth | skipped" in md
+
+
+def test_verify_exits_non_zero_when_nothing_was_checked(tmp_path):
+    out = tmp_path / "verify.json"
+    assert cli.main(SMALL + ["--verify-loss", "--backends", "unsloth", "--out", str(out)]) == 1
+    assert json.loads(out.read_text())["verdict"] == "NOT RUN"
+
+
+def _verify_record(tmp_path: Path, backend: str, grads: dict, **extra) -> dict:
+    path = tmp_path / f"{backend}.pt"
+    torch.save(grads, path)
+    record = {"shape": "1.5b", "backend": backend, "status": "ok", "loss": 0.25, "expected_loss_bt": 0.25,
+              "expected_loss_if_per_sequence": 0.2, "grad_tensors": len(grads), "zero_grad_names": [],
+              "batch": {"prompt_lengths": [256, 200, 128]}, "grads_file": str(path)}
+    return {**record, **extra}
+
+
+def test_verdicts_and_targets_on_gpu_records(tmp_path):
+    """The decisions a GPU run is judged by, on records shaped like a GPU run's."""
+    torch.manual_seed(0)
+    grads = {"a.lora_A.default.weight": torch.randn(4, 3), "a.lora_B.default.weight": torch.randn(3, 4)}
+    hf = _verify_record(tmp_path, "hf", grads, reference={"loss": 0.25, "compared_tensors": 2, "rel_l2": 1e-3,
+                                                        "cosine": 0.9999, "max_abs": 1e-4},
+                        per_sequence_vs_bt={"cosine": 0.5, "rel_l2": 0.9})
+    close = {k: v * 1.01 for k, v in grads.items()}
+    results = {"settings": {"device": "cuda"}, "runs": [hf, _verify_record(tmp_path, "unsloth", close)]}
+    assert report.verdict(report.verify_checks(results)) == "PASS"
+
+    flipped = {k: -v for k, v in grads.items()}  # e.g. advantages landing on the wrong tokens
+    results["runs"][1] = _verify_record(tmp_path, "unsloth", flipped)
+    checks = report.verify_checks(results)
+    assert report.verdict(checks) == "FAIL"
+    assert [c["check"] for c in checks if c["status"] == "FAIL"] == ["1.5b/unsloth: gradients == hf's"]
+    results["runs"][1] = _verify_record(tmp_path, "unsloth", close, loss=0.3)
+    assert [c["check"] for c in report.verify_checks(results) if c["status"] == "FAIL"] == \
+        ["1.5b/unsloth: loss == closed form with (B, T) advantages"]
+    # A reference that could not be computed fails hf's two reference checks, not the unsloth comparison.
+    results["runs"] = [{**hf, "reference": {"error": "RuntimeError: no logits"}},
+                       _verify_record(tmp_path, "unsloth", close)]
+    assert [c["check"] for c in report.verify_checks(results) if c["status"] == "FAIL"] == \
+        ["1.5b/hf: loss == degrpo_loss on plain-forward log-probs", "1.5b/hf: gradients == degrpo_loss gradients"]
+    # On a GPU a requested backend that could not run fails the check (on a CPU it is only skipped).
+    results["runs"][1] = {"shape": "1.5b", "backend": "unsloth", "status": "skipped", "reason": "no unsloth"}
+    assert report.verdict(report.verify_checks(results)) == "FAIL"
+
+    def bench(backend, peak, step_s, status="ok"):
+        return {"shape": "1.5b", "backend": backend, "status": status, "peak": {"peak_reserved_gb": peak},
+                "summary": {"step_s": step_s}}
+
+    rows = report.targets({"settings": {"device": "cuda"}, "runs": [bench("hf", 11.0, 3.0), bench("unsloth", 6.0, 1.5)]})
+    assert [(r["target"], r["status"]) for r in rows] == [
+        ("peak reserved GPU memory, 1.5b, hf", "MISS"), ("peak reserved GPU memory, 1.5b, unsloth", "PASS"),
+        ("speed-up per step, 1.5b, unsloth vs hf", "PASS")]
+    rows = report.targets({"settings": {"device": "cuda"}, "runs": [bench("hf", None, None, "oom"),
+                                                                    bench("unsloth", 6.0, 2.9)]})
+    assert [r["status"] for r in rows] == ["MISS", "PASS", "n/a"]
+
+
+def test_gpu_check_script_parses_its_arguments():
+    script = REPO / "scripts" / "gpu_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
+    shown = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=False)
+    assert shown.returncode == 0 and "--install-only" in shown.stdout and "--dry-run" in shown.stdout
+    assert subprocess.run(["bash", str(script), "--bogus"], capture_output=True, check=False).returncode == 2
+    assert subprocess.run(["bash", str(script), "--budget", "soon"], capture_output=True, check=False).returncode == 2

@@ -12,7 +12,8 @@ from thinkless_lite.grading import grade_answer
 
 from thinkless_lite.data.hybrid import (FilterReport, TeacherResponse, WarmupDataError, build_sft_examples,
                                         generate_teacher_file, generated_responses, miniworld_responses,
-                                        read_teacher_file, responses_from_columns, split_long_response)
+                                        long_response, read_teacher_file, responses_from_columns,
+                                        split_long_response)
 from thinkless_lite.data.miniworld import MiniWorld, solve
 from thinkless_lite.data.sources import read_rows
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens, parse_completion
@@ -97,10 +98,10 @@ def test_paired_two_columns_from_a_jsonl_file(tmp_path, tokenizer):
     assert responses[0].reasoning == "2+3 is 5." and responses[0].answer == "The answer is \\boxed{5}."
     assert responses[2].reasoning == "4 times 2 is 8." and responses[2].answer == "\\boxed{8}"
     assert responses[3].answer == "8" and responses[3].gold == "8"
-    assert responses[4].answer == ""  # unclosed thought: no final answer, dropped by the builder
+    assert responses[4].answer == "" and responses[4].answer_extracted  # no </think>, no answer: dropped, counted
     examples, report = build_sft_examples(responses, tokenizer, num_examples=10, short_share=0.5,
                                           require_correct=True)
-    assert report.dropped == Counter({"think: no parsable answer": 1})
+    assert report.dropped == Counter({"think: no </think> and no answer in the text": 1})
     assert report.kept == Counter({SHORT: 2, THINK: 2})
     completions = {e["completion"] for e in examples}
     assert "<think>2+3 is 5.</think>The answer is \\boxed{5}." in completions
@@ -234,11 +235,11 @@ def test_nothing_left_is_an_error_that_carries_the_report(tokenizer):
     with pytest.raises(WarmupDataError) as err:
         build_sft_examples(responses, tokenizer, num_examples=4, short_share=0.5, require_correct=True)
     message = str(err.value)
-    assert "no warm-up examples left after filtering" in message
-    assert "2 candidate responses" in message and "think: wrong answer: 1" in message
-    assert "short: no parsable answer: 1" in message
+    assert "asks for 2 short examples but no short response survived" in message
+    assert "2 candidate responses" in message and "short: no parsable answer: 1" in message
+    assert "warmup.data.short_share=0.0" in message  # the fix, when one style is meant
     # a mix that asks only for a style the data does not have is also empty
-    with pytest.raises(WarmupDataError, match="kept 0"):
+    with pytest.raises(WarmupDataError, match="no short response survived"):
         build_sft_examples(pools(5, 0), tokenizer, num_examples=4, short_share=1.0)
 
 
@@ -333,8 +334,8 @@ def test_generate_teacher_file_with_tiny_models_and_resume(tiny_model_dir, tmp_p
         if r.mode == SHORT:
             assert r.reasoning == "" and r.answer == raw.strip()
         else:
-            split = split_long_response(raw)
-            assert (r.reasoning, r.answer) == (split if split else (raw, ""))
+            assert r == long_response(QUESTIONS[i], raw, golds[i], truncated=r.truncated)
+        assert r.truncated == again[(i, "long" if r.mode == THINK else "short")]["truncated"]
 
 
 def test_generate_rejects_a_bad_role(tiny_model_dir, tmp_path):
@@ -355,7 +356,7 @@ def test_generated_responses_from_a_hand_written_file(tmp_path):
     responses = generated_responses(["1+2", "3*4"], ["3", None], path)
     assert responses == [TeacherResponse("1+2", THINK, "1+2=3", "So \\boxed{3}", "3"),
                          TeacherResponse("1+2", SHORT, "", "3", "3"),
-                         TeacherResponse("3*4", THINK, "<think>no end", "", None)]
+                         TeacherResponse("3*4", THINK, "no end", "", None, answer_extracted=True)]
     assert generated_responses(["1+2"], [None], tmp_path / "missing.jsonl") == []
 
 
@@ -365,3 +366,82 @@ def test_a_teacher_file_written_for_other_questions_is_refused(tmp_path):
         generated_responses(["9*9"], [None], path)
     with pytest.raises(WarmupDataError, match="generated_file"):
         generate_teacher_file("no/such-model", ["9*9"], path, role="short", progress=False)
+
+
+def test_a_long_answer_without_think_end_is_reasoning_with_its_answer_extracted(tokenizer):
+    """GSM8K's own solutions (or an instruction model as the reasoning teacher): no </think> anywhere."""
+    solution = "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nAltogether she sold 48+24 = <<48+24=72>>72.\n#### 72"
+    response = long_response("How many clips?", solution, "72")
+    assert response.mode == THINK and response.answer_extracted
+    assert response.reasoning == solution and response.answer == "The answer is $\\boxed{72}$."
+    examples, report = build_sft_examples([response, short("How many clips?", "72", "72")], tokenizer,
+                                          num_examples=2, short_share=0.5, require_correct=True)
+    assert sorted(e["mode"] for e in examples) == [SHORT, THINK]
+    think_example = next(e for e in examples if e["mode"] == THINK)
+    assert think_example["completion"] == f"<think>{solution}</think>The answer is $\\boxed{{72}}$."
+    assert "answer extracted: 1" in str(report)
+    assert long_response("q", "\\boxed{5}", None).answer == ""  # an answer alone is no reasoning
+
+
+def test_cut_off_teacher_answers_are_dropped_and_a_partial_shortfall_is_reported(tokenizer):
+    responses = [think(f"{i}+1", f"\\boxed{{{i + 1}}}", str(i + 1)) for i in range(4)]
+    responses += [TeacherResponse(f"{i}+2", SHORT, "", str(i + 2), str(i + 2), truncated=i > 0) for i in range(4)]
+    examples, report = build_sft_examples(responses, tokenizer, num_examples=4, short_share=0.5)
+    assert report.dropped == Counter({"short: cut off by the teacher's token budget": 3})
+    assert Counter(e["mode"] for e in examples) == Counter({THINK: 3, SHORT: 1})
+    assert "SHORTFALL: asked for 2 short + 2 think, got 1 + 3" in str(report)
+
+
+def test_only_as_many_candidates_are_checked_as_the_mix_needs(tokenizer):
+    calls = []
+
+    class CountingTokenizer:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def __call__(self, text, **kwargs):
+            calls.append(text)
+            return self.inner(text, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    responses = [think(f"{i}+1", f"\\boxed{{{i}}}", None) for i in range(500)]
+    responses += [short(f"{i}+2", str(i), None) for i in range(500)]
+    examples, _ = build_sft_examples(responses, CountingTokenizer(tokenizer), num_examples=10, short_share=0.5,
+                                     max_completion_tokens=10_000)
+    assert len(examples) == 10 and len(calls) <= 12
+
+
+def test_the_short_teacher_is_asked_to_answer_directly_and_cut_offs_are_recorded(mini_base_dir, tmp_path, monkeypatch):
+    """The student's examples keep the bare question; a teacher stopped by its budget is marked truncated."""
+    from transformers import AutoTokenizer
+
+    seen = []
+    original = AutoTokenizer.from_pretrained
+
+    def recording(*args, **kwargs):
+        tokenizer = original(*args, **kwargs)
+        template = tokenizer.apply_chat_template
+
+        def apply(messages, **kw):
+            seen.append(messages[-1]["content"])
+            return template(messages, **kw)
+
+        tokenizer.apply_chat_template = apply
+        return tokenizer
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", recording)
+    target = tmp_path / "t.jsonl"
+    questions = ["1+2", "3*4-5+6*7-8"]
+    generate_teacher_file(str(mini_base_dir), questions, target, role="short", max_new_tokens=4,
+                          instruction="Answer directly.", progress=False)
+    assert seen == ["1+2\n\nAnswer directly.", "3*4-5+6*7-8\n\nAnswer directly."]
+    generate_teacher_file(str(mini_base_dir), questions, target, role="long", max_new_tokens=72, progress=False)
+    assert seen[2:] == questions  # the long teacher gets the bare question
+    rows = read_teacher_file(target)
+    assert [row["question"] for row in rows] == questions * 2
+    # The base thinks on every question: k=1 (~61 tokens) ends within 72, k=6 (~101) is cut off.
+    assert [row["truncated"] for row in rows if row["role"] == "long"] == [False, True]
+    responses = generated_responses(questions, ["3", "3"], target)
+    assert [(r.mode, r.truncated) for r in responses if r.mode == THINK] == [(THINK, False), (THINK, True)]

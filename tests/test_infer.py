@@ -69,3 +69,16 @@ def test_stream_yields_decision_text_done(tiny):
 def test_bad_arguments(tiny, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generate(tiny.model, tiny.tokenizer, ["1+1"], **kwargs)
+
+
+def test_answers_stop_at_the_models_end_token_even_when_the_tokenizer_names_another(mini_base_dir):
+    """A GGUF tokenizer says eos = <|im_start|>; the model's generation config says <|im_end|>: both stop."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(ModelConfig(name_or_path=str(mini_base_dir), backend="hf"), trainable=False)
+    settings = SamplingSettings(max_new_tokens=144)
+    right = generate(loaded.model, loaded.tokenizer, ["1+2", "3*4-5"], mode="think", settings=settings)
+    loaded.tokenizer.eos_token = "<|im_start|>"
+    quirky = generate(loaded.model, loaded.tokenizer, ["1+2", "3*4-5"], mode="think", settings=settings)
+    assert [g.num_tokens for g in quirky] == [g.num_tokens for g in right]
+    assert all(g.num_tokens < 144 and g.answer for g in right)

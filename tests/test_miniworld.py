@@ -47,3 +47,20 @@ def test_benchmark_items_cover_every_level():
 def test_bad_settings(kwargs):
     with pytest.raises(ValueError):
         MiniWorld(**kwargs)
+
+
+def test_the_addition_task_is_exact_and_split_by_question():
+    world = MiniWorld(difficulty_weights={1: 1, 2: 1, 3: 1, 4: 1}, task="addition")
+    items = world.sample("train", 200, difficulties=[1, 2, 3, 4])
+    for item in items:
+        a, b = (int(x) for x in item.question.removeprefix("What is ").removesuffix("?").split(" + "))
+        assert len(str(a)) == len(str(b)) == item.difficulty or item.difficulty == 1
+        assert item.gold == str(a + b) == str(world.solve(item.question))
+        reasoning, answer = world.long_solution(item.question)
+        assert answer == item.gold and reasoning.endswith(f"So the answer is {a + b}.\n")
+        assert reasoning.count("\n") == item.difficulty + 2 + (len(item.gold) > item.difficulty)  # a line per digit
+        assert world.short_solution(item.question) == f"{a} + {b} = {a + b}"
+    test = {i.question for i in world.sample("test", 200, difficulties=[1, 2, 3, 4])}
+    assert test.isdisjoint(i.question for i in items)
+    with pytest.raises(ValueError, match="task must be one of"):
+        MiniWorld(task="sorting")

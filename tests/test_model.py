@@ -124,17 +124,24 @@ def untied_model_dir(tmp_path_factory):
     return folder
 
 
-def test_new_rows_start_at_the_mean_row_on_both_sides(untied_model_dir):
-    from transformers import AutoModelForCausalLM
+def test_new_rows_start_at_their_words_on_both_sides(untied_model_dir):
+    """<think> starts as the mean of the rows of "think" (input and output side), a pad-like word alike."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from thinkless_lite.model import grow_vocabulary
 
     model = AutoModelForCausalLM.from_pretrained(untied_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(untied_model_dir)
     old = model.get_input_embeddings().weight.shape[0]
-    means = [layer.weight[:old].mean(0).clone() for layer in (model.get_input_embeddings(), model.get_output_embeddings())]
-    assert grow_vocabulary(model, old + 2) == 2 and grow_vocabulary(model, old + 2) == 0
-    for layer, mean in zip((model.get_input_embeddings(), model.get_output_embeddings()), means):
-        assert torch.allclose(layer.weight[old:], mean.expand(2, -1))
+    tokenizer.add_tokens(["<short>", "<|x|>"])
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())
+    expected = [[layer.weight[tokenizer(word, add_special_tokens=False)["input_ids"]].mean(0).clone()
+                 for word in ("short", "x")] for layer in layers]
+    assert grow_vocabulary(model, tokenizer) == 2 and grow_vocabulary(model, tokenizer) == 0
+    layers = (model.get_input_embeddings(), model.get_output_embeddings())  # resizing made new modules
+    for layer, rows in zip(layers, expected):
+        assert torch.allclose(layer.weight[old:], torch.stack(rows))
+    assert not torch.allclose(layers[0].weight[old], layers[0].weight[old + 1])  # distinct starts
 
 
 def test_an_untied_head_trains_its_control_rows_too(untied_model_dir):

@@ -52,6 +52,7 @@ class ModelConfig:
 
 @dataclass
 class MiniWorldConfig:
+    task: str = field(default="chain", metadata={"help": "chain (single-digit operations mod 10, the shipped base's world) | addition (two k-digit numbers, for real pretrained models)."})
     difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS),
                                      metadata={"help": "Operations k -> sampling weight. The default leans easy, like GSM8K."})
     test_fraction: float = field(default=0.2, metadata={"help": "Share of expressions (by hash) held out for testing."})
@@ -78,6 +79,8 @@ class WarmupDataConfig:
     generation_batch_size: int = field(default=8, metadata={"help": "generate: questions per teacher batch."})
     max_new_tokens_long: int = field(default=4096, metadata={"help": "generate: token budget of the reasoning teacher."})
     max_new_tokens_short: int = field(default=1024, metadata={"help": "generate: token budget of the instruction teacher."})
+    short_instruction: str | None = field(default="Answer directly with the final answer only, no explanation.",
+                                          metadata={"help": "generate: appended to each question the instruction teacher sees (the student's examples keep the bare question); null to ask it plainly."})
     generated_file: str | None = field(default=None, metadata={"help": "generate: JSONL the teachers append to (resumable). Default: <run>/warmup/teacher_responses.jsonl."})
 
 

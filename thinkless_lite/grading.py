@@ -103,6 +103,11 @@ def _reads_as_prose(text: str) -> bool:
     return any(len(word) >= 3 or word.lower() in _SHORT_ENGLISH_WORDS for word in words)
 
 
+def is_bare_answer(text: str) -> bool:
+    """Whether a text is an answer and nothing more (no working): see :func:`_looks_bare`."""
+    return _looks_bare(text)
+
+
 def _looks_bare(text: str) -> bool:
     """Whether the whole text is itself an answer (``\\frac{1}{2}``, ``x = 5``, ``Evelyn``).
 

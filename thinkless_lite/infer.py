@@ -95,9 +95,23 @@ def decide(model, tokenizer, prompts: Sequence[str], *, mode: str = "auto", tau:
     return batch, first, p_think.tolist()
 
 
-def _generate_kwargs(tokenizer, settings: SamplingSettings) -> dict:
+def end_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS and the model's generation-config ones, as TRL uses.
+
+    The tokenizer's alone is not enough: a GGUF tokenizer, or one whose EOS is the document end rather
+    than the chat turn's, would never stop a chat answer.
+    """
+    ids = [tokenizer.eos_token_id]
+    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for token_id in [config_ids] if isinstance(config_ids, int) else (config_ids or []):
+        if token_id not in ids:
+            ids.append(token_id)
+    return [i for i in ids if i is not None]
+
+
+def _generate_kwargs(model, tokenizer, settings: SamplingSettings) -> dict:
     kwargs = {"max_new_tokens": max(settings.max_new_tokens - 1, 1), "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": tokenizer.eos_token_id, "do_sample": settings.temperature > 0}
+              "eos_token_id": end_token_ids(model, tokenizer), "do_sample": settings.temperature > 0}
     if settings.temperature > 0:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
     else:
@@ -105,11 +119,12 @@ def _generate_kwargs(tokenizer, settings: SamplingSettings) -> dict:
     return kwargs
 
 
-def _count_tokens(ids: torch.Tensor, tokenizer) -> int:
+def _count_tokens(ids: torch.Tensor, tokenizer, ends: Sequence[int]) -> int:
     """Generated tokens up to and including the first end-of-sequence (padding excluded)."""
     ids = ids.tolist()
-    if tokenizer.eos_token_id in ids:
-        return ids.index(tokenizer.eos_token_id) + 1
+    stops = [i for i, t in enumerate(ids) if t in ends]
+    if stops:
+        return stops[0] + 1
     return sum(1 for t in ids if t != tokenizer.pad_token_id)
 
 
@@ -125,6 +140,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
+    ends = end_token_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     results: list[Generation] = []
@@ -137,8 +153,8 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
                                        tokens=tokens, generator=generator)
         input_ids = torch.cat([batch["input_ids"], first[:, None]], dim=1)
         attention = torch.cat([batch["attention_mask"], torch.ones_like(first[:, None])], dim=1)
-        finished = first == tokenizer.eos_token_id
-        out = model.generate(input_ids=input_ids, attention_mask=attention, **_generate_kwargs(tokenizer, settings))
+        finished = torch.isin(first, torch.tensor(ends, device=first.device))
+        out = model.generate(input_ids=input_ids, attention_mask=attention, **_generate_kwargs(model, tokenizer, settings))
         new_ids = out[:, input_ids.shape[1]:]
         elapsed = (time.time() - began) / len(chunk)
         for i, question in enumerate(chunk):
@@ -149,7 +165,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
             results.append(Generation(
                 question=question, mode=parsed.mode, requested=requested, p_think=float(p_think[i]),
                 reasoning=parsed.reasoning, answer=parsed.answer, completion=text,
-                num_tokens=1 + (_count_tokens(rest, tokenizer) if len(rest) else 0), seconds=elapsed))
+                num_tokens=1 + (_count_tokens(rest, tokenizer, ends) if len(rest) else 0), seconds=elapsed))
     if was_training:
         model.train()
     return results
@@ -183,12 +199,13 @@ def stream(model, tokenizer, question: str, *, mode: str = "auto", tau: float | 
     yield StreamEvent("decision", text=first_text, mode=chosen, p_think=p_think[0])
     pieces = [first_text]
     count = 1
-    if int(first[0]) != tokenizer.eos_token_id:
+    ends = end_token_ids(model, tokenizer)
+    if int(first[0]) not in ends:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         input_ids = torch.cat([batch["input_ids"], first[:, None]], dim=1)
         attention = torch.ones_like(input_ids)
         kwargs = dict(input_ids=input_ids, attention_mask=attention, streamer=streamer,
-                      **_generate_kwargs(tokenizer, settings))
+                      **_generate_kwargs(model, tokenizer, settings))
         holder: dict = {}
 
         def run():
@@ -208,7 +225,7 @@ def stream(model, tokenizer, question: str, *, mode: str = "auto", tau: float | 
         worker.join()
         if "error" in holder:
             raise holder["error"]
-        count += _count_tokens(holder["out"][0, input_ids.shape[1]:], tokenizer)
+        count += _count_tokens(holder["out"][0, input_ids.shape[1]:], tokenizer, ends)
     text = "".join(pieces)
     parsed = parse_completion(text, tokens)
     yield StreamEvent("done", mode=parsed.mode, p_think=p_think[0], generation=Generation(

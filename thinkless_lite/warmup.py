@@ -33,7 +33,7 @@ log = logging.getLogger("thinkless_lite")
 def mini_world(cfg: RunConfig) -> MiniWorld:
     w = cfg.miniworld
     return MiniWorld(difficulty_weights={int(k): float(v) for k, v in w.difficulty_weights.items()},
-                     test_fraction=w.test_fraction, seed=w.seed)
+                     test_fraction=w.test_fraction, seed=w.seed, task=w.task)
 
 
 def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
@@ -65,7 +65,8 @@ def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
     generate_teacher_file(data.reasoning_model, questions, target, role="long", batch_size=data.generation_batch_size,
                           max_new_tokens=data.max_new_tokens_long, seed=cfg.seed, system_prompt=cfg.model.system_prompt)
     generate_teacher_file(data.instruct_model, questions, target, role="short", batch_size=data.generation_batch_size,
-                          max_new_tokens=data.max_new_tokens_short, seed=cfg.seed, system_prompt=cfg.model.system_prompt)
+                          max_new_tokens=data.max_new_tokens_short, seed=cfg.seed, system_prompt=cfg.model.system_prompt,
+                          instruction=data.short_instruction)
     return generated_responses(questions, golds, target, tokens)
 
 

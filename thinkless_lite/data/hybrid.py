@@ -32,7 +32,11 @@ class WarmupDataError(ValueError):
 
 @dataclass(frozen=True)
 class TeacherResponse:
-    """One teacher answer to one question. ``reasoning`` is empty for short answers."""
+    """One teacher answer to one question. ``reasoning`` is empty for short answers.
+
+    ``truncated``: the teacher hit its token budget before it finished (such answers are dropped).
+    ``answer_extracted``: a long answer had no ``</think>``; its final answer was read from the text.
+    """
 
     question: str
     mode: str
@@ -40,20 +44,27 @@ class TeacherResponse:
     answer: str
     gold: str | None = None
     difficulty: int | None = None
+    truncated: bool = False
+    answer_extracted: bool = False
 
 
 @dataclass
 class FilterReport:
-    """What the builder kept and why it dropped the rest."""
+    """What the builder kept, why it dropped the rest, and where the mix falls short of the asked share."""
 
     candidates: int = 0
     kept: Counter = field(default_factory=Counter)
     dropped: Counter = field(default_factory=Counter)
+    notes: Counter = field(default_factory=Counter)
+    shortfall: str = ""
 
     def __str__(self) -> str:
         kept = ", ".join(f"{m}: {n}" for m, n in sorted(self.kept.items())) or "none"
         dropped = ", ".join(f"{why}: {n}" for why, n in sorted(self.dropped.items())) or "none"
-        return f"{self.candidates} candidate responses; kept {sum(self.kept.values())} ({kept}); dropped ({dropped})"
+        text = f"{self.candidates} candidate responses; kept {sum(self.kept.values())} ({kept}); dropped ({dropped})"
+        if self.notes:
+            text += "; " + ", ".join(f"{why}: {n}" for why, n in sorted(self.notes.items()))
+        return text + (f"; SHORTFALL: {self.shortfall}" if self.shortfall else "")
 
 
 def split_long_response(text: str, tokens: ControlTokens = ControlTokens()) -> tuple[str, str] | None:
@@ -68,6 +79,26 @@ def split_long_response(text: str, tokens: ControlTokens = ControlTokens()) -> t
     if not sep:
         return None
     return reasoning.strip("\n"), final.strip()
+
+
+def long_response(question: str, text: str, gold: str | None, tokens: ControlTokens = ControlTokens(),
+                  difficulty=None, truncated: bool = False) -> TeacherResponse:
+    """A long answer as a think example. With ``</think>`` it splits there; without one (a worked solution
+    such as GSM8K's, or an instruction model used as the reasoning teacher) the whole text is the
+    reasoning and the answer after ``</think>`` is its final answer, extracted by the grader's own rules
+    and written as ``The answer is $\\boxed{..}$.`` (no answer in the text: the example is dropped, counted).
+    """
+    from thinkless_lite.grading import extract_answer, is_bare_answer
+
+    split = split_long_response(text, tokens)
+    if split is not None:
+        return TeacherResponse(question, THINK, split[0], split[1], gold, difficulty, truncated)
+    reasoning = text.strip()
+    if reasoning.startswith(tokens.think):
+        reasoning = reasoning[len(tokens.think):].strip("\n")
+    final = None if is_bare_answer(reasoning) else extract_answer(reasoning)  # an answer alone is no reasoning
+    answer = f"The answer is $\\boxed{{{final}}}$." if final is not None else ""
+    return TeacherResponse(question, THINK, reasoning, answer, gold, difficulty, truncated, answer_extracted=True)
 
 
 # ---------------------------------------------------------------- sources -> teacher responses
@@ -106,9 +137,7 @@ def responses_from_columns(rows: Sequence[dict], *, question_column: str, answer
                 out.append(TeacherResponse(question, "", "", "", gold, level))  # counted as no control token
             continue
         if long_column and isinstance(row.get(long_column), str):
-            split = split_long_response(row[long_column], tokens)
-            reasoning, final = split if split else (row[long_column], "")
-            out.append(TeacherResponse(question, THINK, reasoning, final, gold, level))
+            out.append(long_response(question, row[long_column], gold, tokens, level))
         if short_column and isinstance(row.get(short_column), str):
             out.append(TeacherResponse(question, SHORT, "", row[short_column].strip(), gold, level))
     return out
@@ -116,13 +145,12 @@ def responses_from_columns(rows: Sequence[dict], *, question_column: str, answer
 
 def miniworld_responses(world, n_questions: int, seed_offset: int = 0) -> list[TeacherResponse]:
     """Both exact mini-world teachers answer ``n_questions`` training questions."""
-    from thinkless_lite.data.miniworld import long_solution, short_solution
-
     out = []
     for item in world.sample("train", n_questions, seed_offset=seed_offset):
-        reasoning, answer = long_solution(item.question)
+        reasoning, answer = world.long_solution(item.question)
         out.append(TeacherResponse(item.question, THINK, reasoning, answer, item.gold, item.difficulty))
-        out.append(TeacherResponse(item.question, SHORT, "", short_solution(item.question), item.gold, item.difficulty))
+        out.append(TeacherResponse(item.question, SHORT, "", world.short_solution(item.question), item.gold,
+                                   item.difficulty))
     return out
 
 
@@ -130,19 +158,24 @@ def miniworld_responses(world, n_questions: int, seed_offset: int = 0) -> list[T
 
 def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: str | Path, *, role: str,
                           batch_size: int = 8, max_new_tokens: int = 1024, system_prompt: str | None = None,
-                          temperature: float = 0.0, seed: int = 0, backend: str = "auto", progress: bool = True) -> Path:
-    """Run one teacher over ``questions``, appending ``{"index", "role", "response"}`` lines to a JSONL.
+                          instruction: str | None = None, temperature: float = 0.0, seed: int = 0,
+                          backend: str = "auto", progress: bool = True) -> Path:
+    """Run one teacher over ``questions``, appending ``{"index", "role", "question", "response", "truncated"}``
+    lines to a JSONL.
 
     Resumable: indices already in the file for this role are skipped, so a killed run continues
     where it stopped. The teacher answers with its own chat template (an R1 template's forced
-    ``<think>`` is kept: that is how the reasoning teacher is meant to be run).
+    ``<think>`` is kept: that is how the reasoning teacher is meant to be run). ``instruction`` is
+    appended to the question the teacher sees (the short teacher's "answer directly"); the student's
+    examples keep the bare question. ``truncated`` records an answer that hit ``max_new_tokens``
+    before any end-of-sequence token: cut-off answers are dropped when the examples are built.
     """
     import torch
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkless_lite.mini_base import resolve_model_path
-    from thinkless_lite.model import compute_dtype, select_backend
+    from thinkless_lite.infer import end_token_ids
+    from thinkless_lite.model import compute_dtype, resolve_model_path, select_backend
 
     if role not in ("long", "short"):
         raise ValueError(f"role must be 'long' or 'short', got {role!r}")
@@ -170,23 +203,27 @@ def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: s
         model = model.cuda()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
+    ends = end_token_ids(model, tokenizer)
     bar = tqdm(total=len(todo), desc=f"{role} teacher ({Path(str(model_name)).name})", disable=not progress)
     with out_path.open("a", encoding="utf-8") as sink:
         for start in range(0, len(todo), batch_size):
             chunk = todo[start:start + batch_size]
+            asked = [questions[i] + (f"\n\n{instruction}" if instruction else "") for i in chunk]
             prompts = [tokenizer.apply_chat_template(
                 ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-                + [{"role": "user", "content": questions[i]}], tokenize=False, add_generation_prompt=True)
-                for i in chunk]
+                + [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+                for question in asked]
             batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
             with torch.no_grad():
                 out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
                                      temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                     pad_token_id=tokenizer.pad_token_id)
-            texts = tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
-            for index, text in zip(chunk, texts):
+                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
+            new_ids = out[:, batch["input_ids"].shape[1]:]
+            texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+            finished = torch.isin(new_ids, torch.tensor(ends, device=new_ids.device)).any(dim=1).tolist()
+            for index, text, done in zip(chunk, texts, finished):
                 sink.write(json.dumps({"index": index, "role": role, "question": questions[index],
-                                       "response": text}) + "\n")
+                                       "response": text, "truncated": not done}) + "\n")
             sink.flush()
             bar.update(len(chunk))
     bar.close()
@@ -251,12 +288,11 @@ def generated_responses(questions: Sequence[str], golds: Sequence[str | None], t
         if not 0 <= i < len(questions) or (i, row["role"]) in seen:
             continue
         seen.add((i, row["role"]))
+        truncated = bool(row.get("truncated", False))
         if row["role"] == "long":
-            split = split_long_response(row["response"], tokens)
-            reasoning, final = split if split else (row["response"], "")
-            out.append(TeacherResponse(questions[i], THINK, reasoning, final, golds[i]))
+            out.append(long_response(questions[i], row["response"], golds[i], tokens, truncated=truncated))
         else:
-            out.append(TeacherResponse(questions[i], SHORT, "", row["response"].strip(), golds[i]))
+            out.append(TeacherResponse(questions[i], SHORT, "", row["response"].strip(), golds[i], truncated=truncated))
     return out
 
 
@@ -268,54 +304,93 @@ def build_sft_examples(responses: Iterable[TeacherResponse], tokenizer, *, num_e
                        ) -> tuple[list[dict], FilterReport]:
     """Filter teacher responses and mix them into ``{"prompt", "completion", "mode", ...}`` examples.
 
-    Drops: no control token; no parsable final answer; wrong answers (``require_correct``); completions
-    over ``max_completion_tokens``. Then draws ``round(short_share * num_examples)`` short examples
-    and the rest think, shuffled with ``seed``. When one pool runs short, the other style fills the gap
-    as far as it can, unless its share is 0: ``short_share`` 0.0 or 1.0 always gives one style only.
+    Drops: no control token; cut off by the teacher's token budget; no parsable final answer; wrong
+    answers (``require_correct``); completions over ``max_completion_tokens``. Wants
+    ``round(short_share * num_examples)`` short examples and the rest think; when one style runs short
+    the other fills the gap as far as it can, unless its share is 0 (``short_share`` 0.0 or 1.0 always
+    gives one style only). A style the share asks for that has no example left at all is an error that
+    says why; a partial shortfall is written into the report. Candidates are drawn in a seeded random
+    order and checked only until enough are kept, so a 200k-row source costs what the mix needs.
     """
     from thinkless_lite.grading import extract_answer, grade_answer
 
     report = FilterReport()
-    pools: dict[str, list[dict]] = {THINK: [], SHORT: []}
+    pools: dict[str, list[TeacherResponse]] = {THINK: [], SHORT: []}
     for response in responses:
         report.candidates += 1
         if response.mode not in (THINK, SHORT):
             report.dropped["no control token"] += 1
-            continue
+        else:
+            pools[response.mode].append(response)
+    if require_correct and any(r.gold is None for pool in pools.values() for r in pool):
+        raise WarmupDataError("warmup.data.require_correct needs gold answers: set warmup.data.answer_column")
+
+    def usable(response: TeacherResponse) -> dict | None:
+        mode = response.mode
+        if response.truncated:
+            report.dropped[f"{mode}: cut off by the teacher's token budget"] += 1
+            return None
         if not response.answer or extract_answer(response.answer) is None:
-            report.dropped[f"{response.mode}: no parsable answer"] += 1
-            continue
-        if require_correct:
-            if response.gold is None:
-                raise WarmupDataError("warmup.data.require_correct needs gold answers: set warmup.data.answer_column")
-            if not grade_answer(response.answer, response.gold):
-                report.dropped[f"{response.mode}: wrong answer"] += 1
-                continue
-        completion = format_completion(response.mode, response.answer, response.reasoning, tokens)
+            why = "no </think> and no answer in the text" if response.answer_extracted else "no parsable answer"
+            report.dropped[f"{mode}: {why}"] += 1
+            return None
+        if require_correct and not grade_answer(response.answer, response.gold):
+            report.dropped[f"{mode}: wrong answer"] += 1
+            return None
+        completion = format_completion(mode, response.answer, response.reasoning, tokens)
         if max_completion_tokens is not None:
-            length = len(tokenizer(completion, add_special_tokens=False)["input_ids"])
-            if length > max_completion_tokens:
-                report.dropped[f"{response.mode}: longer than {max_completion_tokens} tokens"] += 1
-                continue
-        pools[response.mode].append({
-            "prompt": format_prompt(tokenizer, response.question, system_prompt, tokens=tokens),
-            "completion": completion, "mode": response.mode, "question": response.question,
-            "gold": response.gold, "difficulty": response.difficulty})
+            if len(tokenizer(completion, add_special_tokens=False)["input_ids"]) > max_completion_tokens:
+                report.dropped[f"{mode}: longer than {max_completion_tokens} tokens"] += 1
+                return None
+        if response.answer_extracted:
+            report.notes["think: no </think>, whole text taken as reasoning, answer extracted"] += 1
+        return {"prompt": format_prompt(tokenizer, response.question, system_prompt, tokens=tokens),
+                "completion": completion, "mode": mode, "question": response.question, "gold": response.gold,
+                "difficulty": response.difficulty}
+
     rng = random.Random(seed)
-    want_short = round(short_share * num_examples)
-    want_think = num_examples - want_short
-    n_short = min(want_short, len(pools[SHORT]))
-    n_think = min(want_think, len(pools[THINK]))
-    if short_share < 1:  # short pool ran dry: think fills in (never into a think-free mix)
-        n_think = min(num_examples - n_short, len(pools[THINK]))
-    if short_share > 0:  # think pool ran dry: short fills in (never into a short-free mix)
-        n_short = min(num_examples - n_think, len(pools[SHORT]))
-    if (n_short, n_think) != (want_short, want_think):
-        log.warning("warm-up data: asked for %d short + %d think examples, the filtered pools gave %d + %d",
-                    want_short, want_think, n_short, n_think)
-    examples = rng.sample(pools[SHORT], n_short) + rng.sample(pools[THINK], n_think)
+    candidates = {mode: iter(rng.sample(pool, len(pool))) for mode, pool in pools.items()}
+
+    def draw(mode: str, count: int) -> list[dict]:
+        taken = []
+        for response in candidates[mode]:
+            if len(taken) == count:
+                break
+            example = usable(response)
+            if example is not None:
+                taken.append(example)
+        if len(taken) < count:  # the iterator may still hold one checked-out candidate
+            for response in candidates[mode]:
+                example = usable(response)
+                if example is not None:
+                    taken.append(example)
+                    if len(taken) == count:
+                        break
+        return taken
+
+    want = {SHORT: round(short_share * num_examples)}
+    want[THINK] = num_examples - want[SHORT]
+    chosen = {SHORT: draw(SHORT, want[SHORT]), THINK: draw(THINK, want[THINK])}
+    for mode, other in ((SHORT, THINK), (THINK, SHORT)):  # a style that ran dry is filled in by the other
+        gap = want[mode] - len(chosen[mode])
+        if gap > 0 and want[other] > 0:
+            chosen[other] += draw(other, gap)
+    for mode in (SHORT, THINK):
+        if want[mode] > 0 and not chosen[mode]:
+            raise WarmupDataError(
+                f"warm-up data: warmup.data.short_share={short_share} asks for {want[mode]} {mode} examples but no "
+                f"{mode} response survived the filters: {report}. Check the {'short' if mode == SHORT else 'long'} "
+                f"column/teacher (a long answer needs its final answer after </think> or somewhere in its text), "
+                f"raise the teacher's max_new_tokens, or set warmup.data.short_share="
+                f"{'0.0' if mode == SHORT else '1.0'} to train one style on purpose.")
+    examples = chosen[SHORT] + chosen[THINK]
     rng.shuffle(examples)
-    report.kept.update({SHORT: n_short, THINK: n_think})
+    report.kept.update({SHORT: len(chosen[SHORT]), THINK: len(chosen[THINK])})
+    if (len(chosen[SHORT]), len(chosen[THINK])) != (want[SHORT], want[THINK]):
+        report.shortfall = (f"asked for {want[SHORT]} short + {want[THINK]} think, got {len(chosen[SHORT])} + "
+                            f"{len(chosen[THINK])} (short share {len(chosen[SHORT]) / max(len(examples), 1):.0%} "
+                            f"instead of {short_share:.0%})")
+        log.warning("warm-up data: %s", report.shortfall)
     if not examples:
         raise WarmupDataError(f"no warm-up examples left after filtering: {report}")
     log.info("warm-up data: %s", report)

@@ -1,4 +1,12 @@
-"""The mini-world: chained single-digit arithmetic mod 10, with a difficulty knob.
+"""The mini-world: procedurally generated arithmetic with a difficulty knob k, and its two exact teachers.
+
+Two task families (``MiniWorld.task``):
+
+* ``chain`` (default, the shipped tiny base's world): chained single-digit operations mod 10;
+* ``addition``: "What is 47 + 85?" with two k-digit numbers, for real pretrained models, which answer
+  one-digit sums directly but need the column method, digit by digit, for long ones.
+
+The ``chain`` task:
 
 ``7+3*2-5`` is read left to right mod 10: (7+3)=0, 0*2=0, 0-5=5. Difficulty is the number of
 operations k. A step-by-step solution needs one easy step per operation, so a small model solves
@@ -24,6 +32,7 @@ from thinkless_lite.data.items import MathItem
 
 OPERATORS = ("+", "-", "*")
 SPLITS = ("train", "test")
+TASKS = ("chain", "addition")
 # Default mix leans easy, like GSM8K for a reasoning model (the paper thinks on 13% of GSM8K).
 # Token arithmetic: forced think costs 53 + 8k tokens, a direct answer 2k + 5 (7 at k=1), and only k=1
 # is reliably answerable directly; with 70% of items at k=1 a perfectly routed model needs ~46% of
@@ -79,6 +88,40 @@ def short_solution(expression: str) -> str:
     return f"{expression}={solve(expression)}"
 
 
+# ---------------------------------------------------------------- the addition task
+
+def addition_operands(question: str) -> tuple[int, int]:
+    """``"What is 47 + 85?"`` -> (47, 85)."""
+    text = question.removeprefix("What is ").removesuffix("?")
+    left, sep, right = text.partition(" + ")
+    if not sep or not left.isdigit() or not right.isdigit():
+        raise ValueError(f"not an addition question: {question!r} (expected e.g. 'What is 47 + 85?')")
+    return int(left), int(right)
+
+
+def addition_long_solution(question: str) -> tuple[str, str]:
+    """The reasoning teacher for additions: the column method, one line per digit from the right."""
+    a, b = addition_operands(question)
+    lines, carry = [f"{a} + {b}, digit by digit from the right:"], 0
+    digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    for i in range(max(len(digits_a), len(digits_b))):
+        x = int(digits_a[i]) if i < len(digits_a) else 0
+        y = int(digits_b[i]) if i < len(digits_b) else 0
+        total = x + y + carry
+        lines.append(f"{x}+{y}{f'+{carry}' if carry else ''}={total}, digit {total % 10}, carry {total // 10}")
+        carry = total // 10
+    if carry:
+        lines.append(f"carry {carry} leads")
+    lines.append(f"So the answer is {a + b}.")
+    return "\n".join(lines) + "\n", str(a + b)
+
+
+def addition_short_solution(question: str) -> str:
+    """The instruction teacher for additions: the sum restated with its result, ``47 + 85 = 132``."""
+    a, b = addition_operands(question)
+    return f"{a} + {b} = {a + b}"
+
+
 def split_of(expression: str, test_fraction: float) -> str:
     """Hash-based split: an expression lands in one split forever, independent of any seed."""
     digest = hashlib.sha256(expression.encode()).digest()
@@ -92,8 +135,11 @@ class MiniWorld:
     difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS))
     test_fraction: float = 0.2
     seed: int = 0
+    task: str = "chain"
 
     def __post_init__(self):
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if not self.difficulty_weights:
             raise ValueError("difficulty_weights is empty; give e.g. {1: 0.5, 4: 0.5}")
         for k, w in self.difficulty_weights.items():
@@ -107,10 +153,23 @@ class MiniWorld:
         return sorted(int(k) for k in self.difficulty_weights)
 
     def _draw_expression(self, rng: random.Random, k: int) -> str:
+        if self.task == "addition":
+            low = 10 ** (k - 1) if k > 1 else 0
+            return f"What is {rng.randrange(low, 10 ** k)} + {rng.randrange(low, 10 ** k)}?"
         parts = [str(rng.randrange(10))]
         for _ in range(k):
             parts += [rng.choice(OPERATORS), str(rng.randrange(10))]
         return "".join(parts)
+
+    def solve(self, question: str) -> int:
+        return sum(addition_operands(question)) if self.task == "addition" else solve(question)
+
+    def long_solution(self, question: str) -> tuple[str, str]:
+        """(reasoning, answer) of the reasoning teacher; the reasoning goes between <think> and </think>."""
+        return addition_long_solution(question) if self.task == "addition" else long_solution(question)
+
+    def short_solution(self, question: str) -> str:
+        return addition_short_solution(question) if self.task == "addition" else short_solution(question)
 
     def sample(self, split: str, n: int, *, difficulties: Sequence[int] | None = None,
                seed_offset: int = 0) -> list[MathItem]:
@@ -131,7 +190,7 @@ class MiniWorld:
                 expression = self._draw_expression(rng, k)
                 if split_of(expression, self.test_fraction) == split:
                     break
-            items.append(MathItem(question=expression, gold=str(solve(expression)),
+            items.append(MathItem(question=expression, gold=str(self.solve(expression)),
                                   id=f"mini-{split}-{seed_offset}-{i}", difficulty=k, source="miniworld"))
         return items
 
@@ -139,10 +198,10 @@ class MiniWorld:
         """Rows for the hybrid warm-up builder: question, gold, long and short responses."""
         rows = []
         for item in items:
-            reasoning, answer = long_solution(item.question)
+            reasoning, answer = self.long_solution(item.question)
             rows.append({"question": item.question, "answer": item.gold, "difficulty": item.difficulty,
                          "long_reasoning": reasoning, "long_answer": answer,
-                         "short_answer": short_solution(item.question)})
+                         "short_answer": self.short_solution(item.question)})
         return rows
 
 

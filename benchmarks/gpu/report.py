@@ -1,0 +1,268 @@
+"""Turning the workers' records into verdicts: loss checks (PASS / FAIL), targets (PASS / MISS / n/a),
+the Markdown table and the few lines ``scripts/gpu_check.sh`` prints at the end.
+
+``python -m benchmarks.gpu.report RESULT.json ...`` prints those lines for result files already written.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from math import inf, nan
+from pathlib import Path
+
+if __package__ in (None, ""):  # run by path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.gpu.common import NOT_MEASURED
+
+TARGET_PEAK_GB = {"1.5b": 10.0, "7b": 22.0}  # peak reserved GPU memory per step, each backend
+TARGET_SPEEDUP = 1.5  # hf step seconds / unsloth step seconds (medians), per shape
+FAILED_RUN = ("error", "oom", "timeout")
+# unsloth's LoRA gradients against hf's pass inside this band (different 4-bit kernels, bf16 vs fp32 norms)
+UNSLOTH_COSINE, UNSLOTH_REL_L2 = 0.99, 0.1
+
+
+def compare_grads(a: dict, b: dict) -> dict:
+    """How far gradients ``a`` are from ``b`` over the tensors both have with the same shape (max abs, max rel,
+    relative L2, cosine); ``compared_lora``: how many of those are LoRA tensors."""
+    both = set(a) & set(b)
+    common = sorted(k for k in both if a[k].shape == b[k].shape)
+    out = {"compared_tensors": len(common), "compared_lora": sum("lora_" in k for k in common),
+           "shape_mismatch": len(both) - len(common), "only_in_a": len(set(a) - both), "only_in_b": len(set(b) - both)}
+    if not common:
+        return out
+    max_abs = max_rel = dot = na = nb = nd = 0.0
+    for k in common:
+        x, y = a[k].double(), b[k].double()
+        diff = (x - y).abs()
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float(diff.max() / y.abs().max().clamp(min=1e-30)))
+        dot, na, nb, nd = dot + float((x * y).sum()), na + float((x * x).sum()), nb + float((y * y).sum()), \
+            nd + float(((x - y) ** 2).sum())
+    return {**out, "max_abs": max_abs, "max_rel": max_rel, "rel_l2": nd ** 0.5 / max(nb ** 0.5, 1e-30),
+            "cosine": dot / max((na * nb) ** 0.5, 1e-30)}
+
+
+def _reason(run: dict) -> str:
+    return str(run.get("reason") or run.get("error") or run.get("status", ""))[:300]
+
+
+def verify_checks(results: dict) -> list[dict]:
+    """The loss check's rows. On a GPU every requested backend must run: a skipped one is a FAIL there."""
+    import torch
+
+    on_gpu = results["settings"]["device"] == "cuda"
+    runs = {(r["shape"], r["backend"]): r for r in results["runs"]}
+    rows: list[dict] = []
+
+    def add(check: str, ok: bool, note: str) -> None:
+        rows.append({"check": check, "status": "PASS" if ok else "FAIL", "note": note})
+
+    for (shape, backend), run in runs.items():
+        tag = f"{shape}/{backend}"
+        if run.get("status") != "ok":
+            status = "skipped" if run.get("status") == "skipped" and not on_gpu else "FAIL"
+            rows.append({"check": f"{tag}: ran", "status": status, "note": _reason(run)})
+            continue
+        loss, exp_bt, exp_b = run["loss"], run["expected_loss_bt"], run["expected_loss_if_per_sequence"]
+        tol = 1e-3 * max(1.0, abs(exp_bt))
+        lengths = run["batch"]["prompt_lengths"]
+        add(f"{tag}: prompts of mixed lengths", len(set(lengths)) > 1,
+            f"{len(set(lengths))} distinct prompt lengths, {min(lengths)} to {max(lengths)} tokens")
+        add(f"{tag}: loss == closed form with (B, T) advantages", abs(loss - exp_bt) <= tol,
+            f"loss {loss:.6g}, closed form {exp_bt:.6g} ((B,) advantages: {exp_b:.6g}), tolerance {tol:.1e}")
+        zero = [n for n in run.get("zero_grad_names", []) if "lora_" in n]
+        add(f"{tag}: every LoRA tensor has a gradient", run["grad_tensors"] > 0 and not zero,
+            f"{run['grad_tensors']} tensors with gradients" + (f"; zero: {', '.join(zero[:3])}" if zero else ""))
+        if backend == "hf":
+            ref = run.get("reference") or {"error": "no reference computed"}
+            if "error" in ref:
+                for name in ("loss == degrpo_loss on plain-forward log-probs", "gradients == degrpo_loss gradients"):
+                    add(f"{tag}: {name}", False, ref["error"])
+                continue
+            add(f"{tag}: loss == degrpo_loss on plain-forward log-probs", abs(ref["loss"] - loss) <= tol,
+                f"degrpo_loss {ref['loss']:.6g}")
+            ok = (ref.get("compared_tensors") == run["grad_tensors"] and ref.get("rel_l2", inf) <= 1e-2
+                  and ref.get("cosine", -inf) >= 0.999)
+            add(f"{tag}: gradients == degrpo_loss gradients", ok,
+                f"rel L2 {ref.get('rel_l2', nan):.3g}, cosine {ref.get('cosine', nan):.6f}, max abs "
+                f"{ref.get('max_abs', nan):.3g} (pass: rel L2 <= 1e-2, cosine >= 0.999)")
+            sens = run.get("per_sequence_vs_bt") or {}
+            add(f"{tag}: the gradient check tells (B, T) from (B,) advantages",
+                sens.get("cosine", 1.0) < UNSLOTH_COSINE and sens.get("rel_l2", 0.0) > UNSLOTH_REL_L2,
+                f"(B,) vs (B, T) gradients: cosine {sens.get('cosine', nan):.4f}, rel L2 "
+                f"{sens.get('rel_l2', nan):.3g}: outside the unsloth-vs-hf pass band")
+            continue
+        hf = runs.get((shape, "hf"))
+        if not (hf and hf.get("status") == "ok"):
+            rows.append({"check": f"{tag}: gradients == hf's", "status": "FAIL" if on_gpu else "skipped",
+                         "note": "no hf run of this shape to compare with"})
+            continue
+        grads = torch.load(run["grads_file"])
+        cmp = compare_grads(grads, torch.load(hf["grads_file"]))
+        run["vs_hf"] = cmp
+        lora = sum("lora_" in k for k in grads)  # every LoRA tensor must be compared; extra rows are a note
+        ok = (cmp["compared_lora"] == lora > 0 and cmp.get("rel_l2", inf) <= UNSLOTH_REL_L2
+              and cmp.get("cosine", -inf) >= UNSLOTH_COSINE)
+        add(f"{tag}: gradients == hf's", ok,
+            f"{cmp['compared_tensors']} tensors ({cmp['compared_lora']} of its {lora} LoRA ones; not compared: "
+            f"{cmp['only_in_a']} only here, {cmp['only_in_b']} only in hf, {cmp['shape_mismatch']} other shape), "
+            f"rel L2 {cmp.get('rel_l2', nan):.3g}, cosine {cmp.get('cosine', nan):.6f} "
+            f"(pass: rel L2 <= {UNSLOTH_REL_L2:g}, cosine >= {UNSLOTH_COSINE:g}: two 4-bit stacks in bf16)")
+    return rows
+
+
+def verdict(checks: list[dict]) -> str:
+    """PASS when something was checked and nothing failed; FAIL when anything failed; else NOT RUN."""
+    if any(c["status"] == "FAIL" for c in checks):
+        return "FAIL"
+    return "PASS" if any(c["status"] == "PASS" for c in checks) else "NOT RUN"
+
+
+def targets(results: dict) -> list[dict]:
+    """PASS / MISS per target; n/a where the run cannot say (CPU, skipped, failed)."""
+    on_gpu = results["settings"]["device"] == "cuda"
+    runs = {(r["shape"], r["backend"]): r for r in results["runs"]}
+    rows = []
+    for (shape, backend), run in runs.items():
+        if shape not in TARGET_PEAK_GB:
+            continue
+        limit = TARGET_PEAK_GB[shape]
+        peak = (run.get("peak") or {}).get("peak_reserved_gb") if run.get("status") == "ok" else None
+        if run.get("status") == "oom":
+            status, note = "MISS", "out of memory"
+        elif not on_gpu or peak is None:
+            status, note = "n/a", "not on a GPU" if not on_gpu else _reason(run)
+        else:
+            status, note = ("PASS" if peak <= limit else "MISS"), ""
+        rows.append({"target": f"peak reserved GPU memory, {shape}, {backend}", "value": peak,
+                     "limit": f"<= {limit:g} GB", "status": status, "note": note})
+    for shape in dict.fromkeys(r["shape"] for r in results["runs"]):
+        hf, un = runs.get((shape, "hf")), runs.get((shape, "unsloth"))
+        if not (hf and un):
+            continue
+        h, u = (hf.get("summary") or {}).get("step_s"), (un.get("summary") or {}).get("step_s")
+        ratio = h / u if h and u else None
+        if not on_gpu or ratio is None:
+            status, note = "n/a", "not on a GPU" if not on_gpu else f"hf {hf.get('status')}, unsloth {un.get('status')}"
+        else:
+            status, note = ("PASS" if ratio >= TARGET_SPEEDUP else "MISS"), ""
+        rows.append({"target": f"speed-up per step, {shape}, unsloth vs hf", "value": ratio,
+                     "limit": f">= {TARGET_SPEEDUP:g}x", "status": status, "note": note})
+    return rows
+
+
+def run_notes(results: dict) -> list[str]:
+    """What a reader of the bench numbers must know about a run that did not go as designed."""
+    notes = []
+    for r in results["runs"]:
+        if r.get("status") != "ok":
+            continue
+        tag = f"{r['shape']}/{r['backend']}"
+        if not r.get("forced_lengths_ok", True):
+            notes.append(f"{tag}: completions were not all exactly {results['settings']['completion_len']} tokens.")
+        if r.get("micro_batches") and not r.get("mixed_micro_batches"):
+            notes.append(f"{tag}: no micro-batch mixed prompt lengths (all left padding alike).")
+    return notes
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def _status(run: dict) -> str:
+    return run.get("status", "?") if run.get("status") == "ok" else f"{run.get('status')}: {_reason(run)[:120]}"
+
+
+def _settings(s: dict) -> str:
+    prompts = f"{s['prompts']} x {s['generations']} sequences, prompts of {max(1, s['prompt_len'] // 2)} to {s['prompt_len']} tokens"
+    if s["mode"] == "verify-loss":
+        return f"{prompts}, completions of about {s['completion_len'] // 2} to {s['completion_len']} tokens, one micro-batch"
+    return (f"{prompts}, completions of exactly {s['completion_len']} tokens, gradient accumulation {s['grad_accum']}, "
+            f"{s['steps']} step(s) (the first {s['warmup_steps']} left out of the medians)")
+
+
+def markdown(results: dict) -> str:
+    s, dev = results["settings"], results["device"]
+    title = "DeGRPO loss check (--verify-loss)" if s["mode"] == "verify-loss" else "DeGRPO step benchmark"
+    device = dev.get("name") or s["device"]
+    if dev.get("total_memory_gb"):
+        device += f" ({dev['total_memory_gb']} GB, compute capability {dev.get('capability')})"
+    lines = [f"# gpu_step: {title}", "", f"- date: {results['created']}", f"- device: {device}",
+             "- versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items() if v),
+             f"- settings: {_settings(s)}, recipe {s['config']}", ""]
+    if s["mode"] == "bench":
+        lines += [("| shape | backend | status | peak reserved GB | peak allocated GB | load peak reserved GB | "
+                   "peak RSS GB | load s | generation s | rollout s | update s | step s | gen tok/s | update tok/s |"),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        for r in results["runs"]:
+            sm, pk, ld = r.get("summary") or {}, r.get("peak") or {}, r.get("load_memory") or {}
+            lines.append(" | ".join([f"| {r['shape']}", r["backend"], _status(r), _fmt(pk.get("peak_reserved_gb"), 2),
+                                     _fmt(pk.get("peak_allocated_gb"), 2), _fmt(ld.get("peak_reserved_gb"), 2),
+                                     _fmt(pk.get("peak_rss_gb"), 2), _fmt(r.get("load_s"), 1),
+                                     _fmt(sm.get("generate_s"), 2), _fmt(sm.get("rollout_s"), 2),
+                                     _fmt(sm.get("update_s"), 2), _fmt(sm.get("step_s"), 2),
+                                     _fmt(sm.get("generation_tokens_per_s"), 1),
+                                     _fmt(sm.get("update_tokens_per_s"), 1)]) + " |")
+        lines += ["", "| target | measured | limit | result | note |", "|---|---|---|---|---|"]
+        lines += [f"| {t['target']} | {_fmt(t['value'], 2)} | {t['limit']} | {t['status']} | {t['note']} |"
+                  for t in results["targets"]]
+        notes = run_notes(results)
+        lines += ["", "Notes:", "", *[f"- {n}" for n in notes]] if notes else []
+    else:
+        lines += [("| shape | backend | status | loss | closed form (B, T) | (B,) would give | loss with (B,) | "
+                   "vs hf: cosine | vs hf: rel L2 |"), "|---|---|---|---|---|---|---|---|---|"]
+        for r in results["runs"]:
+            cmp = r.get("vs_hf") or {}
+            lines.append(" | ".join([f"| {r['shape']}", r["backend"], _status(r), _fmt(r.get("loss"), 6),
+                                     _fmt(r.get("expected_loss_bt"), 6), _fmt(r.get("expected_loss_if_per_sequence"), 6),
+                                     _fmt(r.get("loss_with_per_sequence_advantages"), 6), _fmt(cmp.get("cosine"), 6),
+                                     _fmt(cmp.get("rel_l2"), 4)]) + " |")
+        lines += ["", "| check | result | note |", "|---|---|---|"]
+        lines += [f"| {c['check']} | {c['status']} | {c['note']} |" for c in results["checks"]]
+    lines += ["", *summary_lines(results)]
+    if s["device"] != "cuda":
+        lines += ["", f"Run on {s['device']}: GPU memory and speed are not assessed. {NOT_MEASURED}"]
+    return "\n".join(lines) + "\n"
+
+
+def summary_lines(results: dict) -> list[str]:
+    """The few lines worth reading first: the loss check's verdict, or each run's memory and time."""
+    if results["settings"]["mode"] == "verify-loss":
+        failed = [c["check"] for c in results["checks"] if c["status"] == "FAIL"]
+        passed = sum(c["status"] == "PASS" for c in results["checks"])
+        line = f"LOSS CHECK: {results['verdict']} ({passed} passed, {len(failed)} failed)"
+        return [line] + [f"  FAIL {name}" for name in failed]
+    lines = []
+    for r in results["runs"]:
+        sm, pk = r.get("summary") or {}, r.get("peak") or {}
+        if r.get("status") != "ok":
+            lines.append(f"BENCH {r['shape']}/{r['backend']}: {_status(r)}")
+            continue
+        memory = pk.get("peak_reserved_gb", pk.get("peak_rss_gb"))
+        kind = "GPU reserved" if "peak_reserved_gb" in pk else "RSS"
+        lines.append(f"BENCH {r['shape']}/{r['backend']}: peak {kind} {_fmt(memory, 2)} GB, step {_fmt(sm.get('step_s'), 2)} s "
+                     f"(generation {_fmt(sm.get('generate_s'), 2)} s, update {_fmt(sm.get('update_s'), 2)} s), "
+                     f"{_fmt(sm.get('generation_tokens_per_s'), 1)} generated tok/s")
+    lines += [f"TARGET {t['target']}: {t['status']} ({_fmt(t['value'], 2)}, {t['limit']})" for t in results["targets"]]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    for path in argv if argv is not None else sys.argv[1:]:
+        file = Path(path)
+        if not file.exists():
+            print(f"{path}: not written (the run did not get that far)")
+            continue
+        print(f"{path}:")
+        print("\n".join(f"  {line}" for line in summary_lines(json.loads(file.read_text()))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
