@@ -27,7 +27,7 @@ from thinkless_lite import rl, warmup
 from thinkless_lite.callbacks import (COMPLETE_MARKER, NonFiniteLossError, explain_out_of_memory,
                                       last_complete_checkpoint, read_metrics)
 from thinkless_lite.config import ModelConfig, load_config
-from thinkless_lite.data.sources import ColumnMappingError, DataFileError, NoUsableRowsError
+from thinkless_lite.data.files import ColumnMappingError, DataFileError, NoUsableRowsError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -57,11 +57,11 @@ def test_rows_without_question_or_answer_are_skipped_and_counted(tmp_path, caplo
         items = rl.rl_items(rl_cfg(path))
     assert [(it.question, it.gold) for it in items] == [("1+2", "3"), ("4*2", "8"), ("2*2", "4")]
     report = caplog.text
-    assert ("kept 3 of 7 rows; skipped 4 (answer column missing: 1, answer is None: 1, question column missing: 1, "
-            "question is empty: 1)") in report
+    # A key absent from a row reads as None (files become Arrow tables, every row has every column).
+    assert "kept 3 of 7 rows; skipped 4 (answer is None: 2, question is None: 1, question is empty: 1)" in report
 
     nothing = write_jsonl(tmp_path / "useless.jsonl", [{"question": "1+2"}, {"question": "", "answer": "1"}])
-    with pytest.raises(NoUsableRowsError, match=r"no usable rows - all 2 were skipped \(answer column missing: 1, "
+    with pytest.raises(NoUsableRowsError, match=r"no usable rows - all 2 were skipped \(answer is None: 1, "
                                                 r"question is empty: 1\)"):
         rl.rl_items(rl_cfg(nothing))
 

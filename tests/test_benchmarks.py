@@ -11,21 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thinkless_lite.data import benchmarks as bm
-from thinkless_lite.data.benchmarks import (
-    BENCHMARKS,
-    BENCHMARKS_DIR_ENV,
-    UnknownBenchmarkError,
-    benchmark_names,
-    float_to_int_string,
-    gsm8k_gold,
-    last_boxed,
-    load_benchmark,
-    load_benchmark_with_report,
-    math_level,
-    offline_path,
-    strip_leading_zeros,
-)
-from thinkless_lite.data.sources import DataSourceError, HubUnreachableError
+from thinkless_lite.data.benchmarks import (BENCHMARKS, BENCHMARKS_DIR_ENV, UnknownBenchmarkError, benchmark_names,
+                                           load_benchmark, load_benchmark_with_report, offline_path)
+from thinkless_lite.data.golds import float_to_int_string, gsm8k_gold, math_level, strip_leading_zeros
+from thinkless_lite.grading import last_boxed
+from thinkless_lite.data.files import DataSourceError, HubUnreachableError
 
 BENCH_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
 

@@ -247,3 +247,11 @@ def test_an_extracted_answer_is_itself_a_bare_answer():
         if extract_answer(once) != once or not grade_answer(once, gold):
             unstable.append((gold, once))
     assert not unstable
+
+
+def test_two_different_fractions_are_never_close_enough():
+    """Exact rationals compare exactly; the six-decimal rounding is for answers written as decimals."""
+    assert not grade_answer("\\frac{5}{7}", "\\frac{714286}{1000001}")  # equal to six digits, not equal
+    assert not grade_answer("The answer is 355/113.", "\\frac{710}{226.0001}")
+    assert grade_answer("\\frac{2}{6}", "\\frac{1}{3}") and grade_answer("0.333333", "\\frac{1}{3}")
+    assert grade_answer("0.7142857", "\\frac{5}{7}") and not grade_answer("0.71", "\\frac{5}{7}")

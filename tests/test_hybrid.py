@@ -15,7 +15,7 @@ from thinkless_lite.data.hybrid import (FilterReport, TeacherResponse, WarmupDat
                                         long_response, read_teacher_file, responses_from_columns,
                                         split_long_response)
 from thinkless_lite.data.miniworld import MiniWorld, solve
-from thinkless_lite.data.sources import read_rows
+from thinkless_lite.data.files import read_rows
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens, parse_completion
 
 QUESTIONS = ["1+2", "3*4", "9-5", "7+7", "2*3-1"]

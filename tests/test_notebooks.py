@@ -255,6 +255,9 @@ def test_quickstart_notebook_runs_headless(tmp_path, artifacts_dir, monkeypatch)
     for snippet in ("before = generate(", "after = generate("):
         assert "7+3*2-5*9+1" in cell_text(cell_containing(nb, snippet))
     assert "adapter_model.safetensors" in cell_text(cell_containing(nb, "nb.list_files("))
+    merged = out / "merged"  # the save cell exports a standalone model with its card
+    assert (merged / "model.safetensors").is_file() and (merged / "chat_template.jinja").is_file()
+    assert "| miniworld | auto (the model chooses) | 40 |" in (merged / "README.md").read_text()
     assert "adapter tensors changed during DeGRPO" in cell_text(cell_containing(nb, "nb.compare_adapters("))
     assert "Demo built but not launched (not in Colab" in cell_text(cell_containing(nb, "build_app("))
 
@@ -304,8 +307,11 @@ def test_t4_notebook_runs_headless_on_the_mini_world(tmp_path, artifacts_dir, mo
         assert source in (out / "eval" / name / "resolved.yaml").read_text()
     evaluation = cell_containing(nb, "run_eval(")
     assert images(evaluation) == 2 and "gsm8k" in cell_text(evaluation) and "math500" in cell_text(evaluation)
-    push = cell_text(cell_containing(nb, "push_to_hub("))
+    push = cell_text(cell_containing(nb, "push_to_hub="))
     assert "Offline (HF_HUB_OFFLINE=1): skipping the push to someone/thinkless-test" in push
+    card = (out / "export" / "README.md").read_text()  # exported locally all the same, with its card
+    assert (out / "export" / "adapter_model.safetensors").is_file()
+    assert "| gsm8k | auto (the model chooses) | 4 |" in card and "| math500 | auto (the model chooses) | 4 |" in card
     # The mini-world model never starts a MATH answer with a control token, so every sampled answer is a
     # format error, every group ties and is dropped, and DeGRPO cannot update anything: the check must
     # then fail, saying so (the quickstart test covers the passing side).

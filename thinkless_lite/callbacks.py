@@ -5,13 +5,14 @@ metrics written where people can read them, and an out-of-memory error that says
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
+
+from thinkless_lite.jsonl import append_jsonl, read_jsonl, write_jsonl
 
 COMPLETE_MARKER = "checkpoint_complete"
 
@@ -202,10 +203,8 @@ class MetricsJsonlCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero:
             return control
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
-        with self.path.open("a", encoding="utf-8") as sink:
-            sink.write(json.dumps(row) + "\n")
+        append_jsonl(self.path, [{"step": state.global_step,
+                                  **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}])
         return control
 
 
@@ -223,18 +222,7 @@ def explain_out_of_memory(knobs: str):
 
 def read_metrics(path: str | Path) -> list[dict]:
     """The rows of a metrics.jsonl; a last row cut short (the process was killed while writing it) is dropped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    lines = [line for line in path.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
-    rows = []
-    for number, line in enumerate(lines, start=1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number < len(lines):
-                raise
-    return rows
+    return read_jsonl(path)
 
 
 def align_metrics_with_checkpoint(path: str | Path, checkpoint: str | None) -> None:
@@ -251,7 +239,4 @@ def align_metrics_with_checkpoint(path: str | Path, checkpoint: str | None) -> N
         path.unlink(missing_ok=True)
         return
     step = int(Path(checkpoint).name.split("-")[-1])
-    kept = [row for row in read_metrics(path) if row.get("step", 0) <= step]
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in kept), encoding="utf-8")
-    tmp.replace(path)
+    write_jsonl(path, [row for row in read_metrics(path) if row.get("step", 0) <= step])

@@ -6,6 +6,7 @@
     thinkless-lite eval --config configs/mini.yaml --sweep-tau 0.1,0.5,0.9
     thinkless-lite demo --config configs/mini.yaml --adapter runs/mini/rl/adapter
     thinkless-lite build-base                             # regenerate the shipped tiny base model
+    thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/merged --merge   # share it
 
 Any config key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``.
 """
@@ -77,6 +78,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build-base", help="regenerate the shipped tiny mini-world base model (deterministic, CPU)")
     p.add_argument("--out", default=None, help="target folder (default: the packaged assets)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
+
+    from thinkless_lite import export
+
+    p = sub.add_parser("export", help=export.HELP, description=export.HELP, epilog=export.EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    export.add_arguments(p)
     return parser
 
 
@@ -103,6 +110,10 @@ def run(args) -> object:
 
         cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps else {}))
         return train_base(args.out or MINI_BASE_DIR, cfg)
+    if args.command == "export":
+        from thinkless_lite.export import main as export
+
+        return export(args)
     if args.command == "eval":
         args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _load(args)
@@ -138,7 +149,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     """Failures whose message already tells the user the fix: no traceback for those."""
     from thinkless_lite.callbacks import NonFiniteLossError
     from thinkless_lite.data.hybrid import WarmupDataError
-    from thinkless_lite.data.sources import DataSourceError
+    from thinkless_lite.data.files import DataSourceError
 
     return (DataSourceError, WarmupDataError, NonFiniteLossError)
 

@@ -19,6 +19,7 @@ import re
 import threading
 from typing import Iterator
 
+from thinkless_lite.grading import closing_brace
 from thinkless_lite.infer import INFERENCE_MODES, Generation, SamplingSettings, StreamEvent, stream as infer_stream
 from thinkless_lite.tokens import THINK, ControlTokens
 
@@ -203,17 +204,10 @@ def _balanced_end(text: str, start: int) -> int:
     """Index just past the ``{...}`` group(s) following a LaTeX command that ends at ``start``."""
     pos = start
     while pos < len(text) and text[pos] == "{":
-        depth = 0
-        for i in range(pos, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    pos = i + 1
-                    break
-        else:
+        close = closing_brace(text, pos)
+        if close is None:
             return len(text)
+        pos = close + 1
     return pos
 
 

@@ -29,6 +29,7 @@ from typing import Iterable, Sequence
 from thinkless_lite.config import ConfigError, RunConfig, save_resolved
 from thinkless_lite.data.items import MathItem
 from thinkless_lite.infer import INFERENCE_MODES, SamplingSettings, generate
+from thinkless_lite.jsonl import append_jsonl, read_jsonl
 from thinkless_lite.rewards import score_completion
 from thinkless_lite.tokens import THINK, ControlTokens
 
@@ -70,36 +71,12 @@ def record_key(record: dict) -> tuple[str, str, str, int]:
 
 def read_records(path: str | Path) -> list[dict]:
     """Records from a JSONL file; a missing file is empty, a torn last line (a kill mid-write) is skipped."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not a complete JSON record (interrupted write?); it will be regenerated",
-                        path, number)
-    return records
+    return read_jsonl(path)
 
 
 def append_records(path: str | Path, records: Sequence[dict]) -> None:
-    """Append records as JSON lines, starting on a fresh line if the file ends in a torn one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torn = False
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, 2)
-            torn = f.read(1) != b"\n"
-    with open(path, "a", encoding="utf-8") as f:
-        if torn:
-            f.write("\n")
-        for record in records:
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
-        f.flush()
+    """Append records as JSON lines, after cutting a torn last line."""
+    append_jsonl(path, records)
 
 
 def _item_ids(items: Sequence[MathItem], benchmark: str) -> list[str]:

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 # Extraction
 # ---------------------------------------------------------------------------------------------
 
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
+_BOX_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
 _GSM8K_RE = re.compile(r"####(?!#)\s*([^\n]*)")
 _ANSWER_IS_RE = re.compile(r"\banswer\b\s*(?:is\b\s*:?|:)\s*", re.IGNORECASE)
 _MATH_SEGMENT_RE = re.compile(r"\$+([^$]+)\$+|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
@@ -56,21 +56,43 @@ _MAX_BARE_CHARS = 300  # longer text is prose, not a bare answer
 _MAX_SYMBOLIC_CHARS = 1_000  # longer "answers" are not worth a sympy parse
 
 
-def _boxed_contents(text: str) -> str | None:
-    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``)."""
+def closing_brace(text: str, open_at: int, limit: int | None = None) -> int | None:
+    """Index of the ``}`` that closes the ``{`` at ``open_at``; escaped ``\\{``/``\\}`` do not count.
+
+    None when it never closes within ``limit`` characters. The one brace matcher: the grader, the
+    benchmark golds and the demo's LaTeX rendering all use it.
+    """
+    depth, j = 0, open_at
+    end = len(text) if limit is None else min(len(text), open_at + limit)
+    while j < end:
+        ch = text[j]
+        if ch == "\\":
+            j += 2  # an escaped character (\{, \}, \\)
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+        j += 1
+    return None
+
+
+def last_boxed(text) -> str | None:
+    """Content of the last complete ``\\boxed{...}`` / ``\\fbox{...}`` (or ``\\boxed 5``), stripped;
+    None when there is none or its braces never close."""
+    if text is None:
+        return None
+    text = str(text)
     for match in list(_BOX_RE.finditer(text))[-_MAX_BOXES_TRIED:][::-1]:
         i = match.end()
         while i < len(text) and text[i] == " ":
             i += 1
         if i < len(text) and text[i] == "{":
-            depth = 0
-            for j in range(i, min(len(text), i + _MAX_BOX_SCAN)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1:j]
+            close = closing_brace(text, i, _MAX_BOX_SCAN)
+            if close is not None:
+                return text[i + 1:close].strip()
         elif i > match.end():  # "\boxed 5": the token after the space
             token = re.match(r"[^\s$]+", text[i:])
             if token:
@@ -133,7 +155,7 @@ def extract_answer(text: str | None) -> str | None:
             return None
         candidates = []
         if "\\boxed" in text or "\\fbox" in text:
-            candidates.append(_boxed_contents(text))
+            candidates.append(last_boxed(text))
         if "####" in text:
             gsm = list(_GSM8K_RE.finditer(text))
             candidates.append(gsm[-1].group(1) if gsm else None)
@@ -227,6 +249,7 @@ def _canonical_number(s: str) -> str:
 # Fast path
 # ---------------------------------------------------------------------------------------------
 
+_PLAIN_NUMBER_RE = re.compile(r"-?(?:\d+\.?\d*|\.\d+)")
 _FRAC_RE = re.compile(r"(-?)\\frac\{(-?\d+)\}\{(-?\d+)\}|(-?)\\frac(\d)(\d)")
 _SLASH_RE = re.compile(r"(-?\d+)/(\d+)")
 
@@ -236,7 +259,7 @@ def _as_number(s: str) -> Fraction | None:
     if len(s) > 60:
         return None
     try:
-        if re.fullmatch(r"-?(?:\d+\.?\d*|\.\d+)", s):
+        if _PLAIN_NUMBER_RE.fullmatch(s):
             return Fraction(s)
         slash = _SLASH_RE.fullmatch(s)
         if slash:
@@ -252,13 +275,19 @@ def _as_number(s: str) -> Fraction | None:
     return None
 
 
-def _numbers_equal(a: Fraction, b: Fraction) -> bool:
-    """Exact for integers; to six decimals otherwise (math-verify's rounding: 1/3 == 0.333333)."""
+def _numbers_equal(a: Fraction, b: Fraction, a_text: str, b_text: str) -> bool:
+    """Exact for integers and fractions; to six decimals when a side is written as a decimal
+    (math-verify's rounding: ``0.333333`` for ``1/3``). Two fractions are never "close enough":
+    ``\\frac{5}{7}`` and ``\\frac{714286}{1000001}`` agree to six digits but are different answers."""
     if a == b:
         return True
-    if a.denominator == 1 and b.denominator == 1:
+    if not (_is_decimal(a_text) or _is_decimal(b_text)):
         return False
     return round(a, 6) == round(b, 6)
+
+
+def _is_decimal(text: str) -> bool:
+    return "." in text and bool(_PLAIN_NUMBER_RE.fullmatch(text))
 
 
 def _gold_answer(gold: str) -> str:
@@ -285,7 +314,7 @@ def grade_answer(response: str | None, gold: str | None, timeout_s: float = 5.0)
             return True
         pred_value, target_value = _as_number(pred), _as_number(target)
         if pred_value is not None and target_value is not None:
-            return _numbers_equal(pred_value, target_value)
+            return _numbers_equal(pred_value, target_value, pred, target)
         if len(pred) > _MAX_SYMBOLIC_CHARS or len(target) > _MAX_SYMBOLIC_CHARS:
             return False
         return _symbolic_equal(pred, target, timeout_s)

@@ -31,7 +31,6 @@ from thinkless_lite.warmup import mini_world
 
 log = logging.getLogger("thinkless_lite")
 
-GOLD_FORMATS = ("plain", "gsm8k", "boxed")
 
 
 def rl_items(cfg: RunConfig):
@@ -39,12 +38,12 @@ def rl_items(cfg: RunConfig):
     data = cfg.rl.data
     if data.source == "miniworld":
         return mini_world(cfg).sample("train", data.num_examples, seed_offset=1)
-    from thinkless_lite.data.benchmarks import gsm8k_gold, last_boxed
-    from thinkless_lite.data.sources import ColumnMap, load_rows, rows_to_items
+    from thinkless_lite.data.files import ColumnMap, load_rows, rows_to_items
+    from thinkless_lite.data.golds import GOLD_FORMATS
 
     if data.gold_format not in GOLD_FORMATS:
-        raise ValueError(f"rl.data.gold_format must be one of {GOLD_FORMATS}, got {data.gold_format!r}")
-    normalizer = {"plain": None, "gsm8k": gsm8k_gold, "boxed": last_boxed}[data.gold_format]
+        raise ValueError(f"rl.data.gold_format must be one of {tuple(GOLD_FORMATS)}, got {data.gold_format!r}")
+    normalizer = GOLD_FORMATS[data.gold_format]
     rows = load_rows(data.source, split=data.split, config=data.hub_config)
     items, _ = rows_to_items(rows, ColumnMap(question=data.question_column, answer=data.answer_column),
                              source_name=data.source, gold_normalizer=normalizer, limit=data.num_examples)

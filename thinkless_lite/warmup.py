@@ -44,7 +44,7 @@ def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
         return miniworld_responses(mini_world(cfg), data.num_examples)
     if not data.path:
         raise WarmupDataError(f"warmup.data.source={data.source} needs warmup.data.path (hub dataset id or local file)")
-    from thinkless_lite.data.sources import load_rows
+    from thinkless_lite.data.files import load_rows
 
     rows = load_rows(data.path, split=data.split, config=data.hub_config)
     if data.source == "paired":

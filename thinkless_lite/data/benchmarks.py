@@ -3,53 +3,24 @@
 ``load_benchmark("gsm8k")`` loads GSM8K test from the hub (``openai/gsm8k``); with
 ``data_file=...`` it reads a local copy instead, and ``offline=True`` reads the copy in the
 shared offline folder (``../shared/data/benchmarks`` beside the repository, or
-``$THINKLESS_BENCHMARKS_DIR``). Each benchmark's gold answer is normalised by a small pure
-function (:func:`gsm8k_gold`, :func:`strip_leading_zeros`, :func:`float_to_int_string`,
-:func:`last_boxed`).
+``$THINKLESS_BENCHMARKS_DIR``). Each benchmark's gold answer is normalised by its function from
+:mod:`thinkless_lite.data.golds`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from thinkless_lite.data.files import (ColumnMap, DataSourceError, HubUnreachableError, SkipReport, column_names,
+                                       load_rows, read_rows, rows_to_items)
+from thinkless_lite.data.golds import (GoldNormalizer, default_gold, float_to_int_string, gsm8k_gold, math_level,
+                                       parse_difficulty, strip_leading_zeros)
 from thinkless_lite.data.items import MathItem
-from thinkless_lite.data.sources import (
-    ColumnMap,
-    DataSourceError,
-    GoldNormalizer,
-    HubUnreachableError,
-    SkipReport,
-    default_gold,
-    load_rows,
-    parse_difficulty,
-    read_rows,
-    rows_to_items,
-)
-
-__all__ = [
-    "BENCHMARKS",
-    "BENCHMARKS_DIR_ENV",
-    "BenchmarkSpec",
-    "MINIWORLD",
-    "UnknownBenchmarkError",
-    "benchmark_names",
-    "default_benchmarks_dir",
-    "float_to_int_string",
-    "get_spec",
-    "gsm8k_gold",
-    "last_boxed",
-    "load_benchmark",
-    "load_benchmark_with_report",
-    "math_level",
-    "offline_path",
-    "strip_leading_zeros",
-]
+from thinkless_lite.grading import last_boxed
 
 logger = logging.getLogger(__name__)
 
@@ -59,100 +30,6 @@ MINIWORLD = "miniworld"
 
 class UnknownBenchmarkError(DataSourceError):
     """A benchmark name that is not in :data:`BENCHMARKS`."""
-
-
-# --------------------------------------------------------------------------- gold normalisers
-
-_NUMBER_WITH_COMMAS = re.compile(r"[+-]?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
-
-
-def gsm8k_gold(answer: Any) -> str | None:
-    """The number after the last ``####`` of a GSM8K answer, thousands separators removed
-    (``"...\\n#### 1,600"`` -> ``"1600"``); ``None`` if there is no ``####``."""
-    if answer is None:
-        return None
-    text = str(answer)
-    if "####" not in text:
-        return None
-    gold = text.rsplit("####", 1)[1].strip()
-    if _NUMBER_WITH_COMMAS.fullmatch(gold):
-        gold = gold.replace(",", "")
-    return gold or None
-
-
-def strip_leading_zeros(value: Any) -> str | None:
-    """An integer string without leading zeros (``"025"`` -> ``"25"``, ``"000"`` -> ``"0"``);
-    other text is returned stripped, unchanged."""
-    if value is None:
-        return None
-    text = str(value).strip()
-    m = re.fullmatch(r"([+-]?)0*(\d+)", text)
-    if not m:
-        return text
-    digits = m.group(2)
-    sign = "-" if m.group(1) == "-" and digits != "0" else ""
-    return sign + digits
-
-
-def float_to_int_string(value: Any) -> str | None:
-    """A float that is an integer as an integer string (``142.0`` / ``"142.0"`` -> ``"142"``);
-    other values as text (``2.5`` -> ``"2.5"``); ``None``/NaN -> ``None``."""
-    if value is None or isinstance(value, bool):
-        return None if value is None else str(value)
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value) or math.isinf(value):
-            return None
-        return str(int(value)) if value.is_integer() else repr(value)
-    text = str(value).strip()
-    if re.fullmatch(r"[+-]?\d+\.0*", text):
-        return strip_leading_zeros(text.split(".")[0])
-    return text
-
-
-_BOXED_RE = re.compile(r"\\(?:boxed|fbox)(?![A-Za-z])")
-
-
-def last_boxed(text: Any) -> str | None:
-    """The content of the last ``\\boxed{...}`` (or ``\\fbox{...}``) in ``text``, braces balanced
-    (escaped ``\\{``/``\\}`` do not count); also the brace-less ``\\boxed 5`` form. ``None`` if
-    there is none or its braces never close."""
-    if text is None:
-        return None
-    text = str(text)
-    starts = [m.end() for m in _BOXED_RE.finditer(text)]
-    for start in reversed(starts):
-        i = start
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                ch = text[j]
-                if ch == "\\":
-                    j += 2  # skip the escaped character (\{, \}, \\)
-                    continue
-                if ch == "{":
-                    depth += 1
-                elif ch == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-                j += 1
-            continue  # unbalanced: try an earlier \boxed
-        if i > start:  # "\boxed 5$" form
-            m = re.match(r"[^\s$]+", text[i:])
-            if m:
-                return m.group(0)
-    return None
-
-
-def math_level(value: Any) -> int | None:
-    """MATH difficulty level 1-5 from ``3``, ``3.0`` or ``"Level 3"``; ``None`` for anything
-    else (``"Level ?"``, and ``0.0``, which is how DeepScaleR's copy writes ``"Level ?"``)."""
-    level = parse_difficulty(value)
-    return level if level is not None and 1 <= level <= 5 else None
 
 
 # --------------------------------------------------------------------------- registry
@@ -292,11 +169,9 @@ def _env_offline() -> bool:
     return any(f.strip().lower() in {"1", "true", "yes", "on"} for f in flags)
 
 
-def _fit_columns(columns: ColumnMap, rows: list[dict]) -> ColumnMap:
+def _fit_columns(columns: ColumnMap, rows) -> ColumnMap:
     """Drop the optional id/difficulty columns that this copy of the data does not have."""
-    available: set[str] = set()
-    for row in rows:
-        available.update(row)
+    available = set(column_names(rows))
     if columns.id is not None and columns.id not in available:
         columns = replace(columns, id=None)
     if columns.difficulty is not None and columns.difficulty not in available:
@@ -304,22 +179,21 @@ def _fit_columns(columns: ColumnMap, rows: list[dict]) -> ColumnMap:
     return columns
 
 
-def _apply_preferred(spec: BenchmarkSpec, rows: list[dict]) -> tuple[list[dict], ColumnMap, GoldNormalizer]:
-    """Use ``spec.preferred_answer`` as the gold column where the rows have it, filling blank
-    cells from ``spec.gold(row[columns.answer])``."""
+def _gold_from_row(spec: BenchmarkSpec, rows) -> Callable[[dict], str | None] | None:
+    """With ``spec.preferred_answer`` in the rows: that cell as the gold, ``spec.gold(answer)`` where it is blank."""
     pref = spec.preferred_answer
-    if not pref or not any(pref in row for row in rows):
-        return rows, spec.columns, spec.gold
-    out = []
-    for row in rows:
+    if not pref or pref not in column_names(rows):
+        return None
+
+    def gold(row: dict) -> str | None:
         value = row.get(pref)
-        if value is None or (isinstance(value, str) and not value.strip()):
-            row = {**row, pref: spec.gold(row.get(spec.columns.answer))}
-        out.append(row)
-    return out, replace(spec.columns, answer=pref), default_gold
+        blank = value is None or (isinstance(value, str) and not value.strip())
+        return spec.gold(row.get(spec.columns.answer)) if blank else default_gold(value)
+
+    return gold
 
 
-def _read_spec_rows(spec: BenchmarkSpec, data_file: Any, offline: bool | None) -> tuple[list[dict], str]:
+def _read_spec_rows(spec: BenchmarkSpec, data_file: Any, offline: bool | None):
     if data_file is not None:
         return read_rows(data_file), str(data_file)
     local = offline_path(spec.name)
@@ -357,16 +231,9 @@ def load_benchmark_with_report(
         return items, SkipReport(source=MINIWORLD, total=len(items), kept=len(items))
     spec = get_spec(name)
     rows, origin = _read_spec_rows(spec, data_file, offline)
-    rows, columns, gold = _apply_preferred(spec, rows)
-    return rows_to_items(
-        rows,
-        _fit_columns(columns, rows),
-        source_name=spec.name,
-        gold_normalizer=gold,
-        limit=limit,
-        difficulty_parser=spec.difficulty,
-        origin=origin,
-    )
+    return rows_to_items(rows, _fit_columns(spec.columns, rows), source_name=spec.name, gold_normalizer=spec.gold,
+                         gold_from_row=_gold_from_row(spec, rows), limit=limit, difficulty_parser=spec.difficulty,
+                         origin=origin)
 
 
 def load_benchmark(

@@ -13,7 +13,6 @@ Every source becomes :class:`TeacherResponse` rows; one builder filters and mixe
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 from collections import Counter
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from thinkless_lite.jsonl import append_jsonl, read_jsonl
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens, format_completion, format_prompt, parse_completion
 
 log = logging.getLogger("thinkless_lite")
@@ -186,7 +186,6 @@ def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: s
     todo = [i for i in range(len(questions)) if i not in done]
     if not todo:
         return out_path
-    _drop_torn_tail(out_path)
     path = resolve_model_path(model_name)
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
@@ -205,27 +204,24 @@ def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: s
     torch.manual_seed(seed)
     ends = end_token_ids(model, tokenizer)
     bar = tqdm(total=len(todo), desc=f"{role} teacher ({Path(str(model_name)).name})", disable=not progress)
-    with out_path.open("a", encoding="utf-8") as sink:
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            asked = [questions[i] + (f"\n\n{instruction}" if instruction else "") for i in chunk]
-            prompts = [tokenizer.apply_chat_template(
-                ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-                + [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
-                for question in asked]
-            batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-            with torch.no_grad():
-                out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                     temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                     pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
-            new_ids = out[:, batch["input_ids"].shape[1]:]
-            texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-            finished = torch.isin(new_ids, torch.tensor(ends, device=new_ids.device)).any(dim=1).tolist()
-            for index, text, done in zip(chunk, texts, finished):
-                sink.write(json.dumps({"index": index, "role": role, "question": questions[index],
-                                       "response": text, "truncated": not done}) + "\n")
-            sink.flush()
-            bar.update(len(chunk))
+    for start in range(0, len(todo), batch_size):
+        chunk = todo[start:start + batch_size]
+        asked = [questions[i] + (f"\n\n{instruction}" if instruction else "") for i in chunk]
+        prompts = [tokenizer.apply_chat_template(
+            ([{"role": "system", "content": system_prompt}] if system_prompt else [])
+            + [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
+            for question in asked]
+        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+                                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
+        new_ids = out[:, batch["input_ids"].shape[1]:]
+        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
+        finished = torch.isin(new_ids, torch.tensor(ends, device=new_ids.device)).any(dim=1).tolist()
+        append_jsonl(out_path, [{"index": index, "role": role, "question": questions[index], "response": text,
+                                 "truncated": not done} for index, text, done in zip(chunk, texts, finished)])
+        bar.update(len(chunk))
     bar.close()
     return out_path
 
@@ -241,34 +237,11 @@ def _check_questions(rows: Sequence[dict], questions: Sequence[str], path: str |
                 f"warmup.data.generated_file to a new path.")
 
 
-def _drop_torn_tail(path: Path) -> None:
-    """Cut a torn last line (no newline: killed mid-write) so that appended lines start on a fresh line.
-
-    Without this the first line appended on resume would be glued to the fragment, unreadable, and lost.
-    """
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with path.open("r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
-
-
 def read_teacher_file(path: str | Path) -> list[dict]:
-    """Lines of a teacher JSONL; a torn last line (the process was killed mid-write) is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("index"), int) and isinstance(row.get("response"), str) \
-                and row.get("role") in ("long", "short"):
-            rows.append(row)
-    return rows
+    """Lines of a teacher JSONL that look like teacher answers; a torn last line is ignored."""
+    return [row for row in read_jsonl(path)
+            if isinstance(row, dict) and isinstance(row.get("index"), int) and isinstance(row.get("response"), str)
+            and row.get("role") in ("long", "short")]
 
 
 def generated_responses(questions: Sequence[str], golds: Sequence[str | None], teacher_file: str | Path,

@@ -1,4 +1,4 @@
-"""Tests for thinkless_lite.data.sources: reading rows (files and hub) and rows -> MathItem."""
+"""Tests for thinkless_lite.data.files: reading rows (files and hub) and rows -> MathItem."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from thinkless_lite.data.items import MathItem
-from thinkless_lite.data.sources import (
+from thinkless_lite.data.files import (
     ColumnMap,
     ColumnMappingError,
     DataFileError,
@@ -33,33 +33,33 @@ ROWS = [{"question": "1+1?", "answer": "2"}, {"question": "2+2?", "answer": "4"}
 def test_read_json_array(tmp_path):
     p = tmp_path / "rows.json"
     p.write_text(json.dumps(ROWS), encoding="utf-8")
-    assert read_rows(p) == ROWS
-    assert read_rows(str(p)) == ROWS
+    assert read_rows(p).to_list() == ROWS
+    assert read_rows(str(p)).to_list() == ROWS
 
 
 @pytest.mark.parametrize("key", ["data", "rows", "whatever"])
 def test_read_json_object_holding_a_list(tmp_path, key):
     p = tmp_path / "rows.json"
     p.write_text(json.dumps({"version": 1, key: ROWS}), encoding="utf-8")
-    assert read_rows(p) == ROWS
+    assert read_rows(p).to_list() == ROWS
 
 
 def test_read_json_that_is_really_jsonl(tmp_path):
     p = tmp_path / "rows.json"
     p.write_text("\n".join(json.dumps(r) for r in ROWS), encoding="utf-8")
-    assert read_rows(p) == ROWS
+    assert read_rows(p).to_list() == ROWS
 
 
 def test_read_jsonl_skips_blank_lines_and_bom(tmp_path):
     p = tmp_path / "rows.jsonl"
     p.write_bytes(b"\xef\xbb\xbf" + ("\n".join(json.dumps(r) for r in ROWS) + "\n\n").encode())
-    assert read_rows(p) == ROWS
+    assert read_rows(p).to_list() == ROWS
 
 
 def test_read_csv(tmp_path):
     p = tmp_path / "rows.csv"
     p.write_text('question,answer\n1+1?,2\n"a, b?",4\n', encoding="utf-8")
-    assert read_rows(p) == [{"question": "1+1?", "answer": "2"}, {"question": "a, b?", "answer": "4"}]
+    assert read_rows(p).to_list() == [{"question": "1+1?", "answer": "2"}, {"question": "a, b?", "answer": "4"}]
 
 
 def test_read_parquet(tmp_path):
@@ -68,7 +68,7 @@ def test_read_parquet(tmp_path):
 
     p = tmp_path / "rows.parquet"
     pq.write_table(pa.Table.from_pylist(ROWS), p)
-    assert read_rows(p) == ROWS
+    assert read_rows(p).to_list() == ROWS
 
 
 # --------------------------------------------------------------------------- read_rows: bad input
@@ -180,8 +180,8 @@ def test_load_rows_local_path_and_data_file(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", boom)
     p = tmp_path / "rows.jsonl"
     p.write_text("\n".join(json.dumps(r) for r in ROWS), encoding="utf-8")
-    assert load_rows(str(p)) == ROWS
-    assert load_rows("openai/gsm8k", data_file=p) == ROWS
+    assert load_rows(str(p)).to_list() == ROWS
+    assert load_rows("openai/gsm8k", data_file=p).to_list() == ROWS
     with pytest.raises(MissingDataFileError):
         load_rows(str(tmp_path / "missing.jsonl"))
 
@@ -196,7 +196,7 @@ def test_load_rows_from_hub(monkeypatch):
         return datasets.Dataset.from_list(ROWS)
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    assert load_rows("someone/some-math", split="test", config="main") == ROWS
+    assert load_rows("someone/some-math", split="test", config="main").to_list() == ROWS
     assert calls == [("someone/some-math", "main", "test")]
 
 
@@ -294,7 +294,7 @@ def test_bad_rows_skipped_and_counted(caplog):
         {"question": "q"},
         {"question": "ok2", "answer": 0},
     ]
-    with caplog.at_level(logging.WARNING, logger="thinkless_lite.data.sources"):
+    with caplog.at_level(logging.WARNING, logger="thinkless_lite.data.files"):
         items, report = rows_to_items(rows, ColumnMap(), source_name="toy")
     assert [i.question for i in items] == ["ok", "ok2"] and items[1].gold == "0"
     assert isinstance(report, SkipReport)
