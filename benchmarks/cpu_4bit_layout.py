@@ -18,7 +18,7 @@ import time
 
 def measure(pack: bool, questions: list[str], max_new_tokens: int) -> tuple[float, int]:
     from thinkless_lite.config import load_config
-    from thinkless_lite.infer import SamplingSettings, generate
+    from thinkless_lite.generation import SamplingSettings, generate
     from thinkless_lite.model import load_model
 
     cfg = load_config(None, ["model.backend=hf"])

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from thinkless_lite.config import load_config
-from thinkless_lite.quickstart import main as quickstart
+from thinkless_lite.stages.quickstart import main as quickstart
 
 
 def targets(report: dict) -> list[tuple[str, float, str, bool]]:

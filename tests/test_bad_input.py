@@ -1,6 +1,6 @@
 """Bad input gets a clear error and loses nothing: one test per kind of bad input.
 
-Data (through ``thinkless_lite.rl.rl_items``, the RL stage's reader): rows without question or answer,
+Data (through ``thinkless_lite.stages.rl.rl_items``, the RL stage's reader): rows without question or answer,
 ``null`` answers in the real MATH train copy, non-UTF-8 bytes, empty files, a column mapping naming
 missing columns, and a failed start on bad data leaving an existing run untouched. Config typos (the CLI
 exits 2 naming the key), a tokenizer without a chat template, a completion without a control token,
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkless_lite import rl, warmup
+from thinkless_lite.stages import rl, warmup
 from thinkless_lite.callbacks import (COMPLETE_MARKER, NonFiniteLossError, explain_out_of_memory,
                                       last_complete_checkpoint, read_metrics)
 from thinkless_lite.config import ModelConfig, load_config
@@ -149,14 +149,14 @@ def test_a_config_typo_exits_2_and_names_the_key(tmp_path):
 
     done = run("rl", "--set", "rl.alpah=0.1", "--out", str(tmp_path / "typo"))
     assert done.returncode == 2, done.stderr
-    assert "config error: unknown key 'rl.alpah'" in done.stderr and "alpha" in done.stderr
+    assert "config error: unknown key rl.alpah (did you mean alpha?)" in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "typo").exists()  # nothing started, nothing written
 
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text("warmup:\n  max_step: 10\n", encoding="utf-8")
     done = run("warmup", "--config", str(recipe))
-    assert done.returncode == 2 and "unknown key 'warmup.max_step'" in done.stderr and "max_steps" in done.stderr
+    assert done.returncode == 2 and "unknown key warmup.max_step (did you mean max_steps?)" in done.stderr and "max_steps" in done.stderr
 
     done = run("rl", "--set", "rl.max_steps=ten")
     assert done.returncode == 2 and "rl.max_steps: expected int, got 'ten'" in done.stderr
@@ -189,14 +189,15 @@ def test_a_completion_without_control_token_is_a_format_error_counted_by_the_tra
     from thinkless_lite.model import load_model
     from thinkless_lite.rewards import RewardTable, score_completion
     from thinkless_lite.tokens import format_prompt
-    from thinkless_lite.trainer import DeGRPOTrainer, RecordingReward
+    from thinkless_lite.trainers import DeGRPOTrainer
+    from thinkless_lite.rewards import ThinklessReward
 
     table = RewardTable(format_error=-2.0)
     for text in ["7", "The answer is 7.", "", "<think>7 is it", " so <short>7"]:
         scored = score_completion(text, "7", table)
         assert scored.format_error and scored.reward == -2.0 and not scored.correct, text
 
-    class HalfWithoutControlToken(RecordingReward):
+    class HalfWithoutControlToken(ThinklessReward):
         """Even completions answer "<short>gold"; odd ones are the model's text behind words (no control token)."""
 
         def __call__(self, completions, **kwargs):
@@ -278,7 +279,9 @@ def nan_cfg(tiny_model_dir, tmp_path, *extra):
 def loss_turns_nan_at_step_3(monkeypatch):
     """A real warm-up run whose loss is NaN from the third optimizer step on."""
 
-    class NaNFromStep3(warmup.PortableSFTTrainer):
+    from thinkless_lite import trainers
+
+    class NaNFromStep3(trainers.PortableSFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
@@ -286,7 +289,7 @@ def loss_turns_nan_at_step_3(monkeypatch):
                 loss = loss * float("nan")
             return loss
 
-    monkeypatch.setattr(warmup, "PortableSFTTrainer", NaNFromStep3)
+    monkeypatch.setattr(trainers, "PortableSFTTrainer", NaNFromStep3)
 
 
 def assert_good_checkpoint_kept(tmp_path):

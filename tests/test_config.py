@@ -19,14 +19,34 @@ def test_overrides_are_typed_and_nested():
 
 def test_unknown_key_names_it_and_the_allowed_keys():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["rl.alpah=0.1"])
-    assert "rl.alpah" in str(err.value) and "alpha" in str(err.value) and "beta" in str(err.value)
+        load_config(None, ["model.lora_rank=8"])
+    assert "model.lora_rank (did you mean lora_r?)" in str(err.value) and "max_seq_length" in str(err.value)
+
+
+def test_trainer_sections_take_trls_own_fields_and_name_a_typo_before_any_model_loads(tmp_path):
+    """rl.* is TRL's GRPOConfig plus DeGRPO's keys: any GRPOConfig field passes through, a typo does not."""
+    from trl import GRPOConfig
+
+    from thinkless_lite.config import trl_arguments
+    from thinkless_lite.stages.rl import grpo_config
+
+    cfg = load_config(None, ["rl.weight_decay=0.05", "rl.epsilon=0.3", "rl.scale_rewards=group"])
+    args = grpo_config(cfg, tmp_path)
+    assert isinstance(args, GRPOConfig) and args.weight_decay == 0.05 and args.epsilon == 0.3
+    assert args.scale_rewards == "group" and args.loss_type == "dapo" and args.beta == cfg.rl.beta
+    assert args.per_device_train_batch_size == cfg.rl.prompts_per_step * cfg.rl.num_generations
+    typo = load_config(None, ["rl.alpah=0.1"])  # not a DeGRPO key: kept for TRL, which has no such field
+    with pytest.raises(ConfigError) as err:
+        trl_arguments(typo.rl, tmp_path, {}, {})
+    assert "rl.alpah (did you mean alpha?)" in str(err.value) and "any field of TRL's GRPOConfig" in str(err.value)
+    with pytest.raises(ConfigError, match=r"warmup.learning_rat \(did you mean learning_rate\?\)"):
+        trl_arguments(load_config(None, ["warmup.learning_rat=0.1"]).warmup, tmp_path, {}, {})
 
 
 def test_unknown_key_in_yaml(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("model:\n  lora_rank: 8\n")
-    with pytest.raises(ConfigError, match="model.lora_rank.*lora_r"):
+    with pytest.raises(ConfigError, match=r"model.lora_rank \(did you mean lora_r\?\)"):
         load_config(path)
 
 
@@ -36,7 +56,9 @@ def test_unknown_key_in_yaml(tmp_path):
     ("model.backend=tpu", "model.backend must be"),
     ("warmup.data.short_share=1.5", "short_share"),
     ("rl.num_generations=1", "num_generations"),
-    ("eval.sweep_tau=[2]", "tau must be within"),
+    ("eval.sweep_tau=[2]", "tau must be a number within 0..1"),
+    ("rl.scale_rewards=sometimes", "rl.scale_rewards must be one of none, group, batch"),
+    ("miniworld.difficulty_weights={0: 1}", "difficulty_weights has a bad entry"),
     ("rl=3", "expected a mapping"),
     ("noequals", "section.key=value"),
 ])
@@ -45,8 +67,10 @@ def test_bad_values(override, fragment):
         load_config(None, [override])
 
 
-def test_missing_file_points_at_configs():
-    with pytest.raises(ConfigError, match="configs/"):
+def test_recipes_by_name_and_a_missing_one_lists_them():
+    assert load_config("mini") == load_config(None) == load_config("configs/mini.yaml") == load_config("mini.yaml")
+    assert load_config("r1_distill_1.5b_t4").model.name_or_path == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
+    with pytest.raises(ConfigError, match="neither a YAML file nor a shipped recipe; recipes: mini, "):
         load_config("nope.yaml")
 
 

@@ -19,8 +19,8 @@ import yaml
 
 from thinkless_lite.config import ModelConfig, RunConfig
 from thinkless_lite.data.miniworld import solve
-from thinkless_lite.engine import ThinklessEngine
-from thinkless_lite.mini_base import MINI_BASE_DIR, MINI_BASE_NAME
+from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.model import MINI_BASE_DIR, MINI_BASE_NAME
 
 pytestmark = pytest.mark.slow
 

@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from thinkless_lite.config import load_config
-from thinkless_lite.engine import ThinklessEngine
-from thinkless_lite.mini_base import MINI_BASE_DIR, MINI_BASE_NAME
+from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.model import MINI_BASE_DIR, MINI_BASE_NAME
 
 pytestmark = pytest.mark.slow
 

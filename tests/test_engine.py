@@ -8,8 +8,9 @@ import time
 import pytest
 
 from thinkless_lite.config import ModelConfig, RunConfig
-from thinkless_lite.engine import ThinklessEngine, render_answer
-from thinkless_lite.infer import Generation
+from thinkless_lite.demo.render import render_answer
+from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.generation import Generation
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ def test_limit_counts_the_stripped_question(engine):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"mode": "sometimes"}, "mode must be one of"),
-    ({"tau": 1.5}, "tau must be within 0..1"),
+    ({"tau": 1.5}, "tau must be a number within 0..1"),
     ({"tau": "high"}, "tau must be a number"),
     ({"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
 ])

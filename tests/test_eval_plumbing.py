@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from thinkless_lite import evaluate as ev
+from thinkless_lite.jsonl import read_jsonl
+from thinkless_lite.stages import evaluate as ev
 from thinkless_lite.config import load_config
 from thinkless_lite.data.benchmarks import BENCHMARKS, BENCHMARKS_DIR_ENV
 
@@ -30,7 +31,7 @@ def no_hub(monkeypatch, benchmarks_dir):
 def _cfg(tmp_path, tiny_model_dir, name, **eval_overrides):
     overrides = [f"output_dir={tmp_path}", f"name={name}", f"model.name_or_path={tiny_model_dir}", "model.backend=hf",
                  f"eval.limit={ROWS}", "eval.max_new_tokens=16", "eval.batch_size=8", "eval.per_level=1"]
-    overrides += [f"eval.{k}={json.dumps(v)}" for k, v in eval_overrides.items()]
+    overrides += [f"eval.{k}={json.dumps(v)}" for k, v in {"sweep_tau": [], **eval_overrides}.items()]
     return load_config(None, overrides)
 
 
@@ -45,7 +46,7 @@ def tiny(tiny_model_dir):
 def test_every_benchmark_end_to_end(tmp_path, tiny_model_dir, tiny, no_hub, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # load_benchmark then reads the offline copies
     cfg = _cfg(tmp_path, tiny_model_dir, "all", benchmarks=REAL + ["miniworld"], sweep_tau=[0.5])
-    report = ev.run_eval(cfg)  # loads the model from cfg.model itself
+    report = ev.evaluate(cfg)  # loads the model from cfg.model itself
     out = cfg.run_dir / "eval"
     for name in ("report.json", "report.md", "report.png", "records.jsonl", "resolved.yaml"):
         assert (out / name).is_file(), name
@@ -66,11 +67,10 @@ def test_every_benchmark_end_to_end(tmp_path, tiny_model_dir, tiny, no_hub, monk
     assert saved["benchmarks"]["minerva_algebra"]["auto"]["by_difficulty"]
     assert saved["benchmarks"]["gsm8k"]["auto"]["by_difficulty"] == {}
     assert list(saved["benchmarks"]["miniworld"]["auto"]["by_difficulty"]) == ["1", "2"]
-    assert isinstance(saved["tau_sweep"], list) and len(saved["tau_sweep"]) == 3 * len(saved["benchmarks"])
-    assert "auto" not in saved  # several benchmarks: no top-level shortcut
+    assert all(len(points) == 3 for points in saved["tau_sweeps"].values())
     assert saved["model"] == str(tiny_model_dir) and saved["adapter"] is None
 
-    records = ev.read_records(out / "records.jsonl")
+    records = read_jsonl(out / "records.jsonl")
     assert len(records) == 6 * ROWS * 5  # 6 benchmarks x (auto, think, short, tau=0.5, tau=0)
     golds = {(r["benchmark"], r["id"]): r["gold"] for r in records}
     assert golds[("amc", "amc-0")] == "142"  # float gold 142.0 normalised
@@ -78,15 +78,15 @@ def test_every_benchmark_end_to_end(tmp_path, tiny_model_dir, tiny, no_hub, monk
 
     md = (out / "report.md").read_text()
     for name in REAL + ["miniworld"]:
-        assert f"## {name}" in md and f"### {name}: think-threshold sweep" in md
-    assert "### math500: by difficulty" in md and "### gsm8k: by difficulty" not in md
+        assert f"### {name}" in md and f"**{name}: think-threshold sweep**" in md
+    assert "**math500 by difficulty**" in md and "**gsm8k by difficulty**" not in md
     assert (out / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     # A rerun with the same settings generates nothing: every answer is in records.jsonl.
     calls = []
     real_generate = ev.generate
     monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
-    again = ev.run_eval(cfg, model=tiny.model, tokenizer=tiny.tokenizer)
+    again = ev.evaluate(cfg, model=tiny.model, tokenizer=tiny.tokenizer)
     assert calls == [] and again["benchmarks"] == saved["benchmarks"] == report["benchmarks"]
 
 
@@ -97,9 +97,10 @@ def test_data_file_path_per_benchmark(tmp_path, tiny_model_dir, tiny, no_hub, mo
     monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
     data_file = no_hub / BENCHMARKS[name].local_file
     cfg = _cfg(tmp_path, tiny_model_dir, name, benchmarks=[name], modes=["auto", "short"], data_file=str(data_file))
-    report = ev.run_eval(cfg, out_dir=tmp_path / "eval", model=tiny.model, tokenizer=tiny.tokenizer)
+    report = ev.evaluate(cfg, out_dir=tmp_path / "eval", model=tiny.model, tokenizer=tiny.tokenizer)
     assert set(report["benchmarks"]) == {name}
-    assert report["auto"]["n"] == ROWS and report["short"]["think_ratio"] == 0.0
-    assert report["tau_sweep"] == [] and "think" not in report
+    per_mode = report["benchmarks"][name]
+    assert per_mode["auto"]["n"] == ROWS and per_mode["short"]["think_ratio"] == 0.0
+    assert report["tau_sweeps"] == {} and "think" not in per_mode
     assert all((tmp_path / "eval" / f).is_file() for f in ("report.json", "report.md", "report.png"))
 

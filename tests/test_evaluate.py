@@ -7,11 +7,13 @@ import math
 
 import pytest
 
-from thinkless_lite import evaluate as ev
+from thinkless_lite.jsonl import read_jsonl
+from thinkless_lite.report import markdown_tables, write_report
+from thinkless_lite.stages import evaluate as ev
 from thinkless_lite.config import RunConfig, load_config
 from thinkless_lite.data.items import MathItem
 from thinkless_lite.data.miniworld import solve
-from thinkless_lite.infer import Generation, SamplingSettings
+from thinkless_lite.generation import Generation, SamplingSettings
 
 # ---------------------------------------------------------------- summaries on hand-made records
 
@@ -146,14 +148,14 @@ def test_records_path_resumes_after_a_kill(monkeypatch, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
                           records_path=path, progress=False)
-    assert len(ev.read_records(path)) == 4  # two finished batches were saved before the kill
+    assert len(read_jsonl(path)) == 4  # two finished batches were saved before the kill
 
     resumed = FakeGenerate(ANSWERS)
     monkeypatch.setattr(ev, "generate", resumed)
     records = ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
                                 records_path=path, progress=False)
     assert resumed.generated == 6  # only the missing (item, sample) pairs
-    assert len(records) == 10 and len(ev.read_records(path)) == 10
+    assert len(records) == 10 and len(read_jsonl(path)) == 10
     assert [(r["id"], r["sample"]) for r in records] == [(it.id, s) for s in range(2) for it in ITEMS]
 
     again = FakeGenerate(ANSWERS)
@@ -183,7 +185,7 @@ def test_torn_last_line_is_regenerated(monkeypatch, tmp_path):
     records = ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path,
                                 progress=False)
     assert fake.generated == 2 and len(records) == 5
-    assert len(ev.read_records(path)) == 5  # the torn line is ignored, the new ones start on a fresh line
+    assert len(read_jsonl(path)) == 5  # the torn line is ignored, the new ones start on a fresh line
 
 
 def test_duplicate_ids_and_bad_arguments_raise():
@@ -234,41 +236,40 @@ def _report():
              {"tau": 0.0, "mode": "auto", "n": 4, "accuracy": 0.8, "think_ratio": 1.0, "mean_tokens": 100.0}]
     gsm = {"auto": _summary(0.1, 0.2, 30.0), "short": _summary(0.05, 0.0, 8.0)}
     return {"benchmarks": {"miniworld": per_mode, "gsm8k": gsm}, "tau_sweeps": {"miniworld": sweep},
-            "tau_sweep": [{"benchmark": "miniworld", **p} for p in sweep], "model": "tiny", "adapter": None,
-            "seconds": 1.5}
+            "model": "tiny", "adapter": None, "seconds": 1.5}
 
 
 def test_write_report_files(tmp_path):
     report = _report()
-    paths = ev.write_report(report, tmp_path / "out")
+    paths = write_report(report, tmp_path / "out")
     assert set(paths) == {"json", "md", "png"}
     assert [p.name for p in paths.values()] == ["report.json", "report.md", "report.png"]
     assert json.loads(paths["json"].read_text()) == report
     md = paths["md"].read_text()
-    assert "## miniworld" in md and "## gsm8k" in md
+    assert "### miniworld" in md and "### gsm8k" in md
     assert "| mode | n | accuracy | think ratio | mean tokens | tokens saved vs think | format errors |" in md
     assert "| auto | 4 | 75.0% | 50.0% | 42.5 | 57.5% | 0.0% |" in md  # 1 - 42.5 / 100
     assert "| short | 4 | 5.0% | 0.0% | 8.0 | — | 0.0% |" in md  # gsm8k ran no forced think
-    assert "### miniworld: by difficulty" in md
-    assert "| 3 | 2 | 50.0% | 100.0% | 80.0 | 50.0% | 100.0% | 80.0 | 50.0% | 100.0% | 80.0 |" in md
-    assert "| level | n | auto accuracy | auto think ratio | auto tokens | think accuracy |" in md
-    assert "### gsm8k: by difficulty" not in md
-    assert "### miniworld: think-threshold sweep" in md
-    assert "| — (forced short) | short | 4 | 50.0% | 0.0% | 5.0 |" in md and "| 0.5 | auto | 4 |" in md
+    assert "**miniworld by difficulty** (accuracy / think ratio / mean tokens)" in md
+    assert "| level | n | auto | think | short |" in md
+    assert "| 3 | 2 | 50.0% / 100.0% / 80.0 | 50.0% / 100.0% / 80.0 | 50.0% / 100.0% / 80.0 |" in md
+    assert "**gsm8k by difficulty**" not in md
+    assert "**miniworld: think-threshold sweep**" in md
+    assert "| forced short | 4 | 50.0% | 0.0% | 5.0 |" in md and "| 0.5 | 4 | 75.0% |" in md
     png = paths["png"].read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
 
 
-def test_write_report_accepts_single_benchmark_shape(tmp_path):
-    """The quickstart's report: top-level modes and an unlabelled tau_sweep list."""
-    full = _report()
-    report = {**full["benchmarks"]["miniworld"], "tau_sweep": full["tau_sweeps"]["miniworld"]}
-    md = ev.write_report(report, tmp_path)["md"].read_text()
-    assert "| think | 4 | 80.0% | 100.0% | 100.0 | 0.0% | 0.0% |" in md
-    assert "think-threshold sweep" in md
-    report = {"benchmarks": {"miniworld": full["benchmarks"]["miniworld"]},
-              "tau_sweep": full["tau_sweeps"]["miniworld"]}
-    assert "### miniworld: think-threshold sweep" in ev.render_markdown(report)
+def test_the_difficulty_mix_is_reported_where_there_is_one():
+    records = [{"correct": c, "mode": m, "num_tokens": t, "format_error": False, "difficulty": d}
+               for c, m, t, d in [(True, "short", 5, 1), (True, "short", 5, 1), (True, "think", 50, 3), (False, "short", 9, 3)]]
+    summary = ev.summarize(records, mix={1: 0.75, 3: 0.25, 8: 1.0})  # a level without records does not count
+    assert summary["on_mix"]["accuracy"] == pytest.approx(0.75 * 1.0 + 0.25 * 0.5)
+    assert summary["on_mix"]["think_ratio"] == pytest.approx(0.25 * 0.5)
+    assert summary["on_mix"]["mean_tokens"] == pytest.approx(0.75 * 5 + 0.25 * 29.5)
+    assert "on_mix" not in ev.summarize(records)
+    md = "\n".join(markdown_tables({"benchmarks": {"miniworld": {"auto": summary}}}))
+    assert "Weighted by the difficulty mix" in md and "| auto | 87.5% | 12.5% | 11.1 |" in md
 
 
 # ---------------------------------------------------------------- run_eval with a fake model
@@ -276,7 +277,7 @@ def test_write_report_accepts_single_benchmark_shape(tmp_path):
 
 def _cfg(tmp_path, **eval_overrides) -> RunConfig:
     overrides = [f"output_dir={tmp_path}", "name=fake", "eval.limit=6", "eval.batch_size=4", "seed=3"]
-    overrides += [f"eval.{k}={json.dumps(v)}" for k, v in eval_overrides.items()]
+    overrides += [f"eval.{k}={json.dumps(v)}" for k, v in {"sweep_tau": [], **eval_overrides}.items()]
     return load_config(None, overrides)
 
 
@@ -284,7 +285,7 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
     fake = FakeGenerate()
     monkeypatch.setattr(ev, "generate", fake)
     cfg = _cfg(tmp_path, sweep_tau=[0.7, 0.2])
-    report = ev.run_eval(cfg, model=object(), tokenizer=object())
+    report = ev.evaluate(cfg, model=object(), tokenizer=object())
     out = cfg.run_dir / "eval"
     assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "report.png", "records.jsonl",
                                                "resolved.yaml"}
@@ -292,32 +293,29 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
     assert saved == json.loads(json.dumps(report))
     assert set(saved["benchmarks"]) == {"miniworld"}
     assert set(saved["benchmarks"]["miniworld"]) == {"auto", "think", "short"}
-    for mode in ("auto", "think", "short"):  # one benchmark: its summaries also sit at top level
-        assert saved[mode] == saved["benchmarks"]["miniworld"][mode]
+    per_mode = saved["benchmarks"]["miniworld"]
+    for mode in ("auto", "think", "short"):
         assert {"n", "accuracy", "think_ratio", "mean_tokens", "format_error_rate", "by_difficulty",
-                "tokens_saved_vs_think"} <= set(saved[mode])
-    assert saved["think"]["accuracy"] == 1.0 and saved["short"]["think_ratio"] == 0.0
-    assert saved["short"]["tokens_saved_vs_think"] == pytest.approx(1 - 4 / 60)
-    assert saved["auto"]["n"] == 6 and list(saved["auto"]["by_difficulty"]) == ["1", "2", "3", "4", "5", "6"]
-    assert isinstance(saved["tau_sweep"], list)
-    assert [(p["tau"], p["mode"]) for p in saved["tau_sweep"]] == [(None, "short"), (0.7, "auto"), (0.2, "auto"),
-                                                                  (0.0, "auto")]
-    assert all({"tau", "accuracy", "think_ratio", "mean_tokens"} <= set(p) for p in saved["tau_sweep"])
-    assert saved["tau_sweeps"]["miniworld"] == [{k: v for k, v in p.items() if k != "benchmark"}
-                                                for p in saved["tau_sweep"]]
+                "tokens_saved_vs_think", "on_mix"} <= set(per_mode[mode])
+    assert per_mode["think"]["accuracy"] == 1.0 and per_mode["short"]["think_ratio"] == 0.0
+    assert per_mode["short"]["tokens_saved_vs_think"] == pytest.approx(1 - 4 / 60)
+    assert per_mode["auto"]["n"] == 6 and list(per_mode["auto"]["by_difficulty"]) == ["1", "2", "3", "4", "5", "6"]
+    sweep = saved["tau_sweeps"]["miniworld"]
+    assert [(p["tau"], p["mode"]) for p in sweep] == [(None, "short"), (0.7, "auto"), (0.2, "auto"), (0.0, "auto")]
+    assert all({"tau", "accuracy", "think_ratio", "mean_tokens"} <= set(p) for p in sweep)
     assert saved["model"] == cfg.model.name_or_path and saved["adapter"] is None and saved["seconds"] >= 0
     assert {c["seed"] for c in fake.calls} == {3}
 
     # Rerun: everything comes from records.jsonl (the sweep's short point reused the short mode's records).
     rerun = FakeGenerate()
     monkeypatch.setattr(ev, "generate", rerun)
-    again = ev.run_eval(cfg, model=object(), tokenizer=object())
+    again = ev.evaluate(cfg, model=object(), tokenizer=object())
     assert rerun.calls == [] and again["benchmarks"] == report["benchmarks"]
-    assert len(ev.read_records(out / "records.jsonl")) == 6 * 6  # auto, think, short, tau 0.7, 0.2, 0 (short shared)
+    assert len(read_jsonl(out / "records.jsonl")) == 6 * 6  # auto, think, short, tau 0.7, 0.2, 0 (short shared)
 
     # Other generation settings: the old records are set aside, not reused.
     changed = _cfg(tmp_path, max_new_tokens=32, sweep_tau=[0.7, 0.2])
-    ev.run_eval(changed, model=object(), tokenizer=object())
+    ev.evaluate(changed, model=object(), tokenizer=object())
     assert rerun.generated == 6 * 6
     assert len(list(out.glob("records.stale-*.jsonl"))) == 1
 
@@ -325,16 +323,17 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
 def test_run_eval_uses_cfg_tau_for_auto_and_checks_data_file(monkeypatch, tmp_path):
     fake = FakeGenerate()
     monkeypatch.setattr(ev, "generate", fake)
-    report = ev.run_eval(_cfg(tmp_path, tau=0.9, modes=["auto"]), out_dir=tmp_path / "e", model=object(),
+    report = ev.evaluate(_cfg(tmp_path, tau=0.9, modes=["auto"]), out_dir=tmp_path / "e", model=object(),
                          tokenizer=object())
     assert {c["tau"] for c in fake.calls} == {0.9}
-    assert report["auto"]["think_ratio"] == 0.0 and report["tau_sweep"] == []
-    assert "tokens_saved_vs_think" not in report["auto"]
+    auto = report["benchmarks"]["miniworld"]["tau=0.9"]  # the routing's name: auto thresholded at 0.9
+    assert auto["think_ratio"] == 0.0 and report["tau_sweeps"] == {}
+    assert "tokens_saved_vs_think" not in auto
     with pytest.raises(ValueError, match="data_file"):
-        ev.run_eval(_cfg(tmp_path, benchmarks=["gsm8k", "amc"], data_file="x.jsonl"), model=object(),
+        ev.evaluate(_cfg(tmp_path, benchmarks=["gsm8k", "amc"], data_file="x.jsonl"), model=object(),
                     tokenizer=object())
     with pytest.raises(ValueError, match="both"):
-        ev.run_eval(_cfg(tmp_path), model=object())
+        ev.evaluate(_cfg(tmp_path), model=object())
 
 
 # ---------------------------------------------------------------- the tiny real model

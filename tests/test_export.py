@@ -27,12 +27,11 @@ import pytest
 import torch
 import yaml
 
-from thinkless_lite import export as ex
+from thinkless_lite.stages import export as ex
 from thinkless_lite.config import ModelConfig, load_config, save_resolved, to_dict
 from thinkless_lite.tokens import ControlTokens
 
 REPO = Path(__file__).resolve().parents[1]
-QUICKSTART_ARTIFACT = REPO / "artifacts" / "quickstart"
 HARD = "7+3*2-5*9+1"
 
 
@@ -70,7 +69,8 @@ STILL_NO_THINKLESS = "\nassert 'thinkless_lite' not in sys.modules, 'loading imp
 
 
 def quickstart_report() -> dict:
-    """A report shaped like ``thinkless-lite quickstart``'s (numbers made up for the test)."""
+    """A report shaped like ``thinkless-lite quickstart``'s (numbers made up for the test): its ``final`` and
+    ``after_warmup`` evaluation reports in the one schema of :mod:`thinkless_lite.report`."""
     def mode(acc, think, tokens, levels):
         return {"n": 16, "accuracy": acc, "think_ratio": think, "mean_tokens": tokens, "format_error_rate": 0.0,
                 "by_difficulty": {str(k): {"n": 8, "accuracy": a, "think_ratio": t, "mean_tokens": n}
@@ -78,19 +78,22 @@ def quickstart_report() -> dict:
     auto = mode(0.9375, 0.5, 40.25, {1: (1.0, 0.0, 7.0), 8: (0.875, 1.0, 73.5)})
     think = mode(0.9375, 1.0, 90.5, {1: (1.0, 1.0, 61.0), 8: (0.875, 1.0, 120.0)})
     short = mode(0.5625, 0.0, 9.0, {1: (1.0, 0.0, 7.0), 8: (0.125, 0.0, 11.0)})
-    return {"auto": auto, "think": think, "short": short,
-            "tau_sweep": [{"tau": None, "mode": "short", "n": 16, "accuracy": 0.5625, "think_ratio": 0.0,
-                           "mean_tokens": 9.0}, {"tau": 0.5, "mode": "auto", "n": 16, "accuracy": 0.9375,
-                                                 "think_ratio": 0.5, "mean_tokens": 40.25}],
-            "benchmarks": {"miniworld": {"auto": auto, "think": think, "short": short}},
-            "after_warmup": {"think": think, "short": short, "auto": think}}
+    from thinkless_lite.stages.evaluate import with_tokens_saved
+
+    sweep = [{"tau": None, "mode": "short", "n": 16, "accuracy": 0.5625, "think_ratio": 0.0, "mean_tokens": 9.0},
+             {"tau": 0.5, "mode": "auto", "n": 16, "accuracy": 0.9375, "think_ratio": 0.5, "mean_tokens": 40.25}]
+    final = {"benchmarks": {"miniworld": with_tokens_saved({"auto": auto, "think": think, "short": short})},
+             "tau_sweeps": {"miniworld": sweep}, "adapter": "runs/r1/rl/adapter"}
+    warm = {"benchmarks": {"miniworld": {"think": think, "short": short, "auto": think}}, "tau_sweeps": {},
+            "adapter": "runs/r1/warmup/adapter"}
+    return {"final": final, "after_warmup": warm, "rl": {"adapter": "runs/r1/rl/adapter"}}
 
 
 # ---------------------------------------------------------------- the card (pure)
 
 def test_card_renders_the_report_table_metadata_and_recipe():
     recipe = to_dict(load_config(REPO / "configs" / "r1_distill_1.5b_t4.yaml"))
-    report = ex.normalise_report(quickstart_report())
+    report = ex.eval_report(quickstart_report())
     card = ex.render_card(ex.CardFacts(
         kind="merged", model_ref="someone/thinkless-r1", base="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
         base_hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", stage="rl", report=report, recipe=recipe,
@@ -100,11 +103,12 @@ def test_card_renders_the_report_table_metadata_and_recipe():
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert {"thinkless", "degrpo", "merged"} <= set(meta["tags"])
     assert meta["datasets"] == ["Vinnnf/Hybrid-OpenR1-Math-220k-formatted", "agentica-org/DeepScaleR-Preview-Dataset"]
-    # The table: accuracy, think ratio, tokens per benchmark and mode (tokens saved computed from forced think).
-    assert "| miniworld | auto (the model chooses) | 16 | 93.8% | 50.0% | 40.2 | 55.5% |" in card
-    assert "| miniworld | think (forced) | 16 | 93.8% | 100.0% | 90.5 | 0.0% |" in card
-    assert "| miniworld | short (forced) | 16 | 56.2% | 0.0% | 9.0 | 90.1% |" in card
-    assert "| 8 | 8 | 87.5% | 100.0% | 73.5 |" in card           # auto by difficulty
+    # The table: accuracy, think ratio, tokens per benchmark and mode, rendered by thinkless_lite.report.
+    assert "### miniworld" in card
+    assert "| auto | 16 | 93.8% | 50.0% | 40.2 | 55.5% | 0.0% |" in card
+    assert "| think | 16 | 93.8% | 100.0% | 90.5 | 0.0% | 0.0% |" in card
+    assert "| short | 16 | 56.2% | 0.0% | 9.0 | 90.1% | 0.0% |" in card
+    assert "| 8 | 8 | 87.5% / 100.0% / 73.5 | 87.5% / 100.0% / 120.0 | 12.5% / 0.0% / 11.0 |" in card  # by level
     assert "| forced short | 16 | 56.2% | 0.0% | 9.0 |" in card     # the tau sweep
     assert "From `runs/r1/report.json`" in card
     # What the tokens mean, the threshold, and the recipe.
@@ -197,7 +201,6 @@ def mini_run(tmp_path_factory, mini_base_dir):
     """``runs/mini/rl/adapter`` as a stage saves it (4-bit training backend, briefly trained: non-zero LoRA and
     control rows), the stage's resolved.yaml and a quickstart report beside it."""
     from thinkless_lite.model import load_model, save_adapter
-    from thinkless_lite.warmup import mini_world
 
     root = tmp_path_factory.mktemp("export-run")
     cfg = load_config(REPO / "configs" / "mini.yaml", [f"output_dir={root / 'runs'}", "name=mini",
@@ -205,12 +208,12 @@ def mini_run(tmp_path_factory, mini_base_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(cfg.model, seed=0)
-        train_briefly(loaded, mini_world(cfg))
+        train_briefly(loaded, cfg.miniworld)
     stage = cfg.run_dir / "rl"
     adapter = save_adapter(loaded, stage / "adapter")
     save_resolved(cfg, stage)
     report = quickstart_report()
-    report["rl"] = {"adapter": str(adapter)}
+    report["final"]["adapter"] = str(adapter)
     (cfg.run_dir / "report.json").write_text(json.dumps(report))
     return {"root": root, "adapter": adapter, "cfg": cfg, "run": cfg.run_dir}
 
@@ -248,7 +251,7 @@ def test_adapter_export_holds_the_adapter_tokenizer_and_card(adapter_export, min
     template = (out / "chat_template.jinja").read_text()
     assert "<think>" not in template                                  # neutralised: the model chooses
     card = (out / "README.md").read_text()
-    assert "| miniworld | auto (the model chooses) | 16 | 93.8% | 50.0% | 40.2 |" in card
+    assert "### miniworld" in card and "| auto | 16 | 93.8% | 50.0% | 40.2 | 55.5% | 0.0% |" in card
     assert "train_control_rows" not in card and "control-token rows trained: `all`" in card
     assert list(Path(mini_run["adapter"]).parent.glob(".*partial*")) == []
 
@@ -284,8 +287,7 @@ def test_merged_export_answers_like_base_plus_adapter(merged_export, mini_run, m
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from thinkless_lite.data.miniworld import benchmark_items
-    from thinkless_lite.infer import SamplingSettings, generate
-    from thinkless_lite.warmup import mini_world
+    from thinkless_lite.generation import SamplingSettings, generate
 
     out = Path(merged_export["out"])
     assert {"model.safetensors", "config.json", "generation_config.json", "tokenizer.json", "chat_template.jinja",
@@ -302,7 +304,7 @@ def test_merged_export_answers_like_base_plus_adapter(merged_export, mini_run, m
 
     merged = AutoModelForCausalLM.from_pretrained(out)
     ref = reference_model(mini_base_dir, mini_run["adapter"])
-    questions = [item.question for item in benchmark_items(per_level=2, world=mini_world(mini_run["cfg"]))]
+    questions = [item.question for item in benchmark_items(per_level=2, world=mini_run["cfg"].miniworld)]
     settings = SamplingSettings(max_new_tokens=144, temperature=0.0)
     for mode in ("auto", "short"):
         ours = generate(merged, tokenizer, questions, mode=mode, settings=settings, batch_size=16)
@@ -316,7 +318,7 @@ def test_merged_export_answers_like_base_plus_adapter(merged_export, mini_run, m
 def test_merged_export_runs_in_transformers_alone(merged_export, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkless_lite.infer import SamplingSettings, generate
+    from thinkless_lite.generation import SamplingSettings, generate
 
     out = Path(merged_export["out"])
     code = NO_THINKLESS + f"""
@@ -416,7 +418,7 @@ def _folder_with_base_tokenizer(root: Path, adapter: Path) -> Path:
     """An adapter beside the base's own tokenizer, which has no <short>."""
     from transformers import AutoTokenizer
 
-    from thinkless_lite.mini_base import MINI_BASE_DIR
+    from thinkless_lite.model import MINI_BASE_DIR
 
     folder = _adapter_files(root / "base-tokenizer", adapter)
     AutoTokenizer.from_pretrained(MINI_BASE_DIR).save_pretrained(folder)
@@ -566,29 +568,18 @@ def test_an_untied_head_gets_its_control_rows_merged_too(tmp_path):
 
 # ---------------------------------------------------------------- the whole path (slow)
 
-def _quickstart_adapter() -> Path:
-    """The quickstart's DeGRPO adapter: an earlier run's in artifacts/quickstart, else a fresh run (minutes)."""
-    adapter = QUICKSTART_ARTIFACT / "rl" / "adapter"
-    if not ((QUICKSTART_ARTIFACT / "report.json").is_file() and (adapter / "adapter_config.json").is_file()):
-        script = Path(sys.executable).parent / "thinkless-lite"
-        done = subprocess.run([str(script), "quickstart", "--out", str(QUICKSTART_ARTIFACT), "--set", "threads=1"],
-                              cwd=REPO, env=user_env(), capture_output=True, text=True, timeout=3600)
-        assert done.returncode == 0, done.stderr[-3000:]
-    return adapter
-
-
 @pytest.mark.slow
-def test_quickstart_then_merged_export_answers_in_plain_transformers(tmp_path):
-    adapter = _quickstart_adapter()
+def test_quickstart_then_merged_export_answers_in_plain_transformers(quickstart_run, tmp_path):
+    adapter = quickstart_run / "rl" / "adapter"
     out = tmp_path / "merged"
     script = Path(sys.executable).parent / "thinkless-lite"
     done = subprocess.run([str(script), "export", "--adapter", str(adapter), "--out", str(out), "--merge"],
                           cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     card = (out / "README.md").read_text()
-    report = json.loads((QUICKSTART_ARTIFACT / "report.json").read_text())
-    auto = report["benchmarks"]["miniworld"]["auto"]
-    assert f"| miniworld | auto (the model chooses) | {auto['n']} | {100 * auto['accuracy']:.1f}% |" in card
+    report = json.loads((quickstart_run / "report.json").read_text())
+    auto = report["final"]["benchmarks"]["miniworld"]["auto"]
+    assert f"| auto | {auto['n']} | {100 * auto['accuracy']:.1f}% | {100 * auto['think_ratio']:.1f}% |" in card
     assert "Stage 2, DeGRPO (decoupled)" in card
 
     code = NO_THINKLESS + f"""

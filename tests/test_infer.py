@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.infer import SamplingSettings, decide, generate, stream, think_ratio
+from thinkless_lite.generation import SamplingSettings, decide, generate, stream, think_ratio
 from thinkless_lite.model import load_model
 from thinkless_lite.tokens import format_prompt
 

@@ -40,7 +40,7 @@ def base_think_results(mini_base_dir):
 
     from thinkless_lite.config import ModelConfig
     from thinkless_lite.data.miniworld import benchmark_items
-    from thinkless_lite.infer import SamplingSettings, generate
+    from thinkless_lite.generation import SamplingSettings, generate
     from thinkless_lite.model import load_model
     from thinkless_lite.rewards import score_completion
 

@@ -62,7 +62,8 @@ def test_control_tokens_added_when_missing_and_reused_when_present(tiny_model_di
 def qlora(tiny_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+        return load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8,
+                                      train_control_rows="new"))
 
 
 def test_tiny_base_loads_in_4bit_with_lora_and_control_rows(qlora):
@@ -147,7 +148,8 @@ def test_new_rows_start_at_their_words_on_both_sides(untied_model_dir):
 def test_an_untied_head_trains_its_control_rows_too(untied_model_dir):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        loaded = load_model(ModelConfig(name_or_path=str(untied_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+        loaded = load_model(ModelConfig(name_or_path=str(untied_model_dir), backend="hf", lora_r=4, lora_alpha=8,
+                                        train_control_rows="new"))
     indices = loaded.model.peft_config["default"].trainable_token_indices
     assert indices == {"embed_tokens": [loaded.control_ids["short"]], "lm_head": [loaded.control_ids["short"]]}
     names = trainable_parameter_names(loaded.model)
@@ -234,7 +236,7 @@ def test_unsloth_patches_an_adapter_loaded_from_a_folder(tiny_model_dir, tmp_pat
     calls = []
     fake_unsloth(monkeypatch, calls)
     config = ModelConfig(name_or_path=str(tiny_model_dir), backend="unsloth", lora_r=4, lora_alpha=8,
-                         gradient_checkpointing=True)
+                         gradient_checkpointing=True, train_control_rows="new")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fresh = load_model(config)

@@ -147,7 +147,7 @@ def test_quickstart_defaults_are_the_shipped_recipe():
     from thinkless_lite.config import load_config
 
     values = parameter_values(read(QUICKSTART))
-    cfg = load_config(REPO / values["CONFIG"])
+    cfg = load_config(values["CONFIG"])
     assert values["MODEL"] == "thinkless-lite/mini-base" == cfg.model.name_or_path
     assert values["WARMUP_STEPS"] == cfg.warmup.max_steps
     assert values["WARMUP_EXAMPLES"] == cfg.warmup.data.num_examples
@@ -162,7 +162,7 @@ def test_t4_defaults_point_at_the_real_recipe():
     from thinkless_lite.config import load_config
 
     values = parameter_values(read(T4))
-    cfg = load_config(REPO / values["CONFIG"])
+    cfg = load_config(values["CONFIG"])
     assert values["MODEL"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" == cfg.model.name_or_path
     assert values["PUBLIC_WARMUP_MODEL"] == "Vinnnf/Thinkless-1.5B-Warmup"
     assert values["WARMUP_DATA"] == cfg.warmup.data.path
@@ -179,14 +179,14 @@ def test_overrides_from_parameters_survive_the_config_loader():
         "eval.data_file": "../data dir/gsm8k: test.jsonl", "eval.sweep_tau": [0.5, 1], "model.adapter_path": None,
         "rl.alpha": 0.25, "threads": None, "rl.data.source": "agentica-org/DeepScaleR-Preview-Dataset",
         "eval.modes": ("auto", "short"), "miniworld.difficulty_weights": {1: 0.5, 8: 0.5},
-        "rl.trainer_overrides": {"weight_decay": 0.0, "optim": "adamw_torch"}}))
+        "rl.weight_decay": 0.0, "rl.optim": "adamw_torch"}))
     assert cfg.eval.data_file == "../data dir/gsm8k: test.jsonl"
     assert cfg.eval.sweep_tau == [0.5, 1] and cfg.rl.alpha == 0.25
     assert cfg.model.adapter_path is None and cfg.threads is None
     assert cfg.rl.data.source == "agentica-org/DeepScaleR-Preview-Dataset"
     assert cfg.eval.modes == ["auto", "short"]
     assert cfg.miniworld.difficulty_weights[8] == 0.5 and "8" not in cfg.miniworld.difficulty_weights
-    assert cfg.rl.trainer_overrides == {"weight_decay": 0.0, "optim": "adamw_torch"}
+    assert cfg.rl.trl == {"weight_decay": 0.0, "optim": "adamw_torch"}  # TRL's own GRPOConfig fields, passed on
 
 
 def test_compare_adapters_sees_a_change_and_its_absence(tmp_path):
@@ -279,7 +279,7 @@ def test_t4_notebook_runs_headless_on_the_mini_world(tmp_path, artifacts_dir, mo
     port = free_port()
     nb, seconds = execute(
         T4, artifacts_dir, monkeypatch, may_fail=("nb.compare_adapters(",),
-        CONFIG="configs/mini.yaml", MODEL="thinkless-lite/mini-base", OUT=str(out), THREADS=1,
+        CONFIG="mini", MODEL="thinkless-lite/mini-base", OUT=str(out), THREADS=1,
         MAX_SEQ_LENGTH=512, WARMUP_DATA=str(paired), WARMUP_EXAMPLES=200, WARMUP_STEPS=5,
         WARMUP_MAX_COMPLETION_TOKENS=None, WARMUP_BATCH_SIZE=8, WARMUP_GRAD_ACCUM=1,
         RL_DATA=f"{shared}/deepscaler_train/math.json", RL_EXAMPLES=64, RL_STEPS=2, RL_NUM_GENERATIONS=4,

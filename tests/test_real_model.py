@@ -57,7 +57,7 @@ def test_a_warmup_step_trains_lora_and_control_rows_and_the_adapter_stays_small(
     from datasets import Dataset
     from trl import SFTConfig
 
-    from thinkless_lite.compat import PortableSFTTrainer
+    from thinkless_lite.trainers import PortableSFTTrainer
 
     tokenizer = smol.tokenizer
     rows = [{"prompt": format_prompt(tokenizer, q), "completion": c} for q, c in [
@@ -92,7 +92,7 @@ def test_an_rl_step_with_mixed_length_prompts(smollm2_dir, tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from thinkless_lite.trainer import DeGRPOTrainer
+    from thinkless_lite.trainers import DeGRPOTrainer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -120,7 +120,7 @@ def test_an_rl_step_with_mixed_length_prompts(smollm2_dir, tmp_path):
 
 
 def test_the_demo_engine_answers_and_stops(smol):
-    from thinkless_lite.engine import ThinklessEngine
+    from thinkless_lite.generation import ThinklessEngine
 
     engine = ThinklessEngine(smol.model, smol.tokenizer, max_new_tokens=48, name="SmolLM2-135M-Instruct")
     generation = engine.answer("What is 2+3?", mode="short")

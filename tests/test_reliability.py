@@ -39,7 +39,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from thinkless_lite import callbacks, warmup
+from thinkless_lite import callbacks
+from thinkless_lite.stages import warmup
 from thinkless_lite.callbacks import COMPLETE_MARKER, last_complete_checkpoint, read_metrics
 from thinkless_lite.config import load_config
 

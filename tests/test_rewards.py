@@ -5,7 +5,7 @@ import pytest
 from thinkless_lite.rewards import (
     RewardTable,
     ScoredCompletion,
-    make_reward_function,
+    ThinklessReward,
     score_completion,
     thinkless_reward,
 )
@@ -79,7 +79,7 @@ def test_custom_control_tokens():
 
 
 def test_reward_function_with_trl_style_kwargs():
-    reward_fn = make_reward_function()
+    reward_fn = ThinklessReward()
     assert reward_fn.__name__ == "thinkless_reward"
     rewards = reward_fn(
         completions=[SHORT_RIGHT, THINK_RIGHT, SHORT_WRONG, "no token 12"],
@@ -89,10 +89,13 @@ def test_reward_function_with_trl_style_kwargs():
         trainer_state=None,
     )
     assert rewards == [1.0, 0.5, -1.0, -1.0]
+    # what the trainer's metrics read: every completion's outcome
+    assert [(o.mode, o.correct, o.format_error) for o in reward_fn.last_outcomes] == [
+        ("short", True, False), ("think", True, False), ("short", False, False), (None, False, True)]
 
 
 def test_reward_function_options():
-    reward_fn = make_reward_function(RewardTable(think_correct=0.0), answer_column="gold")
+    reward_fn = ThinklessReward(RewardTable(think_correct=0.0), answer_column="gold")
     assert reward_fn([THINK_RIGHT], gold=["12"]) == [0.0]
     assert reward_fn([[{"role": "assistant", "content": SHORT_RIGHT}]], gold=["12"]) == [1.0]
     with pytest.raises(KeyError, match="gold"):

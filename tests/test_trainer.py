@@ -43,7 +43,7 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha):
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from thinkless_lite.trainer import DeGRPOTrainer
+    from thinkless_lite.trainers import DeGRPOTrainer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -106,7 +106,7 @@ def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig
 
-    from thinkless_lite.trainer import DeGRPOTrainer
+    from thinkless_lite.trainers import DeGRPOTrainer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -124,7 +124,7 @@ def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_mod
     from trl import GRPOConfig
 
     from thinkless_lite.model import save_adapter
-    from thinkless_lite.trainer import DeGRPOTrainer
+    from thinkless_lite.trainers import DeGRPOTrainer
 
     config = ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8, train_control_rows="all")
     with warnings.catch_warnings():

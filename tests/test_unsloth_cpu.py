@@ -30,7 +30,7 @@ from thinkless_lite.config import ModelConfig
 from thinkless_lite.losses import degrpo_loss, informative_groups
 from thinkless_lite.model import ensure_distinct_pad_token, load_model
 from thinkless_lite.tokens import format_prompt
-from thinkless_lite.trainer import DeGRPOMixin, DeGRPOTrainer, check_trainer_flavour
+from thinkless_lite.trainers import DeGRPOMixin, DeGRPOTrainer, check_trainer_flavour
 
 PINNED = "2026.10.9"
 GROUP = 4
@@ -110,7 +110,7 @@ def make_trainer(model_dir, tmp_path, *, decoupled=True, alpha=0.5, beta=0.0, ad
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
                       num_generations=GROUP, max_completion_length=96, loss_type="dapo", scale_rewards="none",
                       beta=beta, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
-                      shuffle_dataset=False, max_steps=1, bf16=False)  # fp32 on CPU, as thinkless_lite.rl sets it
+                      shuffle_dataset=False, max_steps=1, bf16=False)  # fp32 on CPU, as thinkless_lite.stages.rl sets it
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_rewards], args=args, train_dataset=dataset,
                             processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled, backend="hf")
     trainer.model.train()
@@ -247,7 +247,7 @@ class UnslothGRPOTrainerStandIn(GRPOTrainer):
 
 
 def test_unsloths_positional_call_reaches_unsloth(monkeypatch):
-    from thinkless_lite import trainer as trainer_module
+    from thinkless_lite import trainers as trainer_module
 
     monkeypatch.setattr(trainer_module, "fused_logprobs_available", lambda: True)  # as on a GPU
     trainer_class = type("DeGRPOOnUnsloth", (DeGRPOMixin, UnslothGRPOTrainerStandIn), {})

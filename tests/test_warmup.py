@@ -1,4 +1,4 @@
-"""Stage 1 (thinkless_lite.warmup): QLoRA SFT on the tiny model, outputs, completion-only loss, resume."""
+"""Stage 1 (thinkless_lite.stages.warmup): QLoRA SFT on the tiny model, outputs, completion-only loss, resume."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from thinkless_lite import warmup
+from thinkless_lite.stages import warmup
 from thinkless_lite.callbacks import COMPLETE_MARKER, last_complete_checkpoint, read_metrics
 from thinkless_lite.config import ModelConfig, load_config
 from thinkless_lite.data.hybrid import WarmupDataError, build_sft_examples, miniworld_responses
@@ -26,15 +26,17 @@ def make_cfg(tiny_model_dir, tmp_path, *extra, max_steps=4, name="w"):
 @pytest.fixture
 def captured_trainers(monkeypatch):
     """The PortableSFTTrainer instances warmup.main builds, kept for inspection."""
-    trainers = []
+    from thinkless_lite import trainers
 
-    class Capturing(warmup.PortableSFTTrainer):
+    built = []
+
+    class Capturing(trainers.PortableSFTTrainer):
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            trainers.append(self)
+            built.append(self)
 
-    monkeypatch.setattr(warmup, "PortableSFTTrainer", Capturing)
-    return trainers
+    monkeypatch.setattr(trainers, "PortableSFTTrainer", Capturing)
+    return built
 
 
 def run_main(cfg):
@@ -79,7 +81,7 @@ def test_warmup_trains_and_saves_adapter_with_tokenizer(tiny_model_dir, tmp_path
     (trainer,) = captured_trainers
     assert trainer.args.completion_only_loss is True
     tokenizer = trainer.processing_class
-    examples, _ = build_sft_examples(miniworld_responses(warmup.mini_world(cfg), 40), tokenizer, num_examples=40,
+    examples, _ = build_sft_examples(miniworld_responses(cfg.miniworld, 40), tokenizer, num_examples=40,
                                      short_share=0.5, seed=cfg.seed)
     encode = lambda text: tuple(tokenizer(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     expected = {(encode(e["prompt"]), encode(e["completion"]) + (tokenizer.eos_token_id,)) for e in examples}
@@ -163,13 +165,13 @@ def test_stage_reads_a_paired_file(tiny_model_dir, tmp_path):
     cfg = make_cfg(tiny_model_dir, tmp_path, "warmup.data.source=paired", f"warmup.data.path={path}",
                    "warmup.data.question_column=instruction", "warmup.data.answer_column=null",
                    "warmup.data.response_column=output")
-    responses = warmup.teacher_responses(cfg, cfg.model.control_tokens, tmp_path / "stage")
+    responses = warmup.teacher_responses(cfg, tmp_path / "stage")
     assert [(r.mode, r.answer) for r in responses] == [(THINK, "\\boxed{5}"), (SHORT, "\\boxed{5}")]
     # the default answer_column ("answer") is not in this data: the error names the key and the columns
     cfg = make_cfg(tiny_model_dir, tmp_path, "warmup.data.source=paired", f"warmup.data.path={path}",
                    "warmup.data.question_column=instruction", "warmup.data.response_column=output")
     with pytest.raises(WarmupDataError, match=r"warmup\.data\.answer_column='answer'.*instruction, output"):
-        warmup.teacher_responses(cfg, cfg.model.control_tokens, tmp_path / "stage")
+        warmup.teacher_responses(cfg, tmp_path / "stage")
 
 
 def test_stage_generates_with_two_tiny_teachers(tiny_model_dir, tmp_path):
@@ -181,12 +183,12 @@ def test_stage_generates_with_two_tiny_teachers(tiny_model_dir, tmp_path):
                    "warmup.data.num_examples=3", "warmup.data.generation_batch_size=2",
                    "warmup.data.max_new_tokens_long=6", "warmup.data.max_new_tokens_short=4")
     stage = tmp_path / "stage"
-    responses = warmup.teacher_responses(cfg, cfg.model.control_tokens, stage)
+    responses = warmup.teacher_responses(cfg, stage)
     lines = (stage / "teacher_responses.jsonl").read_text().splitlines()
     assert len(lines) == 6  # num_examples questions x two teachers
     assert sorted((r.question, r.mode, r.gold) for r in responses) == sorted(
         (q, m, g) for q, g in [("1+2", "3"), ("3*4", "2"), ("9-5", "4")] for m in (THINK, SHORT))
     # a rerun finds every answer on file and generates nothing
     before = Path(stage / "teacher_responses.jsonl").read_text()
-    assert warmup.teacher_responses(cfg, cfg.model.control_tokens, stage) == responses
+    assert warmup.teacher_responses(cfg, stage) == responses
     assert (stage / "teacher_responses.jsonl").read_text() == before

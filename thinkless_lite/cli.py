@@ -1,14 +1,16 @@
-"""``thinkless-lite``: one command per stage, all driven by one YAML recipe.
+"""``thinkless-lite``: one command per stage, all driven by one recipe (a shipped name or a YAML file).
 
-    thinkless-lite quickstart --out runs/quickstart       # the whole mini-world pipeline, CPU, minutes
-    thinkless-lite warmup --config configs/mini.yaml      # stage 1: hybrid SFT distillation (QLoRA)
-    thinkless-lite rl --config configs/mini.yaml          # stage 2: DeGRPO
-    thinkless-lite eval --config configs/mini.yaml --sweep-tau 0.1,0.5,0.9
-    thinkless-lite demo --config configs/mini.yaml --adapter runs/mini/rl/adapter
-    thinkless-lite build-base                             # regenerate the shipped tiny base model
-    thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/merged --merge   # share it
+    thinkless-lite quickstart                              # the whole mini-world pipeline, CPU, minutes
+    thinkless-lite warmup --config mini                    # stage 1: hybrid SFT distillation (QLoRA)
+    thinkless-lite rl --config mini                        # stage 2: DeGRPO
+    thinkless-lite eval --config mini --adapter runs/mini/rl/adapter --sweep-tau 0.1,0.5,0.9
+    thinkless-lite demo --config mini --adapter runs/quickstart/rl/adapter
+    thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/merged --merge
+    thinkless-lite build-base                              # regenerate the shipped tiny base model
 
-Any config key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``.
+Recipes shipped: mini (default), smollm2_135m_cpu, r1_distill_1.5b_t4, qwen2.5_1.5b_instruct_t4, or a path.
+Any key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``; ``rl.*`` and ``warmup.*`` also
+take any field of TRL's GRPOConfig / SFTConfig (``--set rl.vllm_mode=colocate``).
 """
 
 from __future__ import annotations
@@ -21,12 +23,14 @@ import sys
 from thinkless_lite.config import ConfigError, RunConfig, load_config
 
 
-def _common(parser: argparse.ArgumentParser, config_default: str | None = None) -> None:
-    parser.add_argument("--config", default=config_default,
-                        help="YAML recipe (see configs/); defaults are the mini-world's when omitted")
+def _common(parser: argparse.ArgumentParser, out_default: str | None = None) -> None:
+    parser.add_argument("--config", default=None, metavar="RECIPE",
+                        help="a shipped recipe by name (mini, smollm2_135m_cpu, r1_distill_1.5b_t4, "
+                             "qwen2.5_1.5b_instruct_t4) or a YAML file; default: mini")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set rl.max_steps=50 (repeatable)")
-    parser.add_argument("--out", default=None, help="run folder (sets output_dir and name from the path)")
+    parser.add_argument("--out", default=out_default, help="run folder (sets output_dir and name from the path)"
+                        + (f"; default {out_default}" if out_default else ""))
 
 
 def _load(args) -> RunConfig:
@@ -47,8 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("quickstart", help="mini-world end to end: warm-up, DeGRPO, evaluation, report.json + plots")
-    _common(p, "configs/mini.yaml")
+    p = sub.add_parser("quickstart", help="end to end: warm-up, DeGRPO, evaluation, report.{json,md,png} + curves")
+    _common(p, "runs/quickstart")
     p.add_argument("--skip-warmup", action="store_true", help="reuse <out>/warmup/adapter")
 
     p = sub.add_parser("warmup", help="stage 1: hybrid SFT distillation with QLoRA")
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="target folder (default: the packaged assets)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
 
-    from thinkless_lite import export
+    from thinkless_lite.stages import export
 
     p = sub.add_parser("export", help=export.HELP, description=export.HELP, epilog=export.EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -111,7 +115,7 @@ def run(args) -> object:
         cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps else {}))
         return train_base(args.out or MINI_BASE_DIR, cfg)
     if args.command == "export":
-        from thinkless_lite.export import main as export
+        from thinkless_lite.stages.export import main as export
 
         return export(args)
     if args.command == "eval":
@@ -122,21 +126,21 @@ def run(args) -> object:
 
     select_backend(cfg.model.backend)
     if args.command == "quickstart":
-        from thinkless_lite.quickstart import main as quickstart
+        from thinkless_lite.stages.quickstart import main as quickstart
 
         return quickstart(cfg, skip_warmup=args.skip_warmup)
     if args.command == "warmup":
-        from thinkless_lite.warmup import main as warmup
+        from thinkless_lite.stages.warmup import main as warmup
 
         return warmup(cfg)
     if args.command == "rl":
-        from thinkless_lite.rl import main as rl
+        from thinkless_lite.stages.rl import main as rl
 
         return rl(cfg)
     if args.command == "eval":
-        from thinkless_lite.evaluate import run_eval
+        from thinkless_lite.stages.evaluate import main as evaluate
 
-        return run_eval(cfg)
+        return evaluate(cfg)
     if args.command == "demo":
         from thinkless_lite.demo import app
 

@@ -1,12 +1,18 @@
 """Where the pinned libraries need a hand, in one place, each with the reason.
 
-TRL 1.15 computes log-probabilities through a fused, chunked LM head whose kernels are Triton
-(GPU only). On a CPU, or a GPU build without Triton, that path raises, so SFT and GRPO would not run
-at all. These fallbacks use a plain forward there and leave TRL's path untouched everywhere else.
+* TRL 1.15 computes log-probabilities through a fused, chunked LM head whose kernels are Triton (GPU
+  only). On a CPU that path raises, so SFT and GRPO would not run at all: ``plain_logps_and_entropies``
+  gives the same numbers from a plain forward there, and TRL's path stays untouched everywhere else.
+* TRL casts QLoRA adapter weights to bf16 (the QLoRA paper's advice for bf16 GPUs). Where bf16 is not
+  native (CPU, T4) every adapter matmul is then emulated: 3.4x slower steps measured on CPU. There the
+  trainable weights go back to fp32 (``restore_adapter_precision``).
+* bitsandbytes 0.50 repacks 4-bit weights for CPU inference on AVX512-BF16 CPUs and then has no
+  backward (``keep_4bit_weights_trainable``).
+* ``import unsloth`` rewrites TRL's GRPOTrainer; its loss re-lays a batch and drops TRL's KL reference
+  (``trainer_flavour``, ``unsloth_layout``, ``ensure_reference_adapter``).
 
-TRL also casts QLoRA adapter weights to bf16 (the QLoRA paper's advice for bf16 GPUs). Where bf16
-is not native (CPU, T4) that makes every adapter matmul emulated: 3.4x slower steps measured on CPU.
-There the trainable weights go back to fp32.
+Nothing here imports TRL at module level: ``import unsloth`` must come before TRL, and the model loader
+imports this module before it knows whether Unsloth will be used.
 """
 
 from __future__ import annotations
@@ -14,16 +20,19 @@ from __future__ import annotations
 import logging
 
 import torch
-from trl import SFTTrainer
-from trl.trainer import utils as trl_utils
-
-from thinkless_lite.model import bf16_native, keep_4bit_weights_trainable
 
 log = logging.getLogger("thinkless_lite")
 
 
+def bf16_native() -> bool:
+    """bf16 in hardware (Ampere+). A T4 reports bf16 support through emulation, which is slow."""
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def fused_logprobs_available() -> bool:
     """Whether TRL's Triton log-prob kernels imported and a GPU is there to run them."""
+    from trl.trainer import utils as trl_utils
+
     return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and torch.cuda.is_available()
 
 
@@ -42,29 +51,42 @@ def restore_adapter_precision(model) -> None:
             param.data = param.data.float()
 
 
-class PortableSFTTrainer(SFTTrainer):
-    """SFTTrainer whose loss falls back to the model's own cross-entropy where TRL's kernels cannot run.
+def keep_4bit_weights_trainable(model) -> int:
+    """Keep every bitsandbytes 4-bit weight in the layout that its autograd path reads.
 
-    The collator's labels already carry -100 on prompt tokens (completion-only loss), so the plain
-    ``Trainer.compute_loss`` (``model(**inputs).loss`` with ``num_items_in_batch``) is the same loss.
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight into an inference-only
+    layout the first time the layer runs in eval mode without grad, and never converts it back. Every
+    later forward then goes through ``gemv_4bit``, which has no backward: a crash on layers with a bias,
+    silently wrong LoRA gradients on layers without one. RL generates in eval mode before every update,
+    so a model that will train must never take that path: the repacking is switched off here, and
+    layers that were already repacked (a model tried out before training) are converted back.
+    Inference-only models keep bitsandbytes' default. Returns how many layers had to be converted back.
     """
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        prepare_for_training(self.model)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if fused_logprobs_available():
-            return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                        num_items_in_batch=num_items_in_batch)
-        inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
-        return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs=return_outputs,
-                                                    num_items_in_batch=num_items_in_batch)
+    try:
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:  # no bitsandbytes, no 4-bit layers
+        return 0
+    converted = 0
+    for module in model.modules():
+        if not isinstance(module, Linear4bit):
+            continue
+        module.support_avx512bf16_for_cpu = False
+        weight = module.weight
+        if getattr(weight.quant_state, "packing_format_for_cpu", False):
+            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+            converted += 1
+    if converted:
+        log.warning("%d 4-bit layers had been repacked for CPU inference (an eval pass before training); "
+                    "converted them back so that training gets correct gradients", converted)
+    return converted
 
 
 def plain_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                               compute_entropy=False, compute_aux_loss=False):
     """GRPO's per-token log-probs (at the sampling temperature) and entropies from a plain forward."""
+    from trl.trainer import utils as trl_utils
+
     batch_size = batch_size or input_ids.size(0)
     all_logps, all_entropies, all_aux = [], [], []
     for start in range(0, input_ids.size(0), batch_size):

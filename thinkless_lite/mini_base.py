@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-MINI_BASE_NAME = "thinkless-lite/mini-base"
-MINI_BASE_DIR = Path(__file__).resolve().parent / "assets" / "mini-base"
+from thinkless_lite.model import MINI_BASE_DIR
+
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
 
@@ -31,11 +31,6 @@ MINI_CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n<think>' }}{% endif %}"
 )
-
-
-def resolve_model_path(name_or_path: str) -> str:
-    """Map the embedded default's name to its folder; anything else is a hub id or a local path."""
-    return str(MINI_BASE_DIR) if name_or_path == MINI_BASE_NAME else name_or_path
 
 
 def byte_alphabet() -> list[str]:

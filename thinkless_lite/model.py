@@ -22,13 +22,16 @@ from pathlib import Path
 
 import torch
 
+from thinkless_lite.compat import bf16_native, keep_4bit_weights_trainable
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.mini_base import MINI_BASE_DIR, MINI_BASE_NAME
 from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, ControlTokens, neutralise_chat_template
 
 log = logging.getLogger("thinkless_lite")
 
 BACKENDS = ("auto", "unsloth", "hf", "full")
+# The embedded default model, shipped in the package (thinkless_lite/mini_base.py builds it).
+MINI_BASE_NAME = "thinkless-lite/mini-base"
+MINI_BASE_DIR = Path(__file__).resolve().parent / "assets" / "mini-base"
 
 
 def resolve_model_path(name_or_path: str) -> str:
@@ -74,17 +77,19 @@ def select_backend(requested: str, *, status: tuple[bool, str] | None = None) ->
     return BackendChoice("unsloth", why) if ok else BackendChoice("hf", f"fell back to hf: {why}")
 
 
+def precision_flags(dtype: str) -> dict:
+    """The Trainer's device and mixed-precision flags for a compute dtype: CPU without autocast, bf16 or fp16 on a GPU."""
+    on_gpu = torch.cuda.is_available()
+    chosen = compute_dtype(dtype)
+    return {"use_cpu": not on_gpu, "bf16": on_gpu and chosen == torch.bfloat16, "fp16": on_gpu and chosen == torch.float16}
+
+
 def compute_dtype(name: str) -> torch.dtype:
     if name != "auto":
         return getattr(torch, name)
     if torch.cuda.is_available():
         return torch.bfloat16 if bf16_native() else torch.float16
     return torch.float32
-
-
-def bf16_native() -> bool:
-    """bf16 in hardware (Ampere+). A T4 reports bf16 support through emulation, which is slow."""
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -374,37 +379,6 @@ def save_small_adapters(model) -> None:
 
     save_pretrained.__doc__ = save.__doc__
     model.save_pretrained = save_pretrained
-
-
-def keep_4bit_weights_trainable(model) -> int:
-    """Keep every bitsandbytes 4-bit weight in the layout that its autograd path reads.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight into an inference-only
-    layout the first time the layer runs in eval mode without grad, and never converts it back. Every
-    later forward then goes through ``gemv_4bit``, which has no backward: a crash on layers with a bias,
-    silently wrong LoRA gradients on layers without one. RL generates in eval mode before every update,
-    so a model that will train must never take that path: the repacking is switched off here, and
-    layers that were already repacked (a model tried out before training) are converted back.
-    Inference-only models keep bitsandbytes' default. Returns how many layers had to be converted back.
-    """
-    try:
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-        from bitsandbytes.nn import Linear4bit
-    except ImportError:  # no bitsandbytes, no 4-bit layers
-        return 0
-    converted = 0
-    for module in model.modules():
-        if not isinstance(module, Linear4bit):
-            continue
-        module.support_avx512bf16_for_cpu = False
-        weight = module.weight
-        if getattr(weight.quant_state, "packing_format_for_cpu", False):
-            weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-            converted += 1
-    if converted:
-        log.warning("%d 4-bit layers had been repacked for CPU inference (an eval pass before training); "
-                    "converted them back so that training gets correct gradients", converted)
-    return converted
 
 
 def _expose_output_bias(model) -> None:

@@ -6,7 +6,7 @@ only when it must; a wrong answer or a malformed completion is penalised whichev
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from thinkless_lite.grading import extract_answer, grade_answer
@@ -59,30 +59,29 @@ def thinkless_reward(completion: str, gold: str, table: RewardTable = RewardTabl
     return score_completion(completion, gold, table, tokens).reward
 
 
-def _completion_text(completion) -> str | None:
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return completion[-1].get("content")
-    return completion
+class ThinklessReward:
+    """The reward as TRL calls it, ``f(completions, **dataset_columns) -> list[float]``, keeping each
+    completion's :class:`ScoredCompletion` (``last_outcomes``) for the trainer's metrics.
 
-
-def make_reward_function(table: RewardTable = RewardTable(), tokens: ControlTokens = ControlTokens(),
-                         answer_column: str = "answer") -> Callable[..., list[float]]:
-    """A TRL reward function: ``f(completions, **dataset_columns) -> list[float]``.
-
-    TRL passes every dataset column as a keyword list aligned with ``completions``; the gold
-    answers are read from ``answer_column``. Completions are plain strings; a conversational
-    completion (a list of messages) is read from its last message's content.
+    TRL passes every dataset column as a keyword list aligned with ``completions``; the golds are read
+    from ``answer_column``. A conversational completion (a list of messages) is read from its last
+    message's content.
     """
 
-    def thinkless_reward_fn(completions: Sequence[str], **kwargs) -> list[float]:
-        if answer_column not in kwargs:
-            raise KeyError(f"reward function needs the dataset column {answer_column!r}; got {sorted(kwargs)}")
-        golds = kwargs[answer_column]
+    __name__ = "thinkless_reward"
+
+    def __init__(self, table: RewardTable = RewardTable(), tokens: ControlTokens = ControlTokens(),
+                 answer_column: str = "answer"):
+        self.table, self.tokens, self.answer_column = table, tokens, answer_column
+        self.last_outcomes: list[ScoredCompletion] = []
+
+    def __call__(self, completions: Sequence, **columns) -> list[float]:
+        if self.answer_column not in columns:
+            raise KeyError(f"the reward needs the dataset column {self.answer_column!r}; got {sorted(columns)}")
+        golds = columns[self.answer_column]
         if len(golds) != len(completions):
             raise ValueError(f"{len(completions)} completions but {len(golds)} gold answers")
-        return [thinkless_reward(_completion_text(completion), gold, table, tokens)
-                for completion, gold in zip(completions, golds)]
-
-    thinkless_reward_fn.__name__ = "thinkless_reward"
-    thinkless_reward_fn.__qualname__ = "thinkless_reward"
-    return thinkless_reward_fn
+        texts = [c[-1].get("content") if isinstance(c, list) and c and isinstance(c[-1], dict) else c
+                 for c in completions]
+        self.last_outcomes = [score_completion(t, str(g), self.table, self.tokens) for t, g in zip(texts, golds)]
+        return [outcome.reward for outcome in self.last_outcomes]

@@ -7,6 +7,7 @@ so the reward, the evaluation and the demo can never disagree about what a model
 
 from __future__ import annotations
 
+import math
 import re
 import warnings
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 THINK = "think"
 SHORT = "short"
 MODES = (THINK, SHORT)
+ROUTING_MODES = ("auto", THINK, SHORT)
 
 # A ChatML template used when a tokenizer ships none (warned at load time).
 FALLBACK_CHAT_TEMPLATE = (
@@ -40,6 +42,34 @@ class ControlTokens:
     @property
     def all(self) -> tuple[str, str, str]:
         return (self.short, self.think, self.think_end)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """How the control token is picked: sampled (``auto``), forced (``think`` / ``short``), or thresholded
+    (``auto`` with ``tau``: think when P(<think>) >= tau). The one place a routing is checked: the
+    config, generation, evaluation, the engine and the demo all build one of these."""
+
+    mode: str = "auto"
+    tau: float | None = None
+
+    def __post_init__(self):
+        if self.mode not in ROUTING_MODES:
+            raise ValueError(f"mode must be one of {', '.join(ROUTING_MODES)}; got {self.mode!r}")
+        if self.tau is None:
+            return
+        tau = self.tau
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or math.isnan(tau) or not 0.0 <= tau <= 1.0:
+            raise ValueError(f"tau must be a number within 0..1 (think when P(<think>) >= tau; 0 = always think); "
+                             f"got {tau!r}. For forced short use mode='short'.")
+        if self.mode != "auto":
+            raise ValueError(f"tau thresholds the model's own choice, so it needs mode='auto'; got mode={self.mode!r}")
+        object.__setattr__(self, "tau", float(tau))
+
+    @property
+    def label(self) -> str:
+        """auto | think | short | tau=<value>: how records and reports name this routing."""
+        return self.mode if self.tau is None else f"tau={self.tau:g}"
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The timed steps: ``--steps`` real ``DeGRPOTrainer.train()`` steps, configured by the package's own
-``thinkless_lite.rl.grpo_config``, so generation, reward, reference log-probs, DeGRPO's per-token
+``thinkless_lite.stages.rl.grpo_config``, so generation, reward, reference log-probs, DeGRPO's per-token
 advantages, the loss (Unsloth's on ``unsloth``), backward and the optimizer step are all measured.
 
 Spans come from wrapping this trainer instance's ``_generate_single_turn`` (generation),
@@ -33,8 +33,8 @@ def run(spec: dict, record: dict) -> None:
     from datasets import Dataset
     from transformers import TrainerCallback, set_seed
 
-    from thinkless_lite.rl import grpo_config
-    from thinkless_lite.trainer import (
+    from thinkless_lite.stages.rl import grpo_config
+    from thinkless_lite.trainers import (
         DeGRPOTrainer,  # after select_backend: Unsloth's GRPOTrainer on unsloth
     )
 

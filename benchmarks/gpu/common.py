@@ -9,7 +9,7 @@ REPO = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = REPO / "configs" / "r1_distill_1.5b_t4.yaml"
 # hf: transformers + bitsandbytes NF4 + PEFT. unsloth: Unsloth imported before TRL and transformers, as the
 # thinkless-lite CLI does, so DeGRPOTrainer derives from Unsloth's rewritten GRPOTrainer. (Unsloth imported
-# after thinkless_lite.trainer is no configuration any more: DeGRPOTrainer refuses it at construction.)
+# after thinkless_lite.trainers is no configuration any more: DeGRPOTrainer refuses it at construction.)
 BACKENDS = ("hf", "unsloth")
 GB = 1e9
 NOT_MEASURED = "Not measured yet: no GPU in the session that built it."

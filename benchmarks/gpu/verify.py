@@ -44,8 +44,8 @@ def run(spec: dict, record: dict) -> None:
 
     from thinkless_lite.compat import plain_logps_and_entropies
     from thinkless_lite.losses import degrpo_loss
-    from thinkless_lite.rl import grpo_config
-    from thinkless_lite.trainer import (
+    from thinkless_lite.stages.rl import grpo_config
+    from thinkless_lite.trainers import (
         DeGRPOTrainer,  # after select_backend: Unsloth's GRPOTrainer on unsloth
     )
 
@@ -111,7 +111,7 @@ def run(spec: dict, record: dict) -> None:
         logps, _, _ = plain_logps_and_entropies(trainer, model, input_ids, attention, spec["completion_len"],
                                                 batch_size=1)
         reference = degrpo_loss(logps, logps.detach(), batch["advantages_b"].to(device), inputs["completion_mask"],
-                                alpha=cfg.rl.alpha, clip_eps=cfg.rl.clip_eps, decoupled=True)
+                                alpha=cfg.rl.alpha, clip_eps=cfg.rl.epsilon, decoupled=True)
         record["reference"] = {"loss": float(reference.detach()), **compare_grads(grads, grads_of(reference))}
     except Exception as err:  # noqa: BLE001 - reported as the checks' failure
         record["reference"] = {"error": f"{type(err).__name__}: {err}"[:1000]}

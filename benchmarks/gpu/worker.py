@@ -86,7 +86,7 @@ def run_config(spec: dict):
     rl = dataclasses.replace(
         cfg.rl, num_generations=spec["generations"], prompts_per_step=spec["prompts"], max_completion_length=c,
         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], save_steps=10**6,
-        report_to=[], trainer_overrides={**cfg.rl.trainer_overrides, **overrides})
+        report_to=[], trl={**cfg.rl.trl, **overrides})
     if spec["task"] == "verify":
         rl = dataclasses.replace(rl, beta=0.0, gradient_accumulation_steps=1, alpha=spec["verify_alpha"],
                                  decoupled=True)

@@ -174,7 +174,7 @@ def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: s
     from tqdm.auto import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkless_lite.infer import end_token_ids
+    from thinkless_lite.generation import end_token_ids
     from thinkless_lite.model import compute_dtype, resolve_model_path, select_backend
 
     if role not in ("long", "short"):

@@ -130,21 +130,30 @@ def split_of(expression: str, test_fraction: float) -> str:
 
 @dataclass(frozen=True)
 class MiniWorld:
-    """Task family settings. ``difficulty_weights`` maps k (operations) to sampling weight."""
+    """The task family and its settings; also the recipe's ``miniworld`` section."""
 
-    difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS))
-    test_fraction: float = 0.2
-    seed: int = 0
-    task: str = "chain"
+    task: str = field(default="chain", metadata={"help": "chain (single-digit operations mod 10, the shipped base's "
+                                                         "world) | addition (two k-digit numbers, for real pretrained models)."})
+    difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS), metadata={
+        "help": "Difficulty k -> sampling weight. The default leans easy, like GSM8K."})
+    test_fraction: float = field(default=0.2, metadata={"help": "Share of questions (by hash) held out for testing."})
+    seed: int = field(default=0, metadata={"help": "Seed of the task sampler."})
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
         if not self.difficulty_weights:
             raise ValueError("difficulty_weights is empty; give e.g. {1: 0.5, 4: 0.5}")
+        weights = {}
         for k, w in self.difficulty_weights.items():
-            if int(k) < 1 or w < 0:
-                raise ValueError(f"difficulty_weights has a bad entry {k}: {w} (levels >= 1, weights >= 0)")
+            try:
+                level, weight = int(k), float(w)
+            except (TypeError, ValueError):
+                level, weight = 0, -1.0
+            if level < 1 or weight < 0:
+                raise ValueError(f"difficulty_weights has a bad entry {k}: {w} (levels are integers >= 1, weights >= 0)")
+            weights[level] = weight
+        object.__setattr__(self, "difficulty_weights", weights)  # "3" (YAML, JSON) and 3 are the same level
         if not 0 < self.test_fraction < 1:
             raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
 

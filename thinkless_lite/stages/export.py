@@ -59,8 +59,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 STAGES = ("warmup", "rl")
 DEFAULT_TAU = 0.5
-MODES_ORDER = ("auto", "think", "short")
-MODE_LABELS = {"auto": "auto (the model chooses)", "think": "think (forced)", "short": "short (forced)"}
 
 
 class ExportError(RuntimeError):
@@ -76,7 +74,7 @@ def _say(message: str) -> None:
 
 def is_hub_id(name: str | None) -> bool:
     """``owner/name`` that is not a local path, a ``.gguf`` file or the packaged mini base."""
-    from thinkless_lite.mini_base import MINI_BASE_NAME
+    from thinkless_lite.model import MINI_BASE_NAME
 
     if not name or name == MINI_BASE_NAME or name.lower().endswith(".gguf"):
         return False
@@ -91,93 +89,37 @@ def check_repo_id(repo_id: str) -> str:
     return repo_id
 
 
-def normalise_report(report: dict) -> dict:
-    """Any of our report shapes -> ``{"benchmarks": {name: {mode: summary}}, "tau_sweeps": {name: [points]}}``.
-
-    Accepts ``thinkless-lite eval``'s (``benchmarks``, ``tau_sweeps``), the quickstart's (``benchmarks`` and an
-    unlabelled ``tau_sweep`` list) and a bare ``{mode: summary}`` one (benchmark name ``eval``).
-    """
-    if isinstance(report.get("benchmarks"), dict):
-        benchmarks = {name: {m: s for m, s in modes.items() if isinstance(s, dict)}
-                      for name, modes in report["benchmarks"].items() if isinstance(modes, dict)}
-    else:
-        modes = {m: report[m] for m in MODES_ORDER if isinstance(report.get(m), dict)}
-        benchmarks = {"eval": modes} if modes else {}
-    sweeps: dict[str, list] = {}
-    if isinstance(report.get("tau_sweeps"), dict):
-        sweeps = {k: list(v) for k, v in report["tau_sweeps"].items() if v}
-    elif isinstance(report.get("tau_sweep"), list):
-        names = list(benchmarks)
-        default = names[0] if len(names) == 1 else "eval"
-        for point in report["tau_sweep"]:
-            if isinstance(point, dict):
-                sweeps.setdefault(point.get("benchmark", default), []).append(point)
-    out = {"benchmarks": {k: v for k, v in benchmarks.items() if v}, "tau_sweeps": sweeps}
-    if isinstance(report.get("settings"), dict):
-        out["settings"] = report["settings"]
-    return out
+def eval_report(report: dict) -> dict | None:
+    """The evaluation report in a report file: ``thinkless-lite eval``'s is one, the quickstart's holds its
+    final one under ``final`` (schema: :mod:`thinkless_lite.report`)."""
+    report = report.get("final", report)
+    return report if isinstance(report.get("benchmarks"), dict) and report["benchmarks"] else None
 
 
 def combine_reports(reports: list[dict]) -> dict | None:
-    """Normalised reports -> one; a benchmark already present is kept from the earlier report."""
+    """Evaluation reports -> one; a benchmark already present is kept from the earlier report."""
     combined: dict = {"benchmarks": {}, "tau_sweeps": {}}
     for report in reports:
-        for name, modes in report.get("benchmarks", {}).items():
-            combined["benchmarks"].setdefault(name, modes)
-        for name, points in report.get("tau_sweeps", {}).items():
-            combined["tau_sweeps"].setdefault(name, points)
+        for key in ("benchmarks", "tau_sweeps"):
+            for name, value in report.get(key, {}).items():
+                combined[key].setdefault(name, value)
         if "settings" in report:
             combined.setdefault("settings", report["settings"])
-    return combined if combined["benchmarks"] or combined["tau_sweeps"] else None
-
-
-def _pct(value) -> str:
-    return "—" if not isinstance(value, (int, float)) else f"{100 * value:.1f}%"
-
-
-def _num(value) -> str:
-    return "—" if not isinstance(value, (int, float)) else f"{value:.1f}"
+    return combined if combined["benchmarks"] else None
 
 
 def results_table(report: dict | None) -> list[str]:
-    """Markdown lines: accuracy, think ratio and tokens per benchmark and mode (auto by difficulty, tau sweep).
+    """The card's results: the report's tables (:func:`thinkless_lite.report.markdown_tables`), or a plain
+    sentence when there is no report, never a number."""
+    from thinkless_lite.report import markdown_tables
 
-    Pure. ``None`` or an empty report gives a plain sentence, never a number.
-    """
     if not report or not report.get("benchmarks"):
         return ["No evaluation report was found for this adapter, so this card gives no accuracy or token "
                 "numbers. Evaluate it with `thinkless-lite eval --config <recipe> --adapter <adapter folder>` "
                 "and export again (or pass `--report <run>/eval/report.json`)."]
-    lines = ["| benchmark | mode | n | accuracy | think ratio | mean tokens | tokens saved vs forced think |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for name, modes in report["benchmarks"].items():
-        think_tokens = (modes.get("think") or {}).get("mean_tokens")
-        ordered = [m for m in MODES_ORDER if m in modes] + [m for m in modes if m not in MODES_ORDER]
-        for mode in ordered:
-            s = modes[mode]
-            saved = s.get("tokens_saved_vs_think")
-            if saved is None and think_tokens and isinstance(s.get("mean_tokens"), (int, float)):
-                saved = 1.0 - s["mean_tokens"] / think_tokens
-            lines.append(f"| {name} | {MODE_LABELS.get(mode, mode)} | {s.get('n', '—')} | {_pct(s.get('accuracy'))} | "
-                         f"{_pct(s.get('think_ratio'))} | {_num(s.get('mean_tokens'))} | {_pct(saved)} |")
-    lines += ["", "accuracy: answers graded correct (the answer is read after `</think>` or `<short>`); think ratio: "
-              "answers that opened with `<think>`; mean tokens: generated tokens per answer, control token included."]
-    for name, modes in report["benchmarks"].items():
-        levels = (modes.get("auto") or {}).get("by_difficulty") or {}
-        if levels:
-            lines += ["", f"**{name}, the model's own choice by difficulty**", "",
-                      "| difficulty | n | accuracy | think ratio | mean tokens |", "|---:|---:|---:|---:|---:|"]
-            for level, s in levels.items():
-                lines.append(f"| {level} | {s.get('n', '—')} | {_pct(s.get('accuracy'))} | {_pct(s.get('think_ratio'))} | "
-                             f"{_num(s.get('mean_tokens'))} |")
-    for name, points in report.get("tau_sweeps", {}).items():
-        lines += ["", f"**{name}, routing with a threshold** (think when P(`<think>`) >= tau)", "",
-                  "| tau | n | accuracy | think ratio | mean tokens |", "|---|---:|---:|---:|---:|"]
-        for p in points:
-            tau = "forced short" if p.get("tau") is None else f"{p['tau']:g}"
-            lines.append(f"| {tau} | {p.get('n', '—')} | {_pct(p.get('accuracy'))} | {_pct(p.get('think_ratio'))} | "
-                         f"{_num(p.get('mean_tokens'))} |")
-    return lines
+    return ["accuracy: answers graded correct (the answer is read after `</think>` or `<short>`); think ratio: "
+            "answers that opened with `<think>`; mean tokens: generated tokens per answer, control token included; "
+            "auto: the model chooses, think / short: forced.", "", *markdown_tables(report)]
 
 
 def _get(recipe: dict, dotted: str, default=None):
@@ -230,7 +172,7 @@ def recipe_lines(recipe: dict | None, stage: str | None) -> list[str]:
                  f"{g('rl.prompts_per_step')} prompts x {g('rl.num_generations')} samples (temperature "
                  f"{g('rl.temperature')}, up to {g('rl.max_completion_length')} tokens), learning rate "
                  f"{g('rl.learning_rate')}; control-token weight alpha={g('rl.alpha')}, KL beta={g('rl.beta')}, "
-                 f"clip {g('rl.clip_eps')}.")
+                 f"clip epsilon {g('rl.epsilon')}.")
     if reward:
         signed = lambda key: f"{reward[key]:+g}" if isinstance(reward.get(key), (int, float)) else "—"
         lines.append(f"* **Reward**: short right {signed('short_correct')}, think right {signed('think_correct')}, "
@@ -435,21 +377,16 @@ def find_reports(adapter: Path) -> list[tuple[Path, dict]]:
         report = _read_json(path) if path.is_file() else None
         if report is None:
             continue
-        if _same_adapter(report.get("adapter"), adapter):
-            found.append((path, normalise_report(report)))
+        if _same_adapter(report.get("adapter"), adapter) and eval_report(report):
+            found.append((path, eval_report(report)))
         else:
             log.info("not using %s: it evaluated %s, not this adapter", path, report.get("adapter"))
     quick = run_dir / "report.json"
     report = _read_json(quick) if quick.is_file() else None
     if report is not None:
-        if stage == "rl":
-            recorded = (report.get("rl") or {}).get("adapter")
-            if recorded is None or _same_adapter(recorded, adapter):
-                found.append((quick, normalise_report(report)))
-        elif isinstance(report.get("after_warmup"), dict):
-            modes = {m: s for m, s in report["after_warmup"].items() if m in MODES_ORDER and isinstance(s, dict)}
-            if modes:
-                found.append((quick, {"benchmarks": {"miniworld": modes}, "tau_sweeps": {}}))
+        part = report.get("final") if stage == "rl" else report.get("after_warmup")
+        if isinstance(part, dict) and eval_report(part) and _same_adapter(part.get("adapter"), adapter):
+            found.append((quick, eval_report(part)))
     return found
 
 
@@ -529,10 +466,10 @@ def inspect_adapter(adapter: str | os.PathLike, *, report: str | os.PathLike | N
         if data is None:
             raise ExportError(f"--report {report_path}: no such file or not JSON; give a report.json written by "
                               "`thinkless-lite eval` or `thinkless-lite quickstart`")
-        normalised = normalise_report(data)
-        if not normalised["benchmarks"]:
-            raise ExportError(f"--report {report_path} holds no benchmark results (no 'benchmarks' and no auto/think/short "
-                              "entries); give a report.json written by `thinkless-lite eval` or `thinkless-lite quickstart`")
+        normalised = eval_report(data)
+        if normalised is None:
+            raise ExportError(f"--report {report_path} holds no benchmark results (no 'benchmarks'); give a report.json "
+                              "written by `thinkless-lite eval` or `thinkless-lite quickstart`")
         found = [(report_path, normalised)]
     else:
         found = find_reports(folder)

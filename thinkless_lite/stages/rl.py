@@ -1,6 +1,6 @@
 """Stage 2, DeGRPO: reinforcement learning that teaches the model when to think.
 
-    thinkless-lite rl --config configs/mini.yaml
+    thinkless-lite rl --config mini
 
 Starts from the warm-up adapter (``<run>/warmup/adapter`` when present, or ``model.adapter_path``),
 samples ``rl.num_generations`` answers per question, rewards them by mode and correctness
@@ -22,12 +22,11 @@ import torch
 from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
-from thinkless_lite.config import RunConfig, save_resolved
-from thinkless_lite.model import compute_dtype, load_model, save_adapter
-from thinkless_lite.plots import plot_rl_curves
-from thinkless_lite.rewards import RewardTable
+from thinkless_lite.config import ConfigError, RunConfig, save_resolved, trl_arguments
+from thinkless_lite.model import load_model, precision_flags, save_adapter, select_backend
+from thinkless_lite.report import plot_rl_curves
+from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import format_prompt
-from thinkless_lite.warmup import mini_world
 
 log = logging.getLogger("thinkless_lite")
 
@@ -37,7 +36,7 @@ def rl_items(cfg: RunConfig):
     """Training questions with gold answers, from the mini-world, the hub or a local file."""
     data = cfg.rl.data
     if data.source == "miniworld":
-        return mini_world(cfg).sample("train", data.num_examples, seed_offset=1)
+        return cfg.miniworld.sample("train", data.num_examples, seed_offset=1)
     from thinkless_lite.data.files import ColumnMap, load_rows, rows_to_items
     from thinkless_lite.data.golds import GOLD_FORMATS
 
@@ -59,32 +58,26 @@ def start_adapter(cfg: RunConfig) -> str | None:
 
 
 def grpo_config(cfg: RunConfig, output_dir: Path):
+    """TRL's GRPOConfig for this recipe: the ``rl`` section's TRL fields over the stage's defaults, and the
+    two things DeGRPO needs: token-sum (``dapo``) aggregation and a batch of whole groups per step."""
+    import os
+
     from trl import GRPOConfig
 
     rl = cfg.rl
     generation_batch = rl.prompts_per_step * rl.num_generations
-    world = max(int(torch.distributed.get_world_size()) if torch.distributed.is_initialized() else 1, 1)
-    import os
-
-    world = int(os.environ.get("WORLD_SIZE", world))
+    launched = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = int(os.environ.get("WORLD_SIZE", launched))
     if generation_batch % (world * rl.gradient_accumulation_steps):
-        raise ValueError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
-                         f"processes x rl.gradient_accumulation_steps ({world} x {rl.gradient_accumulation_steps})")
-    on_gpu = torch.cuda.is_available()
-    args = dict(
-        output_dir=str(output_dir), max_steps=rl.max_steps, learning_rate=rl.learning_rate,
-        per_device_train_batch_size=generation_batch // (world * rl.gradient_accumulation_steps),
-        gradient_accumulation_steps=rl.gradient_accumulation_steps, num_generations=rl.num_generations,
-        max_completion_length=rl.max_completion_length, temperature=rl.temperature, top_p=rl.top_p,
-        beta=rl.beta, epsilon=rl.clip_eps, loss_type="dapo", scale_rewards="group" if rl.scale_rewards else "none",
-        num_iterations=1, logging_steps=rl.logging_steps, save_steps=rl.save_steps,
-        save_total_limit=rl.save_total_limit, seed=cfg.seed, data_seed=cfg.seed,
-        report_to=list(rl.report_to) or "none", use_cpu=not on_gpu, lr_scheduler_type="constant_with_warmup",
-        warmup_steps=0, bf16=on_gpu and compute_dtype(cfg.model.dtype) == torch.bfloat16,
-        fp16=on_gpu and compute_dtype(cfg.model.dtype) == torch.float16, gradient_checkpointing=False,
-        log_completions=False, disable_tqdm=False, dataloader_num_workers=0, max_grad_norm=1.0,
-    )
-    args.update(rl.trainer_overrides)
+        raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
+                          f"processes x rl.gradient_accumulation_steps ({world} x {rl.gradient_accumulation_steps})")
+    defaults = dict(seed=cfg.seed, data_seed=cfg.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=0,
+                    log_completions=False, disable_tqdm=False, dataloader_num_workers=0, max_grad_norm=1.0,
+                    **precision_flags(cfg.model.dtype))
+    fixed = dict(per_device_train_batch_size=generation_batch // (world * rl.gradient_accumulation_steps),
+                 loss_type="dapo", gradient_checkpointing=False)  # checkpointing is the model backend's
+    args = trl_arguments(rl, output_dir, defaults, fixed)
+    args["report_to"] = args["report_to"] or "none"
     return GRPOConfig(**args)
 
 
@@ -98,10 +91,12 @@ def main(cfg: RunConfig) -> dict:
     stage_dir = cfg.run_dir / "rl"
     adapter = start_adapter(cfg)
     model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
+    select_backend(cfg.model.backend)  # imports unsloth, if it will be used, before TRL
+    checkpoints = stage_dir / "checkpoints"
+    args = grpo_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
     items = rl_items(cfg)  # before the model: bad data fails in seconds, not after a multi-GB load
     loaded = load_model(model_cfg, trainable=True, seed=cfg.seed)
-    # Imported after the model: with the unsloth backend, `import unsloth` must rewrite TRL's trainer first.
-    from thinkless_lite.trainer import DeGRPOTrainer, RecordingReward
+    from thinkless_lite.trainers import DeGRPOTrainer  # after the model: unsloth rewrites TRL's trainer first
 
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
     tokens = cfg.model.control_tokens
@@ -109,13 +104,12 @@ def main(cfg: RunConfig) -> dict:
     save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
     dataset = Dataset.from_list([{"prompt": format_prompt(loaded.tokenizer, it.question, cfg.model.system_prompt),
                                   "answer": it.gold, "difficulty": it.difficulty or 0} for it in items])
-    recorder = RecordingReward(RewardTable(**dataclasses.asdict(cfg.rl.reward)), tokens)
-    checkpoints = stage_dir / "checkpoints"
+    recorder = ThinklessReward(cfg.rl.reward, tokens)
     metrics_path = stage_dir / "metrics.jsonl"
     resume = last_complete_checkpoint(checkpoints)
     align_metrics_with_checkpoint(metrics_path, resume)
     trainer = DeGRPOTrainer(
-        model=loaded.model, reward_funcs=[recorder], args=grpo_config(cfg, checkpoints), train_dataset=dataset,
+        model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
         processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
         drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
         callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])

@@ -1,4 +1,7 @@
-"""DeGRPO on TRL's GRPOTrainer: the smallest override that turns the stock loss into the decoupled one.
+"""The two trainers: TRL's SFTTrainer for the warm-up and GRPOTrainer for DeGRPO, each with the smallest
+overrides that make them portable (CPU) and, for GRPO, turn the stock loss into the decoupled one.
+
+DeGRPO:
 
 Generation, vLLM, Unsloth's patched trainer, accelerate, checkpointing and logging all stay TRL's.
 We override one documented hook, ``_generate_and_score_completions``, and hand the loss per-token
@@ -20,29 +23,33 @@ watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong 
 from __future__ import annotations
 
 import torch
-from trl import GRPOTrainer
+from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
                                    prepare_for_training, trainer_flavour, unsloth_loss_inputs)
 from thinkless_lite.losses import informative_groups, loss_token_weights
-from thinkless_lite.rewards import RewardTable, score_completion
-from thinkless_lite.tokens import SHORT, THINK, ControlTokens
+from thinkless_lite.rewards import ThinklessReward
+from thinkless_lite.tokens import SHORT, THINK
 
 
-class RecordingReward:
-    """TRL reward function that keeps each completion's outcome for the trainer's metrics."""
+class PortableSFTTrainer(SFTTrainer):
+    """SFTTrainer whose loss falls back to the model's own cross-entropy where TRL's kernels cannot run.
 
-    __name__ = "thinkless_reward"
+    The collator's labels already carry -100 on prompt tokens (completion-only loss), so the plain
+    ``Trainer.compute_loss`` (``model(**inputs).loss`` with ``num_items_in_batch``) is the same loss.
+    """
 
-    def __init__(self, table: RewardTable, tokens: ControlTokens, answer_column: str = "answer"):
-        self.table, self.tokens, self.answer_column = table, tokens, answer_column
-        self.last_outcomes: list = []
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        prepare_for_training(self.model)
 
-    def __call__(self, completions, **kwargs) -> list[float]:
-        golds = kwargs[self.answer_column]
-        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
-        self.last_outcomes = [score_completion(t, str(g), self.table, self.tokens) for t, g in zip(texts, golds)]
-        return [o.reward for o in self.last_outcomes]
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if fused_logprobs_available():
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        inputs = {k: v for k, v in inputs.items() if k != "completion_mask"}
+        return super(SFTTrainer, self).compute_loss(model, inputs, return_outputs=return_outputs,
+                                                    num_items_in_batch=num_items_in_batch)
 
 
 class DeGRPOMixin:
@@ -54,7 +61,7 @@ class DeGRPOMixin:
     """
 
     def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
-                 recorder: RecordingReward | None = None, backend: str | None = None, **kwargs):
+                 recorder: ThinklessReward | None = None, backend: str | None = None, **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -179,9 +186,9 @@ def check_trainer_flavour(trainer_class: type, backend: str | None) -> None:
     flavour = trainer_flavour(trainer_class)
     if backend == "unsloth" and flavour != "unsloth":
         raise RuntimeError("the model uses the unsloth backend, but DeGRPOTrainer was built on stock TRL's "
-                           "GRPOTrainer: thinkless_lite.trainer was imported before unsloth. Load the model "
+                           "GRPOTrainer: thinkless_lite.trainers was imported before unsloth. Load the model "
                            "(thinkless_lite.load_model) or call thinkless_lite.model.select_backend('unsloth') "
-                           "before importing thinkless_lite.trainer, or restart the Python session.")
+                           "before importing thinkless_lite.trainers, or restart the Python session.")
     if backend != "unsloth" and flavour == "unsloth":
         raise RuntimeError(f"the model uses the {backend} backend, but unsloth was imported and rewrote TRL's "
                            "GRPOTrainer, which works only with Unsloth models: use model.backend=unsloth (or auto), "

@@ -20,28 +20,20 @@ import torch
 from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
-from thinkless_lite.compat import PortableSFTTrainer
-from thinkless_lite.config import RunConfig, save_resolved
+from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
 from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generate_teacher_file,
                                         generated_responses, miniworld_responses, responses_from_columns)
-from thinkless_lite.data.miniworld import MiniWorld
-from thinkless_lite.model import compute_dtype, load_model, load_tokenizer, save_adapter
+from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter, select_backend
 
 log = logging.getLogger("thinkless_lite")
 
 
-def mini_world(cfg: RunConfig) -> MiniWorld:
-    w = cfg.miniworld
-    return MiniWorld(difficulty_weights={int(k): float(v) for k, v in w.difficulty_weights.items()},
-                     test_fraction=w.test_fraction, seed=w.seed, task=w.task)
-
-
-def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
+def teacher_responses(cfg: RunConfig, stage_dir: Path):
     """The configured source -> teacher responses (both styles per question where available)."""
     data = cfg.warmup.data
     tokens = cfg.model.control_tokens
     if data.source == "miniworld":
-        return miniworld_responses(mini_world(cfg), data.num_examples)
+        return miniworld_responses(cfg.miniworld, data.num_examples)
     if not data.path:
         raise WarmupDataError(f"warmup.data.source={data.source} needs warmup.data.path (hub dataset id or local file)")
     from thinkless_lite.data.files import load_rows
@@ -54,9 +46,9 @@ def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
     # generate: run both teachers over the questions, resumably, then read their answers back.
     if not (data.reasoning_model and data.instruct_model):
         raise WarmupDataError("warmup.data.source=generate needs warmup.data.reasoning_model and instruct_model")
-    if data.question_column not in rows[0]:
+    if data.question_column not in rows.column_names:
         raise WarmupDataError(f"warmup.data.question_column={data.question_column!r} is not a column; "
-                              f"the data has: {', '.join(sorted(rows[0]))}")
+                              f"the data has: {', '.join(sorted(rows.column_names))}")
     rows = [r for r in rows if isinstance(r.get(data.question_column), str)][: data.num_examples]
     questions = [r[data.question_column] for r in rows]
     golds = [None if r.get(data.answer_column) is None else str(r[data.answer_column]) for r in rows] \
@@ -71,26 +63,16 @@ def teacher_responses(cfg: RunConfig, tokenizer_tokens, stage_dir: Path):
 
 
 def sft_config(cfg: RunConfig, output_dir: Path):
+    """TRL's SFTConfig for this recipe: the ``warmup`` section's TRL fields over the stage's defaults."""
     from trl import SFTConfig
 
-    w = cfg.warmup
-    on_gpu = torch.cuda.is_available()
-    dtype = cfg.model.dtype
-    args = dict(
-        output_dir=str(output_dir), max_steps=w.max_steps, num_train_epochs=w.num_train_epochs,
-        learning_rate=w.learning_rate, per_device_train_batch_size=w.per_device_train_batch_size,
-        gradient_accumulation_steps=w.gradient_accumulation_steps, warmup_steps=w.warmup_ratio,
-        lr_scheduler_type=w.lr_scheduler_type, logging_steps=w.logging_steps, save_steps=w.save_steps,
-        save_total_limit=w.save_total_limit, seed=cfg.seed, data_seed=cfg.seed, report_to="none",
-        completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
-        use_cpu=not on_gpu, bf16=on_gpu and compute_dtype(dtype) == torch.bfloat16,
-        fp16=on_gpu and compute_dtype(dtype) == torch.float16,
-        dataloader_num_workers=0, disable_tqdm=False, logging_first_step=True,
-        # gradient checkpointing is set up by the model backend (PEFT/Unsloth), not twice by the Trainer.
-        gradient_checkpointing=False, dataset_num_proc=None,
-    )
-    args.update(w.trainer_overrides)
-    return SFTConfig(**args)
+    defaults = dict(seed=cfg.seed, data_seed=cfg.seed, report_to="none", dataloader_num_workers=0,
+                    disable_tqdm=False, logging_first_step=True, dataset_num_proc=None,
+                    **precision_flags(cfg.model.dtype))
+    # Completion-only loss is the warm-up's point; checkpointing is set up by the model backend, not twice.
+    fixed = dict(completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
+                 gradient_checkpointing=False)
+    return SFTConfig(**trl_arguments(cfg.warmup, output_dir, defaults, fixed))
 
 
 def main(cfg: RunConfig) -> dict:
@@ -101,11 +83,14 @@ def main(cfg: RunConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     stage_dir = cfg.run_dir / "warmup"
+    select_backend(cfg.model.backend)  # imports unsloth, if it will be used, before TRL
+    checkpoints = stage_dir / "checkpoints"
+    args = sft_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
     stage_dir.mkdir(parents=True, exist_ok=True)
     # Data first (it needs only the tokenizer): a bad column mapping fails before any model loads, and
     # teacher models never share memory with the student.
     tokenizer, _ = load_tokenizer(cfg.model)
-    responses = teacher_responses(cfg, cfg.model.control_tokens, stage_dir)
+    responses = teacher_responses(cfg, stage_dir)
     data = cfg.warmup.data
     examples, report = build_sft_examples(
         responses, tokenizer, num_examples=data.num_examples, short_share=data.short_share, seed=cfg.seed,
@@ -114,12 +99,13 @@ def main(cfg: RunConfig) -> dict:
     (stage_dir / "data_report.txt").write_text(str(report) + "\n")
     print(f"warm-up data: {report}")
     loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
+    from thinkless_lite.trainers import PortableSFTTrainer  # after the model: unsloth rewrites TRL first
+
     # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
     save_resolved(cfg, stage_dir)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    checkpoints = stage_dir / "checkpoints"
     trainer = PortableSFTTrainer(
-        model=loaded.model, args=sft_config(cfg, checkpoints), train_dataset=dataset,
+        model=loaded.model, args=args, train_dataset=dataset,
         processing_class=loaded.tokenizer,
         callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
     resume = last_complete_checkpoint(checkpoints)
