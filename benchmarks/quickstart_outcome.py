@@ -20,46 +20,17 @@ import json
 import sys
 from pathlib import Path
 
+from outcome import describe, targets  # benchmarks/outcome.py
+
 from thinkless_lite.config import load_config
 from thinkless_lite.stages.quickstart import main as quickstart
 
-
-def targets(report: dict) -> list[tuple[str, float, str, bool]]:
-    auto, think = report["auto"], report["think"]
-    levels = sorted(auto["by_difficulty"], key=int)
-    easiest, hardest = auto["by_difficulty"][levels[0]], auto["by_difficulty"][levels[-1]]
-    token_share = auto["on_mix"]["mean_tokens"] / think["on_mix"]["mean_tokens"]
-    gap_mix = 100 * (auto["on_mix"]["accuracy"] - think["on_mix"]["accuracy"])
-    gap_levels = 100 * (auto["accuracy"] - think["accuracy"])
-    return [
-        ("wall time (min)", report["wall_time_seconds"] / 60, "<= 10", report["wall_time_seconds"] <= 600),
-        ("auto acc - think acc, default mix (points)", gap_mix, ">= -2", gap_mix >= -2),
-        ("auto acc - think acc, every level equally (points)", gap_levels, ">= -2", gap_levels >= -2),
-        (f"think ratio at k={levels[0]}", easiest["think_ratio"], "<= 0.10", easiest["think_ratio"] <= 0.10),
-        (f"think ratio at k={levels[-1]}", hardest["think_ratio"], ">= 0.90", hardest["think_ratio"] >= 0.90),
-        ("auto tokens / think tokens, default mix", token_share, "<= 0.50", token_share <= 0.50),
-    ]
-
-
-def describe(name: str, report: dict) -> str:
-    rows = [f"### {name}", "", "| measure | value | target | |", "|---|---|---|---|"]
-    for label, value, goal, ok in targets(report):
-        rows.append(f"| {label} | {value:.3f} | {goal} | {'PASS' if ok else 'MISS'} |")
-    auto = report["auto"]
-    rows += ["", "| mode | accuracy (mix) | think ratio (mix) | mean tokens (mix) | accuracy (levels) | mean tokens (levels) |",
-             "|---|---|---|---|---|---|"]
-    for mode in ("auto", "think", "short"):
-        s, m = report[mode], report[mode]["on_mix"]
-        rows.append(f"| {mode} | {m['accuracy']:.3f} | {m['think_ratio']:.3f} | {m['mean_tokens']:.1f} | "
-                    f"{s['accuracy']:.3f} | {s['mean_tokens']:.1f} |")
-    rows += ["", "auto think ratio by level: " + ", ".join(
-        f"k={k}: {v['think_ratio']:.2f}" for k, v in sorted(auto["by_difficulty"].items(), key=lambda kv: int(kv[0])))]
-    return "\n".join(rows)
+WALL_MINUTES = 10
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/mini.yaml")
+    parser.add_argument("--config", default="mini")
     parser.add_argument("--out", default="runs/benchmark")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", choices=["degrpo", "vanilla"], help="run one of the two")
@@ -76,8 +47,9 @@ def main(argv=None) -> int:
         quickstart(cfg)
         report = json.loads((cfg.run_dir / "report.json").read_text())
         results[name] = {"report": report, "targets": [
-            {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report)]}
-        sections.append(describe(f"{name} (rl.decoupled={decoupled}, alpha={cfg.rl.alpha:g}, seed {args.seed})", report))
+            {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES)]}
+        sections.append(describe(f"{name} (rl.decoupled={decoupled}, alpha={cfg.rl.alpha:g}, seed {args.seed})",
+                                 report, WALL_MINUTES))
     text = "\n\n".join(sections)
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)

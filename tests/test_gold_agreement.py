@@ -1,27 +1,29 @@
-"""The grader agrees with each benchmark's own gold solutions.
+"""The grader on model-style answers with known verdicts, built from every benchmark's own gold answers.
 
-Grading a benchmark's reference solution against its reference answer must succeed: every row where
-it does not is either a grader bug or a benchmark quirk, and both must be looked at. Disagreements
-go to ``artifacts/gold_disagreements.json`` with a pattern-assigned explanation.
+A benchmark's reference solution cannot serve as a model answer (grading GSM8K's solution against the number
+after its own ``####`` only tests the extraction of that number). Instead each gold answer is rewritten the
+ways models write a right answer (boxed, "The answer is ...", inside ``$...$``, a number with thousands
+separators or a trailing ``.0``) and perturbed the ways they write a wrong one (off by one, a factor of ten,
+the fraction upside down, twice the expression); the grader must accept every rewrite and reject every
+perturbation. Misjudged cases go to ``artifacts/grader_verdicts.json``.
 """
 
 import json
-import re
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
 
-from thinkless_lite.grading import extract_answer, grade_answer
+from thinkless_lite.data.golds import gsm8k_gold
+from thinkless_lite.grading import _as_number, grade_answer, normalise_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT.parent / "shared" / "data" / "benchmarks"
-REPORT = ROOT / "artifacts" / "gold_disagreements.json"
-MIN_AGREEMENT = 0.995
+REPORT = ROOT / "artifacts" / "grader_verdicts.json"
+MIN_AGREEMENT = {"right": 0.99, "wrong": 0.999}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"no benchmark copies at {BENCHMARKS}"),
-]
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not BENCHMARKS.is_dir(), reason=f"no benchmark copies at {BENCHMARKS}")]
 
 
 def _jsonl(relative: str) -> list[dict]:
@@ -29,70 +31,78 @@ def _jsonl(relative: str) -> list[dict]:
         return [json.loads(line) for line in handle if line.strip()]
 
 
-def _gsm8k() -> list[tuple[str, str, str]]:
-    rows = _jsonl("gsm8k/test.jsonl")
-    return [(f"gsm8k-test-{i}", row["answer"], row["answer"].split("####")[-1].strip().replace(",", ""))
-            for i, row in enumerate(rows)]
+GOLDS = {
+    "gsm8k": lambda: [gsm8k_gold(row["answer"]) for row in _jsonl("gsm8k/test.jsonl")],
+    "math500": lambda: [row["answer"] for row in _jsonl("math500/test.jsonl")],
+    "minerva_algebra": lambda: [row["boxed_answer"] for row in _jsonl("minerva_algebra/test.jsonl")],
+}
 
 
-def _math500() -> list[tuple[str, str, str]]:
-    return [(row["unique_id"], row["solution"], row["answer"]) for row in _jsonl("math500/test.jsonl")]
+def _number_text(value: Fraction, like: str) -> str:
+    """``value`` written the way ``like`` is (integer, decimal, or LaTeX fraction)."""
+    if value.denominator == 1:
+        return str(value.numerator)
+    if "." in like:
+        return f"{float(value):.6f}".rstrip("0")
+    sign = "-" if value < 0 else ""
+    return f"{sign}\\frac{{{abs(value.numerator)}}}{{{value.denominator}}}"
 
 
-def _minerva_algebra() -> list[tuple[str, str, str]]:
-    return [(f"math-test-{row['math_test_idx']}", row["solution"], row["boxed_answer"])
-            for row in _jsonl("minerva_algebra/test.jsonl")]
+def right_answers(gold: str) -> list[str]:
+    answers = [f"\\boxed{{{gold}}}", f"So the final answer is ${gold}$.", f"The answer is \\boxed{{{gold}}}."]
+    value = _as_number(normalise_answer(gold))
+    if value is not None and value.denominator == 1:
+        n = value.numerator
+        answers += [f"The answer is {n}.", f"#### {n}", f"{n}.0"]
+        if abs(n) >= 1000:
+            answers.append(f"The answer is {n:,}.")
+    return answers
 
 
-BENCHMARK_ROWS = {"gsm8k": (_gsm8k, 1319), "math500": (_math500, 500), "minerva_algebra": (_minerva_algebra, 1187)}
+def wrong_answers(gold: str) -> list[str]:
+    value = _as_number(normalise_answer(gold))
+    if value is None:  # symbolic: twice the expression is a different answer unless it is zero
+        return [] if normalise_answer(gold) in ("0", "") else [f"\\boxed{{2\\cdot\\left({gold}\\right)}}"]
+    wrong = [value + 1] + ([value * 10] if value != 0 else [])
+    if value.denominator != 1 and value.numerator not in (0, value.denominator):
+        wrong.append(1 / value)
+    answers = [f"The answer is \\boxed{{{_number_text(v, gold)}}}." for v in wrong]
+    if value.denominator != 1 and "." not in gold:  # a fraction that agrees to six digits is still another fraction
+        close = value + Fraction(1, 10**7 * value.denominator)
+        answers.append(f"The answer is \\boxed{{\\frac{{{close.numerator}}}{{{close.denominator}}}}}.")
+    return answers
 
 
-def explain(solution: str, extracted: str | None, gold: str) -> str:
-    """A one-line category for a disagreement, assigned by pattern."""
-    if extracted is None:
-        return "solution has no extractable final answer"
-    if solution.count("\\boxed") > 1:
-        return "solution boxes several answers; only the last is read"
-    if re.search(r"\\(?:text|mbox|mathrm)\{", gold) or re.search(r"\\(?:text|mbox|mathrm)\{", solution[-200:]):
-        return "gold has units or words"
-    if re.search(r"\d,\d{3}", gold):
-        return "gold has thousands separators"
-    if "matrix" in gold:
-        return "matrix answer"
-    if "\\cup" in gold or re.match(r"^[\[(].*[\])]$", gold.strip()):
-        return "interval, tuple or union notation"
-    if "=" in gold or "=" in extracted:
-        return "equation on one side, value on the other"
-    return "solution boxes an expression equivalent only after simplification"
-
-
-def test_gold_solutions_agree_with_gold_answers():
+def test_model_style_answers_are_judged_right_and_wrong_as_they_are():
     report, failures = {}, []
-    for name, (load, expected_rows) in BENCHMARK_ROWS.items():
-        rows = load()
-        assert len(rows) == expected_rows, f"{name}: expected {expected_rows} rows, found {len(rows)}"
-        disagreements = []
-        for row_id, solution, gold in rows:
-            if not grade_answer(solution, gold, timeout_s=10.0):
-                extracted = extract_answer(solution)
-                disagreements.append({"id": row_id, "extracted": extracted, "gold": gold,
-                                      "explanation": explain(solution, extracted, gold)})
-        agreement = 1 - len(disagreements) / len(rows)
-        report[name] = {"rows": len(rows), "agreement": agreement, "disagreements": disagreements}
-        print(f"{name}: agreement {agreement:.4f} ({len(rows) - len(disagreements)}/{len(rows)})")
-        if agreement < MIN_AGREEMENT:
-            failures.append(f"{name}: {agreement:.4f} < {MIN_AGREEMENT}")
+    for name, load in GOLDS.items():
+        golds = [g for g in load() if g]
+        misjudged = {"right": [], "wrong": []}
+        counts = {"right": 0, "wrong": 0}
+        for gold in golds:
+            for verdict, answers in (("right", right_answers(gold)), ("wrong", wrong_answers(gold))):
+                for answer in answers:
+                    counts[verdict] += 1
+                    if grade_answer(answer, gold, timeout_s=10.0) != (verdict == "right"):
+                        misjudged[verdict].append({"gold": gold, "answer": answer})
+        summary = {verdict: {"answers": counts[verdict], "agreement": 1 - len(misjudged[verdict]) / counts[verdict],
+                             "misjudged": misjudged[verdict]} for verdict in counts}
+        report[name] = summary
+        print(f"{name}: {len(golds)} golds; right answers accepted {summary['right']['agreement']:.4f} "
+              f"of {counts['right']}, wrong ones rejected {summary['wrong']['agreement']:.4f} of {counts['wrong']}")
+        failures += [f"{name} {v}: {summary[v]['agreement']:.4f} < {MIN_AGREEMENT[v]}" for v in counts
+                     if summary[v]["agreement"] < MIN_AGREEMENT[v]]
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     assert not failures, f"{failures}; see {REPORT}"
 
 
-def test_explanations_by_pattern():
-    assert explain("no answer", None, "5") == "solution has no extractable final answer"
-    assert explain("\\boxed{1} or \\boxed{2}", "2", "1") == "solution boxes several answers; only the last is read"
-    assert explain("\\boxed{5}", "5", "5\\text{ cm}") == "gold has units or words"
-    assert explain("\\boxed{1600}", "1600", "1,600") == "gold has thousands separators"
-    assert explain("\\boxed{(1,2)}", "(1,2)", "[1,2]") == "interval, tuple or union notation"
-    assert explain("\\boxed{x=2}", "x=2", "2") == "equation on one side, value on the other"
-    assert explain("\\boxed{2^{1/2}}", "2^{1/2}", "\\sqrt2") == \
-        "solution boxes an expression equivalent only after simplification"
+def test_the_rewrites_and_perturbations_are_what_they_claim():
+    assert right_answers("1600")[-1] == "The answer is 1,600." and "1600.0" in right_answers("1600")
+    assert wrong_answers("\\frac{3}{4}") == ["The answer is \\boxed{\\frac{7}{4}}.",
+                                             "The answer is \\boxed{\\frac{15}{2}}.",
+                                             "The answer is \\boxed{\\frac{4}{3}}.",
+                                             "The answer is \\boxed{\\frac{30000001}{40000000}}."]
+    assert wrong_answers("0.5")[0] == "The answer is \\boxed{1.5}."
+    assert wrong_answers("0") == ["The answer is \\boxed{1}."]
+    assert wrong_answers("x^2+1") == ["\\boxed{2\\cdot\\left(x^2+1\\right)}"]

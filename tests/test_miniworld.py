@@ -64,3 +64,15 @@ def test_the_addition_task_is_exact_and_split_by_question():
     assert test.isdisjoint(i.question for i in items)
     with pytest.raises(ValueError, match="task must be one of"):
         MiniWorld(task="sorting")
+
+
+def test_benchmark_questions_are_distinct_even_on_small_levels():
+    items = benchmark_items(per_level=40)
+    k1 = [i.question for i in items if i.difficulty == 1]
+    assert len(k1) == len(set(k1)) == 40
+    assert len({i.id for i in items}) == len(items)
+    tiny = MiniWorld(difficulty_weights={1: 1, 2: 1}, task="addition")   # 100 one-digit sums, ~20 held out
+    small = [i.question for i in benchmark_items(per_level=40, world=tiny) if i.difficulty == 1]
+    assert 0 < len(small) < 40 and len(small) == len(set(small))
+    assert all(split_of(q, tiny.test_fraction) == "test" for q in small)
+    assert benchmark_items(per_level=40) == items   # deterministic

@@ -215,8 +215,25 @@ class MiniWorld:
 
 
 def benchmark_items(limit: int | None = None, *, per_level: int = 50, world: MiniWorld | None = None) -> list[MathItem]:
-    """The held-out evaluation set: ``per_level`` test items at every difficulty level."""
+    """The held-out evaluation set: ``per_level`` distinct test questions at every difficulty level.
+
+    Distinct, because easy levels are small (k=1 of the chain task has about 60 test expressions): drawn
+    with replacement, one fact the model gets wrong would count two or three times. A level with fewer
+    test questions than ``per_level`` contributes all it has. Items cycle over levels, so any ``limit``
+    still spans them.
+    """
     world = world or MiniWorld()
-    levels = world.levels
-    items = world.sample("test", per_level * len(levels), difficulties=levels, seed_offset=10_000)
+    by_level = []
+    for k in world.levels:
+        rng = random.Random(f"{world.seed}:test:benchmark:{k}")
+        seen: dict[str, None] = {}
+        for _ in range(200 * per_level):  # enough draws to exhaust a small level
+            if len(seen) == per_level:
+                break
+            expression = world._draw_expression(rng, k)
+            if split_of(expression, world.test_fraction) == "test":
+                seen.setdefault(expression)
+        by_level.append([MathItem(question=q, gold=str(world.solve(q)), id=f"mini-test-k{k}-{i}", difficulty=k,
+                                  source="miniworld") for i, q in enumerate(seen)])
+    items = [level[i] for i in range(max(map(len, by_level), default=0)) for level in by_level if i < len(level)]
     return items[:limit] if limit else items

