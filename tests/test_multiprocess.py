@@ -135,8 +135,10 @@ def test_the_multi_cpu_resume_failure_is_torch_refusing_cpu_0():
         torch.load(buffer, map_location=torch.device("cpu", 0), weights_only=True)
 
 
-PROBE = ("import os; from accelerate import PartialState; s = PartialState(cpu=True); "
-         "print('PROBE', s.distributed_type, s.num_processes, s.process_index, s.backend, s.device, flush=True)")
+# Each process writes its own file: two processes printing to one pipe interleave their lines (seen in CI).
+PROBE = ("import sys; from pathlib import Path; from accelerate import PartialState; s = PartialState(cpu=True); "
+         "Path(sys.argv[1], f'probe-{s.process_index}.txt').write_text("
+         "' '.join(map(str, (s.distributed_type, s.num_processes, s.process_index, s.backend, s.device))))")
 
 
 @pytest.mark.slow
@@ -144,14 +146,16 @@ def test_accelerate_cpu_flag_starts_a_single_process(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
 
-    def probes(*launch_args):
+    def probes(name, *launch_args):
+        out = tmp_path / name
+        out.mkdir()
         done = subprocess.run([str(ACCELERATE), "launch", *launch_args, "--main_process_port", str(free_port()),
-                               str(script)], capture_output=True, text=True, env=env(), timeout=120)
+                               str(script), str(out)], capture_output=True, text=True, env=env(), timeout=120)
         assert done.returncode == 0, done.stderr[-2000:]
-        return sorted(line.split(maxsplit=1)[1] for line in done.stdout.splitlines() if line.startswith("PROBE"))
+        return [path.read_text() for path in sorted(out.glob("probe-*.txt"))]
 
-    assert probes("--cpu", "--num_processes", "2") == ["DistributedType.NO 1 0 None cpu"]
-    assert probes("--config_file", str(ACCELERATE_CONFIGS / "cpu_2proc.yaml")) == [
+    assert probes("cpu_flag", "--cpu", "--num_processes", "2") == ["DistributedType.NO 1 0 None cpu"]
+    assert probes("two_proc", "--config_file", str(ACCELERATE_CONFIGS / "cpu_2proc.yaml")) == [
         "DistributedType.MULTI_CPU 2 0 gloo cpu:0", "DistributedType.MULTI_CPU 2 1 gloo cpu:0"]
 
 

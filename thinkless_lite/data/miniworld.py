@@ -4,7 +4,7 @@ Two task families (``MiniWorld.task``):
 
 * ``chain`` (default, the shipped tiny base's world): chained single-digit operations mod 10;
 * ``addition``: "What is 47 + 85?" with two k-digit numbers, for real pretrained models, which answer
-  one-digit sums directly but need the column method, digit by digit, for long ones.
+  one-digit sums directly but need the column method, place by place, for long ones.
 
 The ``chain`` task:
 
@@ -99,19 +99,31 @@ def addition_operands(question: str) -> tuple[int, int]:
     return int(left), int(right)
 
 
+PLACES = ("ones", "tens", "hundreds", "thousands", "ten-thousands", "hundred-thousands")
+
+
+def place_name(i: int) -> str:
+    return PLACES[i] if i < len(PLACES) else f"10^{i}s"
+
+
 def addition_long_solution(question: str) -> tuple[str, str]:
-    """The reasoning teacher for additions: the column method, one line per digit from the right."""
+    """The reasoning teacher for additions: the column method. Each number is first spelled out by place
+    ("383 = 3 hundreds + 8 tens + 3 ones"), so every later step looks its digits up by name instead of
+    counting positions from the right, and every step adds the carry, 0 included, so none is forgotten:
+    the two places SmolLM2-135M's chains went wrong."""
     a, b = addition_operands(question)
-    lines, carry = [f"{a} + {b}, digit by digit from the right:"], 0
     digits_a, digits_b = str(a)[::-1], str(b)[::-1]
+    lines = [f"{n} = " + " + ".join(f"{d} {place_name(i)}" for i, d in reversed(list(enumerate(digits))))
+             for n, digits in ((a, digits_a), (b, digits_b))]
+    carry = 0
     for i in range(max(len(digits_a), len(digits_b))):
         x = int(digits_a[i]) if i < len(digits_a) else 0
         y = int(digits_b[i]) if i < len(digits_b) else 0
         total = x + y + carry
-        lines.append(f"{x}+{y}{f'+{carry}' if carry else ''}={total}, digit {total % 10}, carry {total // 10}")
+        lines.append(f"{place_name(i)}: {x}+{y}+{carry} = {total}, write {total % 10}, carry {total // 10}")
         carry = total // 10
     if carry:
-        lines.append(f"carry {carry} leads")
+        lines.append(f"{place_name(len(digits_a))}: write the carry {carry}")
     lines.append(f"So the answer is {a + b}.")
     return "\n".join(lines) + "\n", str(a + b)
 

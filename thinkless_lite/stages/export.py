@@ -7,7 +7,7 @@
 
 Two kinds of export, each with a model card (``README.md``) and ``thinkless_export.json``:
 
-* **adapter** (default): the LoRA weights and the trained control-token rows (a few MB), the tokenizer
+* **adapter** (default): the LoRA weights and the trained control-token rows (MBs, not the embedding tables), the tokenizer
   with the control tokens, a distinct pad token and the neutralised chat template. It loads with plain
   PEFT onto the named base: ``AutoPeftModelForCausalLM.from_pretrained(folder)`` in one line (PEFT
   resizes the base to the tokenizer itself), or ``PeftModel.from_pretrained`` after
@@ -310,7 +310,7 @@ def render_card(facts: CardFacts) -> str:
     lines += results_table(facts.report) + ["", "## Training recipe", ""]
     lines += recipe_lines(facts.recipe, facts.stage) + [""]
     how = ("The adapter holds the LoRA weights and the full values of the trained control-token rows "
-           "(PEFT `trainable_token_indices`), not the embedding tables: a few MB." if facts.kind == "adapter" else
+           "(PEFT `trainable_token_indices`), not the embedding tables." if facts.kind == "adapter" else
            "Merged with PEFT's `merge_and_unload` into the base reloaded from its original checkpoint, not into the "
            "4-bit (NF4) copy used for training: NF4 is a lossy training-time stand-in, and folding the small LoRA "
            "update into 4-bit weights would round most of it away; the result here is W + BA on the original "
