@@ -63,6 +63,8 @@ def test_the_addition_task_is_exact_and_split_by_question():
         assert lines[0] == f"{a} = " + " + ".join(f"{d} {PLACES[i]}" for i, d in reversed(list(enumerate(str(a)[::-1]))))
         assert lines[2].startswith(f"ones: {a % 10}+{b % 10}+0 = {a % 10 + b % 10}, write {(a + b) % 10}, carry ")
         assert world.short_solution(item.question) == f"{a} + {b} = {a + b}"
+    uneven, _ = world.long_solution("What is 1 + 999?")   # a user's question: the carry leads at the widest place
+    assert uneven.splitlines()[-2:] == ["thousands: write the carry 1", "So the answer is 1000."]
     test = {i.question for i in world.sample("test", 200, difficulties=[1, 2, 3, 4])}
     assert test.isdisjoint(i.question for i in items)
     with pytest.raises(ValueError, match="task must be one of"):

@@ -18,9 +18,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from thinkless_lite.tokens import ROUTING_MODES, SHORT, THINK, ControlTokens, Routing, format_prompt, parse_completion
-
-INFERENCE_MODES = ROUTING_MODES
+from thinkless_lite.tokens import THINK, ControlTokens, Routing, format_prompt, parse_completion
 
 
 @dataclass
@@ -270,8 +268,6 @@ class ThinklessEngine:
 
         model_cfg = cfg.model if adapter_path is None else dataclasses.replace(cfg.model, adapter_path=str(adapter_path))
         if getattr(cfg, "threads", None):
-            import torch
-
             torch.set_num_threads(int(cfg.threads))
         loaded = load_model(model_cfg, trainable=False, seed=cfg.seed)
         name = model_cfg.name_or_path + (f" + {model_cfg.adapter_path}" if model_cfg.adapter_path else "")
@@ -331,7 +327,7 @@ class ThinklessEngine:
         if not self.lock.acquire(timeout=self.lock_timeout):
             raise RuntimeError(f"the model stayed busy for {self.lock_timeout:.0f} s; try again in a moment")
         events = stream(self.model, self.tokenizer, question, mode=mode, tau=tau, settings=settings,
-                              tokens=self.tokens, system_prompt=self.system_prompt)
+                        tokens=self.tokens, system_prompt=self.system_prompt)
         try:
             for event in events:  # not `yield from`: that would close `events` too when we are closed
                 yield event
@@ -339,7 +335,7 @@ class ThinklessEngine:
             if events.gi_frame is None:  # ran to the end, or raised: the model is idle again
                 self.lock.release()
             else:
-                # Abandoned mid-generation (the consumer closed us): infer's worker thread is still
+                # Abandoned mid-generation (the consumer closed us): :func:`stream`'s worker thread is still
                 # generating. Let it finish off-thread and only then free the model for the next request.
                 threading.Thread(target=self._drain, args=(events,), daemon=True, name="thinkless-drain").start()
 
@@ -360,7 +356,7 @@ class ThinklessEngine:
                                  temperature=temperature, seed=seed):
             if event.kind == "done":
                 generation = event.generation
-        if generation is None:  # pragma: no cover - infer.stream always ends with done
+        if generation is None:  # pragma: no cover - stream() always ends with done
             raise RuntimeError("generation ended without a result")
         return generation
 
@@ -394,6 +390,3 @@ class ThinklessEngine:
 def think_ratio(generations: Sequence[Generation]) -> float:
     return sum(g.mode == THINK for g in generations) / max(len(generations), 1)
 
-
-def short_ratio(generations: Sequence[Generation]) -> float:
-    return sum(g.mode == SHORT for g in generations) / max(len(generations), 1)

@@ -160,13 +160,17 @@ def plot_report(report: dict, path: str | Path) -> Path:
     return path
 
 
-def write_report(report: dict, out_dir: str | Path) -> dict[str, Path]:
-    """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir``; return their paths."""
+def write_report(report: dict, out_dir: str | Path, *, saved: dict | None = None, footer: str = "") -> dict[str, Path]:
+    """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir``; return their paths.
+
+    ``saved``: what ``report.json`` holds when it is more than the evaluation (the quickstart's run report,
+    which embeds it); ``footer``: a last paragraph for ``report.md``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "report.json", "md": out / "report.md", "png": out / "report.png"}
-    paths["json"].write_text(json.dumps(report, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
-    paths["md"].write_text(render_markdown(report) + "\n", encoding="utf-8")
+    paths["json"].write_text(json.dumps(report if saved is None else saved, indent=2, ensure_ascii=False, default=str)
+                             + "\n", encoding="utf-8")
+    paths["md"].write_text(render_markdown(report) + (f"\n\n{footer}" if footer else "") + "\n", encoding="utf-8")
     plot_report(report, paths["png"])
     return paths
 

@@ -115,15 +115,15 @@ def addition_long_solution(question: str) -> tuple[str, str]:
     digits_a, digits_b = str(a)[::-1], str(b)[::-1]
     lines = [f"{n} = " + " + ".join(f"{d} {place_name(i)}" for i, d in reversed(list(enumerate(digits))))
              for n, digits in ((a, digits_a), (b, digits_b))]
-    carry = 0
-    for i in range(max(len(digits_a), len(digits_b))):
+    carry, width = 0, max(len(digits_a), len(digits_b))
+    for i in range(width):
         x = int(digits_a[i]) if i < len(digits_a) else 0
         y = int(digits_b[i]) if i < len(digits_b) else 0
         total = x + y + carry
         lines.append(f"{place_name(i)}: {x}+{y}+{carry} = {total}, write {total % 10}, carry {total // 10}")
         carry = total // 10
     if carry:
-        lines.append(f"{place_name(len(digits_a))}: write the carry {carry}")
+        lines.append(f"{place_name(width)}: write the carry {carry}")
     lines.append(f"So the answer is {a + b}.")
     return "\n".join(lines) + "\n", str(a + b)
 

@@ -11,11 +11,10 @@ Writes ``<run>/warmup/`` and ``<run>/rl/`` (adapters, metrics, curves), ``<run>/
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 
 from thinkless_lite.config import RunConfig, save_resolved
-from thinkless_lite.report import markdown_tables, render_markdown, write_report
+from thinkless_lite.report import markdown_tables, write_report
 
 
 def _with_adapter(cfg: RunConfig, adapter) -> RunConfig:
@@ -61,11 +60,10 @@ def main(cfg: RunConfig, *, skip_warmup: bool = False) -> dict:
               "decoupled": cfg.rl.decoupled, "alpha": cfg.rl.alpha, "warmup": warm_summary,
               "rl": {k: v for k, v in rl_summary.items() if k != "final"}, "timings_seconds": timings,
               "wall_time_seconds": round(time.time() - began, 1)}
-    paths = write_report(final, out)  # report.md / report.png show the final evaluation
-    paths["json"].write_text(json.dumps(report, indent=2, default=str) + "\n")
-    paths["md"].write_text(render_markdown(final) + f"\n\nWall time: {report['wall_time_seconds'] / 60:.1f} min "
-                           f"(warm-up {timings['warmup']:.0f} s, {title.split()[-1]} {timings['rl']:.0f} s, "
-                           f"evaluation {timings['eval']:.0f} s). Training curves: rl/curves.png\n")
+    footer = (f"Wall time: {report['wall_time_seconds'] / 60:.1f} min (warm-up {timings['warmup']:.0f} s, "
+              f"{title.split()[-1]} {timings['rl']:.0f} s, evaluation {timings['eval']:.0f} s). "
+              "Training curves: rl/curves.png")
+    paths = write_report(final, out, saved=report, footer=footer)  # report.md / report.png show the final evaluation
     print(f"report: {paths['md']}  curves: {out / 'rl' / 'curves.png'}")
     return {"report": str(paths["json"]), "wall_time_seconds": report["wall_time_seconds"],
-            "final": {name: per_mode for name, per_mode in final["benchmarks"].items()}}
+            "final": dict(final["benchmarks"])}

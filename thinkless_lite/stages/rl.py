@@ -31,7 +31,6 @@ from thinkless_lite.tokens import format_prompt
 log = logging.getLogger("thinkless_lite")
 
 
-
 def rl_items(cfg: RunConfig):
     """Training questions with gold answers, from the mini-world, the hub or a local file."""
     data = cfg.rl.data

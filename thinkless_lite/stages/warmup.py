@@ -1,6 +1,6 @@
 """Stage 1, warm-up distillation: teach a reasoning model both answer styles behind control tokens.
 
-    thinkless-lite warmup --config configs/mini.yaml
+    thinkless-lite warmup --config mini
 
 Builds hybrid SFT data (mini-world teachers, a paired dataset, or two teacher models run here),
 then trains a QLoRA adapter with TRL's SFTTrainer on completions only. Writes
