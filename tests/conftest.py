@@ -56,12 +56,14 @@ def mini_base_dir() -> Path:
     return MINI_BASE_DIR
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def avx512bf16_cpu(monkeypatch):
     """bitsandbytes believes this CPU has AVX512-BF16 (it asks once per layer, when the layer is built).
 
-    Layers built under this fixture take bitsandbytes' CPU inference layout on an eval pass, on any
-    machine: tests that use it fail everywhere if the guard against that layout breaks.
+    On by default for every test: 4-bit layers built in a test take bitsandbytes' packed CPU inference
+    layout on an eval pass unless our loader keeps them plain, on any machine, so a test comparing a
+    trained model with a reload fails everywhere, not only on the CPUs that have the instructions.
+    (Subprocesses, such as the console-script tests, run on the real CPU.)
     """
     import bitsandbytes.nn.modules as bnb_modules
 

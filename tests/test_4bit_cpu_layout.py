@@ -1,10 +1,10 @@
-"""Training stays correct on every CPU whatever ran before it (bitsandbytes' AVX512-BF16 inference layout).
+"""One 4-bit layout for training and inference on every CPU (bitsandbytes' AVX512-BF16 inference layout).
 
 On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a 4-bit weight for inference the first time a layer
-runs in eval mode without grad, and its training path then has no backward. These tests make *every*
-machine take that path (bitsandbytes is told the CPU has AVX512-BF16, which is what it reads when a layer
-is built), so they fail wherever the guard in ``keep_4bit_weights_trainable`` is removed, not only on
-the CPUs that have the instructions.
+runs in eval mode without grad: its training path then has no backward, and it computes in bf16, so an
+inference-only load would answer differently from the model that was trained. Every test of the suite runs
+as if the CPU had AVX512-BF16 (the autouse ``avx512bf16_cpu`` fixture: bitsandbytes reads the flag when a
+layer is built), so these fail on every machine wherever ``plain_4bit_layout`` stops guarding a load.
 """
 
 import warnings
@@ -13,7 +13,8 @@ import torch
 
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.generation import SamplingSettings, generate
-from thinkless_lite.model import keep_4bit_weights_trainable, load_model
+from thinkless_lite.compat import four_bit_layout, plain_4bit_layout
+from thinkless_lite.model import load_model
 
 PROMPT = "<|im_start|>user\n1+2<|im_end|>\n<|im_start|>assistant\n<short>3<|im_end|>"
 
@@ -49,13 +50,47 @@ def lora_gradients(loaded) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.requires_grad and p.grad is not None}
 
 
+def load_raw_4bit(tiny_model_dir):
+    """The tiny model in 4 bits straight from transformers, without ``load_model``'s guard."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, quantization_config=quantization,
+                                                 device_map={"": "cpu"}, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
 def test_the_simulation_reaches_the_inference_layout(avx512bf16_cpu, tiny_model_dir):
-    """Guard on the test itself: an inference-only load takes bitsandbytes' repacking path here."""
-    loaded = load(tiny_model_dir, trainable=False)
-    layers = linear4bit_layers(loaded.model)
+    """Guard on the tests themselves: a 4-bit model built here takes bitsandbytes' repacking path unless we stop it."""
+    model, tokenizer = load_raw_4bit(tiny_model_dir)
+    layers = linear4bit_layers(model)
     assert layers and all(layer.support_avx512bf16_for_cpu for layer in layers)
-    generate(loaded.model, loaded.tokenizer, ["1+2"], settings=SamplingSettings(max_new_tokens=3))
+    with torch.no_grad():
+        model(**tokenizer(["1+2"], return_tensors="pt", add_special_tokens=False))
     assert all(packed(layer) for layer in layers), "bitsandbytes no longer repacks on eval: revisit the guard"
+    assert four_bit_layout(model) == "packed"
+
+
+def test_an_inference_only_load_computes_like_the_trainable_one(avx512bf16_cpu, tiny_model_dir, tmp_path):
+    """The same adapter, loaded to train and loaded to answer, gives the same logits after an eval generation."""
+    trained = load(tiny_model_dir)
+    trained.model.save_pretrained(tmp_path / "adapter")
+    trained.tokenizer.save_pretrained(tmp_path / "adapter")
+    config = ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", adapter_path=str(tmp_path / "adapter"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        answering = load_model(config, trainable=False, seed=0)
+        training = load_model(config, trainable=True, seed=0)
+    batch = answering.tokenizer([PROMPT, "1+2"], return_tensors="pt", add_special_tokens=False, padding=True)
+    logits = []
+    for loaded in (answering, training):
+        generate(loaded.model, loaded.tokenizer, ["1+2", "7*3-1"], settings=SamplingSettings(max_new_tokens=4))
+        assert four_bit_layout(loaded.model) == "plain"
+        loaded.model.eval()
+        with torch.no_grad():
+            logits.append(loaded.model(**batch).logits)
+    assert (logits[0] - logits[1]).abs().max().item() <= 1e-5
 
 
 def test_a_trainable_model_never_takes_the_inference_layout(avx512bf16_cpu, tiny_model_dir):
@@ -78,14 +113,24 @@ def test_gradients_after_an_eval_generation_equal_those_of_a_model_that_never_ge
     assert any(g.abs().sum() > 0 for n, g in fresh.items() if "lora_A" in n)
 
 
+def repacked(loaded):
+    """A model whose layers were let into bitsandbytes' packed layout (built by hand, outside ``load_model``)
+    and then run in eval mode, as a notebook that tries a model out does."""
+    layers = linear4bit_layers(loaded.model)
+    for layer in layers:
+        layer.support_avx512bf16_for_cpu = True
+    generate(loaded.model, loaded.tokenizer, ["1+2"], settings=SamplingSettings(max_new_tokens=3))
+    assert layers and all(packed(layer) for layer in layers)
+    assert four_bit_layout(loaded.model) == "packed"
+    return loaded
+
+
 def test_a_model_repacked_before_training_is_converted_back(avx512bf16_cpu, tiny_model_dir):
     """A notebook that tries the model out, then trains it: the trainers' first step undoes the repacking."""
     reference = lora_gradients(load(tiny_model_dir))
-    loaded = load(tiny_model_dir, trainable=False)  # loaded for inference (its LoRA weights still train)
-    generate(loaded.model, loaded.tokenizer, ["1+2"], settings=SamplingSettings(max_new_tokens=3))
+    loaded = repacked(load(tiny_model_dir, trainable=False))
     layers = linear4bit_layers(loaded.model)
-    assert all(packed(layer) for layer in layers)
-    assert keep_4bit_weights_trainable(loaded.model) == len(layers)
+    assert plain_4bit_layout(loaded.model) == len(layers)
     assert not any(packed(layer) or layer.support_avx512bf16_for_cpu for layer in layers)
     after = lora_gradients(loaded)
     assert after.keys() == reference.keys()
@@ -106,10 +151,8 @@ def test_both_trainers_guard_the_model_they_are_given(avx512bf16_cpu, tiny_model
     from thinkless_lite.trainers import DeGRPOTrainer
 
     for make in ("sft", "grpo"):
-        loaded = load(tiny_model_dir, trainable=False)
-        generate(loaded.model, loaded.tokenizer, ["1+2"], settings=SamplingSettings(max_new_tokens=2))
+        loaded = repacked(load(tiny_model_dir, trainable=False))
         layers = linear4bit_layers(loaded.model)
-        assert all(packed(layer) for layer in layers)
         common = dict(output_dir=str(tmp_path / make), use_cpu=True, report_to="none", max_steps=1)
         if make == "sft":
             PortableSFTTrainer(model=loaded.model, processing_class=loaded.tokenizer,

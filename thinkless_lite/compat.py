@@ -6,8 +6,9 @@
 * TRL casts QLoRA adapter weights to bf16 (the QLoRA paper's advice for bf16 GPUs). Where bf16 is not
   native (CPU, T4) every adapter matmul is then emulated: 3.4x slower steps measured on CPU. There the
   trainable weights go back to fp32 (``restore_adapter_precision``).
-* bitsandbytes 0.50 repacks 4-bit weights for CPU inference on AVX512-BF16 CPUs and then has no
-  backward (``keep_4bit_weights_trainable``).
+* bitsandbytes 0.50 repacks 4-bit weights for CPU inference on AVX512-BF16 CPUs: that layout has no
+  backward and computes in bf16, so the same adapter would answer differently there. Every model keeps
+  the one plain layout (``plain_4bit_layout``).
 * ``import unsloth`` rewrites TRL's GRPOTrainer; its loss re-lays a batch and drops TRL's KL reference
   (``trainer_flavour``, ``unsloth_layout``, ``ensure_reference_adapter``).
 
@@ -38,7 +39,7 @@ def fused_logprobs_available() -> bool:
 
 def prepare_for_training(model) -> None:
     """What every trainer does to its model first: trainable 4-bit layout, adapter precision."""
-    keep_4bit_weights_trainable(model)
+    plain_4bit_layout(model)
     restore_adapter_precision(model)
 
 
@@ -51,16 +52,22 @@ def restore_adapter_precision(model) -> None:
             param.data = param.data.float()
 
 
-def keep_4bit_weights_trainable(model) -> int:
-    """Keep every bitsandbytes 4-bit weight in the layout that its autograd path reads.
+PLAIN_4BIT_LAYOUT = "plain"  # what reports say ran: bitsandbytes' one layout for training and inference
 
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight into an inference-only
-    layout the first time the layer runs in eval mode without grad, and never converts it back. Every
-    later forward then goes through ``gemv_4bit``, which has no backward: a crash on layers with a bias,
-    silently wrong LoRA gradients on layers without one. RL generates in eval mode before every update,
-    so a model that will train must never take that path: the repacking is switched off here, and
-    layers that were already repacked (a model tried out before training) are converted back.
-    Inference-only models keep bitsandbytes' default. Returns how many layers had to be converted back.
+
+def plain_4bit_layout(model) -> int:
+    """Keep every bitsandbytes 4-bit weight in its plain layout, for training and inference alike.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit`` weight into a packed inference
+    layout the first time the layer runs in eval mode without grad, and never converts it back. That
+    layout (a) has no backward: a crash on layers with a bias, silently wrong LoRA gradients on layers
+    without one, and RL generates in eval mode before every update; and (b) computes in bf16, so an
+    inference-only load answers with logits that differ from the trained model's by up to ~0.5 on
+    SmolLM2 in 4 bits (greedy answers and P(think) can flip) and from the same adapter on any other CPU.
+    What it buys is generation speed on those CPUs only: +19% tokens/s on the mini base, +26% on
+    SmolLM2 (``benchmarks/cpu_speed.py``, 2 threads). One layout everywhere is worth more than that, so the
+    repacking is switched off on every model this package loads, and layers that were already repacked
+    (a model built by hand and tried out) are converted back. Returns how many layers had to be.
     """
     try:
         from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
@@ -77,9 +84,24 @@ def keep_4bit_weights_trainable(model) -> int:
             weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
             converted += 1
     if converted:
-        log.warning("%d 4-bit layers had been repacked for CPU inference (an eval pass before training); "
-                    "converted them back so that training gets correct gradients", converted)
+        log.warning("%d 4-bit layers had been repacked for CPU inference (bitsandbytes' AVX512-BF16 layout); "
+                    "converted them back to the plain layout that training and evaluation share", converted)
     return converted
+
+
+def four_bit_layout(model) -> str | None:
+    """Which 4-bit layout this model computes in, for reports and logs: ``"plain"``, ``"packed"`` (a model
+    someone repacked by hand), or None when it has no bitsandbytes 4-bit layers."""
+    try:
+        from bitsandbytes.nn import Linear4bit
+    except ImportError:
+        return None
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
+    if not layers:
+        return None
+    repacks = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
+                  or getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
+    return "packed" if repacks else PLAIN_4BIT_LAYOUT
 
 
 def plain_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_to_keep, batch_size=None,

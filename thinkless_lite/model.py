@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from thinkless_lite.compat import bf16_native, keep_4bit_weights_trainable
+from thinkless_lite.compat import bf16_native, four_bit_layout, plain_4bit_layout
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, ControlTokens, neutralise_chat_template
 
@@ -353,9 +353,11 @@ def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> Lo
             model = get_peft_model(model, _lora_config(cfg, token_indices))
     _expose_output_bias(model)
     save_small_adapters(model)
-    if trainable:
-        keep_4bit_weights_trainable(model)
-    else:
+    plain_4bit_layout(model)  # one layout for training and inference, on every CPU (compat explains)
+    layout = four_bit_layout(model)
+    if layout:
+        log.info("4-bit layout: %s", layout)
+    if not trainable:
         model.eval()
     return LoadedModel(model, tokenizer, choice, new_ids, control_token_ids(tokenizer, cfg.control_tokens))
 

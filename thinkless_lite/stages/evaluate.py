@@ -25,6 +25,7 @@ from thinkless_lite.config import ConfigError, RunConfig, save_resolved
 from thinkless_lite.data.items import MathItem
 from thinkless_lite.generation import SamplingSettings, generate
 from thinkless_lite.jsonl import append_jsonl, read_jsonl
+from thinkless_lite.compat import four_bit_layout
 from thinkless_lite.report import _level_order, write_report
 from thinkless_lite.rewards import score_completion
 from thinkless_lite.tokens import THINK, ControlTokens, Routing
@@ -307,7 +308,8 @@ def evaluate(cfg: RunConfig, *, out_dir: str | Path | None = None, model=None, t
             sweeps[name] = tau_sweep(model, tokenizer, bench_items, e.sweep_tau, benchmark=name, **common)
     report = {"model": cfg.model.name_or_path, "adapter": cfg.model.adapter_path,
               "settings": {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p,
-                           "num_samples": e.num_samples, "seed": cfg.seed, "tau": e.tau},
+                           "num_samples": e.num_samples, "seed": cfg.seed, "tau": e.tau,
+                           **({"4bit_layout": layout} if (layout := four_bit_layout(model)) else {})},
               "num_items": {name: len(v) for name, v in items.items()}, "benchmarks": results, "tau_sweeps": sweeps,
               "out_dir": str(out), "seconds": round(time.time() - began, 1)}
     write_report(report, out)
