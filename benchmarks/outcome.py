@@ -2,18 +2,53 @@
 
 Reads a quickstart report (``thinkless_lite.stages.quickstart``: the final evaluation and the one after the
 warm-up, in the schema of ``thinkless_lite.report``) and states the targets with PASS / MISS, as measured.
+Routing is judged against forced thinking and against the **reward-optimal router**: per difficulty level,
+the mode with the higher expected reward under the run's reward table, given the measured forced-mode
+accuracies. Re-read a finished run:
+
+    python benchmarks/outcome.py runs/real_model/smollm2/report.json --config smollm2_135m_cpu
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 
 def final_modes(report: dict, benchmark: str = "miniworld") -> dict:
     return report["final"]["benchmarks"][benchmark]
 
 
-def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld") -> list[tuple[str, float, str, bool]]:
+def reward_oracle(modes: dict, table, mix: dict) -> dict:
+    """The reward-optimal router of a final evaluation: per level, ``think`` or ``short``, whichever has the
+    higher expected reward under ``table`` (a ``RewardTable``) given forced think's and forced short's measured
+    accuracies there (a tie goes to the cheaper ``short``); its accuracy and tokens per level and on ``mix``."""
+    think, short = modes["think"]["by_difficulty"], modes["short"]["by_difficulty"]
+    by_level = {}
+    for level in think:
+        expected = {"think": think[level]["accuracy"] * table.think_correct
+                    + (1 - think[level]["accuracy"]) * table.think_wrong,
+                    "short": short[level]["accuracy"] * table.short_correct
+                    + (1 - short[level]["accuracy"]) * table.short_wrong}
+        chosen = "think" if expected["think"] > expected["short"] else "short"
+        stats = (think if chosen == "think" else short)[level]
+        by_level[level] = {"mode": chosen, "accuracy": stats["accuracy"], "mean_tokens": stats["mean_tokens"],
+                           "expected_reward": expected[chosen]}
+    weights = {str(k): float(w) for k, w in mix.items() if str(k) in by_level}
+    total = sum(weights.values())
+    on_mix = {key: sum(w * by_level[k][key] for k, w in weights.items()) / total
+              for key in ("accuracy", "mean_tokens", "expected_reward")}
+    on_mix["think_ratio"] = sum(w for k, w in weights.items() if by_level[k]["mode"] == "think") / total
+    return {"by_difficulty": by_level, "on_mix": on_mix}
+
+
+def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None, mix: dict | None = None,
+            think_bounds: tuple[float, float] = (0.10, 0.90)) -> list[tuple[str, float, str, bool]]:
     """Wall time; auto accuracy vs forced think (on the difficulty mix and on every level equally); think
-    ratio at the easiest and hardest level; auto tokens as a share of forced think's (mix)."""
+    ratio at the easiest and hardest level (at most / at least ``think_bounds``); auto tokens as a share of
+    forced think's (mix); with ``table`` and ``mix``, auto accuracy vs the reward-optimal router's (mix)."""
+    low, high = think_bounds
     modes = final_modes(report, benchmark)
     auto, think = modes["auto"], modes["think"]
     levels = sorted(auto["by_difficulty"], key=float)
@@ -22,20 +57,28 @@ def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld") -> 
     gap_mix = 100 * (auto["on_mix"]["accuracy"] - think["on_mix"]["accuracy"])
     gap_levels = 100 * (auto["accuracy"] - think["accuracy"])
     minutes = report["wall_time_seconds"] / 60
-    return [
+    rows = [
         ("wall time (min)", minutes, f"<= {wall_minutes:g}", minutes <= wall_minutes),
         ("auto acc - think acc, default mix (points)", gap_mix, ">= -2", gap_mix >= -2),
         ("auto acc - think acc, every level equally (points)", gap_levels, ">= -2", gap_levels >= -2),
-        (f"think ratio at k={levels[0]}", easiest["think_ratio"], "<= 0.10", easiest["think_ratio"] <= 0.10),
-        (f"think ratio at k={levels[-1]}", hardest["think_ratio"], ">= 0.90", hardest["think_ratio"] >= 0.90),
+        (f"think ratio at k={levels[0]}", easiest["think_ratio"], f"<= {low:.2f}", easiest["think_ratio"] <= low),
+        (f"think ratio at k={levels[-1]}", hardest["think_ratio"], f">= {high:.2f}", hardest["think_ratio"] >= high),
         ("auto tokens / think tokens, default mix", token_share, "<= 0.50", token_share <= 0.50),
     ]
+    if table is not None and mix:
+        oracle = reward_oracle(modes, table, mix)["on_mix"]
+        gap_oracle = 100 * (auto["on_mix"]["accuracy"] - oracle["accuracy"])
+        rows.append(("auto acc - reward-oracle acc, default mix (points)", gap_oracle, ">= -2", gap_oracle >= -2))
+    return rows
 
 
-def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "miniworld") -> str:
-    """Markdown: the targets, the three routings on the mix and on every level, and auto's think ratio by level."""
+def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None,
+             mix: dict | None = None, think_bounds: tuple[float, float] = (0.10, 0.90)) -> str:
+    """Markdown: the targets, the three routings (and the reward oracle) on the mix and on every level, and
+    auto's think ratio by level."""
     rows = [f"### {name}", "", "| measure | value | target | |", "|---|---|---|---|"]
-    for label, value, goal, ok in targets(report, wall_minutes, benchmark):
+    for label, value, goal, ok in targets(report, wall_minutes, benchmark, table=table, mix=mix,
+                                          think_bounds=think_bounds):
         rows.append(f"| {label} | {value:.3f} | {goal} | {'PASS' if ok else 'MISS'} |")
     modes = final_modes(report, benchmark)
     rows += ["", "| mode | accuracy (mix) | think ratio (mix) | mean tokens (mix) | accuracy (levels) | mean tokens (levels) |",
@@ -44,6 +87,13 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
         s, m = modes[mode], modes[mode]["on_mix"]
         rows.append(f"| {mode} | {m['accuracy']:.3f} | {m['think_ratio']:.3f} | {m['mean_tokens']:.1f} | "
                     f"{s['accuracy']:.3f} | {s['mean_tokens']:.1f} |")
+    if table is not None and mix:
+        oracle = reward_oracle(modes, table, mix)
+        m = oracle["on_mix"]
+        rows.append(f"| reward oracle | {m['accuracy']:.3f} | {m['think_ratio']:.3f} | {m['mean_tokens']:.1f} | — | — |")
+        rows += ["", "reward oracle by level (mode, accuracy, expected reward): " + "; ".join(
+            f"k={k}: {v['mode']}, {v['accuracy']:.2f}, {v['expected_reward']:+.2f}"
+            for k, v in sorted(oracle["by_difficulty"].items(), key=lambda kv: float(kv[0])))]
     by_level = sorted(modes["auto"]["by_difficulty"].items(), key=lambda kv: float(kv[0]))
     rows += ["", "auto by level (think ratio / accuracy; forced think accuracy; forced short accuracy): " + "; ".join(
         f"k={k}: {v['think_ratio']:.2f} / {v['accuracy']:.2f}; {modes['think']['by_difficulty'][k]['accuracy']:.2f}; "
@@ -52,3 +102,23 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
     if timings:
         rows.append("time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()))
     return "\n".join(rows)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Targets and the reward oracle of a finished quickstart run.")
+    parser.add_argument("report", help="a quickstart report.json")
+    parser.add_argument("--config", default="mini", help="the run's recipe (reward table and difficulty mix)")
+    parser.add_argument("--wall-minutes", type=float, default=60)
+    parser.add_argument("--think-bounds", default="0.10,0.90", help="at most at the easiest level, at least at the hardest")
+    args = parser.parse_args(argv)
+    from thinkless_lite.config import load_config
+
+    cfg = load_config(args.config)
+    bounds = tuple(float(x) for x in args.think_bounds.split(","))
+    report = json.loads(Path(args.report).read_text())
+    print(describe(args.report, report, args.wall_minutes, table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights,
+                   think_bounds=bounds))
+
+
+if __name__ == "__main__":
+    main()

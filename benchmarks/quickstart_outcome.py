@@ -46,10 +46,11 @@ def main(argv=None) -> int:
                                         f"rl.decoupled={decoupled}", *args.overrides])
         quickstart(cfg)
         report = json.loads((cfg.run_dir / "report.json").read_text())
+        routing = dict(table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights)
         results[name] = {"report": report, "targets": [
-            {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES)]}
+            {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES, **routing)]}
         sections.append(describe(f"{name} (rl.decoupled={decoupled}, alpha={cfg.rl.alpha:g}, seed {args.seed})",
-                                 report, WALL_MINUTES))
+                                 report, WALL_MINUTES, **routing))
     text = "\n\n".join(sections)
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)

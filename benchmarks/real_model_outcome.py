@@ -30,6 +30,7 @@ from thinkless_lite.config import load_config
 from thinkless_lite.stages.quickstart import main as quickstart
 
 WALL_MINUTES = 60
+THINK_BOUNDS = (0.20, 0.80)  # think ratio at most 20% at k=1, at least 80% at k=3
 
 
 def smollm2_gguf() -> str:
@@ -53,11 +54,13 @@ def main(argv=None) -> int:
                                     f"output_dir={out}", "name=smollm2", *args.overrides])
     quickstart(cfg)
     report = json.loads((cfg.run_dir / "report.json").read_text())
-    text = describe(f"SmolLM2-135M-Instruct, {cfg.miniworld.task} task, seed {args.seed}", report, WALL_MINUTES)
+    routing = dict(table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights, think_bounds=THINK_BOUNDS)
+    text = describe(f"SmolLM2-135M-Instruct, {cfg.miniworld.task} task, seed {args.seed}", report, WALL_MINUTES,
+                    **routing)
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "outcome.json").write_text(json.dumps({"report": report, "targets": [
-        {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES)]},
+        {"measure": m, "value": v, "target": t, "pass": ok} for m, v, t, ok in targets(report, WALL_MINUTES, **routing)]},
         indent=2) + "\n")
     (out / "outcome.md").write_text(text + "\n")
     print(f"\nwritten: {out / 'outcome.md'}; report: {cfg.run_dir / 'report.md'}; curves: {cfg.run_dir / 'rl' / 'curves.png'}")

@@ -39,7 +39,7 @@ def fixed_rewards(completions, **kwargs):
     return out
 
 
-def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha):
+def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, **degrpo):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -55,7 +55,7 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha):
                       beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
                       shuffle_dataset=False, max_steps=1, logging_steps=1)
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
-                            processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled)
+                            processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled, **degrpo)
     return trainer, dataset
 
 
@@ -162,3 +162,54 @@ def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_mod
     assert not torch.allclose(base[mask], policy[mask], atol=1e-3)
     saved = save_adapter(loaded, tmp_path / "rl-adapter")
     assert not (saved / "ref").exists() and (saved / "adapter_model.safetensors").exists()
+
+
+def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_advantages(tiny_model_dir, tmp_path):
+    """mode_balance=0.5: in each group of 4 one answer is forced to <think> and one to <short>; the trainer's loss
+    and gradients equal degrpo_loss with the exact two-mode control advantages and within-mode response ones."""
+    from thinkless_lite.losses import SHORT_MODE, THINK_MODE, mode_advantages
+
+    torch.manual_seed(0)
+    trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, mode_balance=0.5,
+                                    within_mode_advantages=True)
+    rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer._generate_and_score_completions(rows)
+    first = batch["completion_ids"][:, 0].view(-1, GROUP)
+    think_id, short_id = trainer.mode_ids[THINK_MODE], trainer.mode_ids[SHORT_MODE]
+    assert (first[:, 0] == think_id).all() and (first[:, 1] == short_id).all()
+
+    rewards = torch.tensor(fixed_rewards(rows))
+    keep = informative_groups(rewards, GROUP)
+    modes = torch.full((len(rows),), -1)
+    modes[batch["completion_ids"][:, 0] == short_id] = SHORT_MODE
+    modes[batch["completion_ids"][:, 0] == think_id] = THINK_MODE
+    with torch.no_grad():  # P(<short>), P(<think>) after each prompt, from a forward of our own
+        trainer.model.eval()
+        logits = trainer.model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"]).logits[:, -1]
+        trainer.model.train()
+        probs = torch.softmax(logits / trainer.temperature, dim=-1)
+    control, response = mode_advantages(rewards, modes, probs[:, short_id], probs[:, think_id], GROUP,
+                                        within_mode=True)
+    advantages = response[:, None].expand_as(batch["completion_mask"]).clone()
+    advantages[:, 0] = control
+    plain = rewards - rewards.view(-1, GROUP).mean(1).repeat_interleave(GROUP)
+    assert not torch.allclose(control[keep], plain[keep], atol=1e-3)  # the correction matters on this batch
+
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    loss = trainer.compute_loss(trainer.model, batch)
+    grads_trainer = torch.autograd.grad(loss, params, allow_unused=True)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention,
+                                                              batch["completion_ids"].shape[1])
+    mask = batch["completion_mask"].float()
+    expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=0.5, clip_eps=0.2)
+    assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
+    grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
+    for a, b in zip(grads_trainer, grads_expected):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)

@@ -64,6 +64,9 @@ class ModelConfig:
     think_end_token: str = field(default="</think>", metadata=_help("Closes the chain of thought."))
     system_prompt: str | None = field(default=None, metadata=_help("Optional system message for every prompt."))
     chat_template: str | None = field(default=None, metadata=_help("Override the tokenizer's chat template (Jinja)."))
+    tokenizer: str | None = field(default=None, metadata=_help(
+        "Take the tokenizer from this folder or hub id instead of the weights' (e.g. the original tokenizer of a "
+        "model given as .gguf, when its conversion is broken); it must use the same token ids."))
 
     @property
     def control_tokens(self) -> ControlTokens:
@@ -139,6 +142,15 @@ class RLConfig:
     alpha: float = field(default=1.0, metadata=_help(
         "Weight of the control-token term. Scale it with 1/completion length: the paper's 0.001 suits ~1-4k-token answers."))
     drop_uniform_groups: bool = field(default=True, metadata=_help("Drop groups whose rewards are all equal (no signal)."))
+    mode_balance: float = field(default=0.0, metadata=_help(
+        "Share of every group forced to a mode, half <think> and half <short> (their answers are the model's own); "
+        "the control token then takes the exact two-mode expectation of its gradient, so the mode choice stays "
+        "unbiased. Keeps both modes sampled, so a collapse to one mode is not absorbing. 0 = off."))
+    mode_balance_end: float | None = field(default=None, metadata=_help(
+        "Share forced at the last step (linear from mode_balance); unset = constant."))
+    within_mode_advantages: bool = field(default=False, metadata=_help(
+        "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
+        "between-mode advantage), so a thinking answer is not pushed down for being one."))
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
     beta: float = field(default=0.0, metadata=_help(
         "KL weight to the reference: a frozen copy of the adapter RL starts from (the warm-up), control rows included "

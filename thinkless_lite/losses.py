@@ -162,3 +162,79 @@ def decoupled_token_weights(mask: torch.Tensor, alpha: float) -> torch.Tensor:
     response columns ``mask.sum() / (active response tokens)``; see :func:`loss_token_weights`.
     """
     return loss_token_weights(mask, alpha, decoupled=True)
+
+
+# ---------------------------------------------------------------- mode-balanced groups
+
+SHORT_MODE, THINK_MODE, NO_MODE = 0, 1, -1
+
+
+def forced_modes(group_size: int, balance: float) -> list[int | None]:
+    """Which member of every group is forced to which mode: ``balance`` of the group, half to each mode
+    (``THINK_MODE`` first, then ``SHORT_MODE``), the rest sampled freely (None).
+
+    Forcing keeps both modes sampled on every prompt, so a mode the policy has (almost) stopped choosing can
+    still show that it pays: without it, collapse is absorbing (no group holds a thinking answer, so nothing
+    can say that thinking was right). ``balance`` > 0 must force at least one of each mode.
+    """
+    if not 0.0 <= balance <= 1.0:
+        raise ValueError(f"mode balance must be in [0, 1], got {balance}")
+    each = int(balance * group_size + 1e-9) // 2
+    if balance > 0 and each < 1:
+        raise ValueError(f"mode balance {balance} of a group of {group_size} forces no sample of each mode; "
+                         f"use at least {2 / group_size:.3g} (one of each) or 0 (off)")
+    return [THINK_MODE] * each + [SHORT_MODE] * each + [None] * (group_size - 2 * each)
+
+
+def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
+                    group_size: int, within_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
+    have been forced to a mode.
+
+    ``modes`` per sample: ``SHORT_MODE``, ``THINK_MODE`` or ``NO_MODE`` (no control token first);
+    ``p_short``/``p_think`` per sample: the sampling policy's probability of each control token at its prompt's
+    decision point (the same for every member of a group; detached).
+
+    Control token. In a group that holds both modes, the exact on-policy expectation of the mode choice's
+    gradient over the two modes replaces the sampled one:
+
+        sum_c pi(c|x) (rbar_c - V) grad log pi(c|x),   V = sum_c pi(c|x) rbar_c / sum_c pi(c|x),
+
+    where ``rbar_c`` is the mean reward of the group's answers in mode c. Their responses are the model's own
+    given the mode, forced or not, so ``rbar_c`` estimates E[r | x, c] without bias, and so does the sum,
+    whatever share of the group was forced. A loss that takes the mean over the G sequences of
+    ``A_i grad log pi(c_i)`` gives exactly that sum when every member in mode c gets
+    ``A_i = G pi(c) (rbar_c - V) / n_c``. A sample with no control token gets ``r_i - V``, as a sampled choice
+    would. A group with one mode only (possible only without forcing) keeps the plain group advantage
+    ``r_i - mean(r)``: with nothing to compare, the sampled estimate is all there is.
+
+    Response tokens. ``within_mode=False``: the plain group advantage (as GRPO). ``True``: reward minus the
+    mean of the same mode's answers in the group, so that a thinking answer is not pushed down merely for
+    being a thinking answer in a group where short ones paid more: the response term then improves answers
+    inside each mode and only the control term chooses the mode. An answer alone in its mode gets 0; one
+    without a control token gets the plain group advantage.
+    """
+    grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
+    modes = modes.view_as(grouped)
+    p_short, p_think = p_short.view_as(grouped).to(grouped.dtype), p_think.view_as(grouped).to(grouped.dtype)
+    plain = grouped - grouped.mean(dim=1, keepdim=True)
+
+    is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype), (modes == THINK_MODE).to(grouped.dtype)
+    n_short, n_think = is_short.sum(1, keepdim=True), is_think.sum(1, keepdim=True)
+    mean_short = (grouped * is_short).sum(1, keepdim=True) / n_short.clamp(min=1)
+    mean_think = (grouped * is_think).sum(1, keepdim=True) / n_think.clamp(min=1)
+    both = (n_short > 0) & (n_think > 0)
+
+    pi_short, pi_think = p_short[:, :1], p_think[:, :1]
+    value = (pi_short * mean_short + pi_think * mean_think) / (pi_short + pi_think).clamp(min=1e-12)
+    exact = (is_short * group_size * pi_short * (mean_short - value) / n_short.clamp(min=1)
+             + is_think * group_size * pi_think * (mean_think - value) / n_think.clamp(min=1)
+             + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+    control = torch.where(both, exact, plain)
+
+    if within_mode:
+        own_mean = is_short * mean_short + is_think * mean_think
+        response = torch.where(modes == NO_MODE, plain, grouped - own_mean)
+    else:
+        response = plain
+    return control.reshape(-1), response.reshape(-1)

@@ -188,11 +188,14 @@ def _series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_rl_curves(rows: Sequence[dict], out_png: str | Path, title: str = "DeGRPO") -> Path:
-    """Think ratio and per-mode accuracy over steps (the paper's U-curve), rewards and tokens beside."""
+    """Think ratio and per-mode accuracy over steps (the paper's U-curve), rewards and tokens beside, and the
+    policy's P(<think>) per difficulty level: where routing by difficulty emerges, or a collapse shows."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, safe in threads and servers
 
-    fig = Figure(figsize=(15, 4), layout="constrained")
-    axes = fig.subplots(1, 3)
+    levels = sorted({key.split("/k", 1)[1] for row in rows for key in row if key.startswith("p_think/k")},
+                    key=_level_order)
+    fig = Figure(figsize=(20 if levels else 15, 4), layout="constrained")
+    axes = fig.subplots(1, 4 if levels else 3)
     for key, label in [("think_ratio", "think ratio"), ("accuracy_think", "accuracy (think)"),
                        ("accuracy_short", "accuracy (short)"), ("accuracy", "accuracy (all)")]:
         xs, ys = _series(rows, key)
@@ -211,6 +214,13 @@ def plot_rl_curves(rows: Sequence[dict], out_png: str | Path, title: str = "DeGR
         axes[2].plot(xs, ys, label=label)
     axes[2].set_title("mean completion tokens per mode")
     axes[2].legend(loc="best", fontsize=8)
+    if levels:
+        for level in levels:
+            xs, ys = _series(rows, f"p_think/k{level}")
+            axes[3].plot(xs, ys, label=f"k={level}", linewidth=2)
+        axes[3].set_ylim(-0.02, 1.02)
+        axes[3].set_title("P(<think>) by difficulty")
+        axes[3].legend(loc="best", fontsize=8)
     for ax in axes:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -27,9 +27,10 @@ from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
                                    prepare_for_training, trainer_flavour, unsloth_loss_inputs)
-from thinkless_lite.losses import informative_groups, loss_token_weights
+from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
+                                   loss_token_weights, mode_advantages)
 from thinkless_lite.rewards import ThinklessReward
-from thinkless_lite.tokens import SHORT, THINK
+from thinkless_lite.tokens import SHORT, THINK, ControlTokens
 
 
 class PortableSFTTrainer(SFTTrainer):
@@ -61,7 +62,9 @@ class DeGRPOMixin:
     """
 
     def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
-                 recorder: ThinklessReward | None = None, backend: str | None = None, **kwargs):
+                 recorder: ThinklessReward | None = None, backend: str | None = None,
+                 mode_balance: float = 0.0, mode_balance_end: float | None = None,
+                 within_mode_advantages: bool = False, control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -74,6 +77,18 @@ class DeGRPOMixin:
         self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
+        self.mode_balance = mode_balance
+        self.mode_balance_end = mode_balance if mode_balance_end is None else mode_balance_end
+        for balance in (self.mode_balance, self.mode_balance_end):
+            forced_modes(self.num_generations, balance)  # a share that forces nothing fails here, not mid-run
+        self.within_mode_advantages = within_mode_advantages
+        vocab = self.processing_class.get_vocab()
+        missing = [t for t in (control_tokens.short, control_tokens.think) if t not in vocab]
+        if missing:
+            raise ValueError(f"the tokenizer has no control token {missing}: load the model with "
+                             "thinkless_lite.load_model, which adds them")
+        self.mode_ids = {SHORT_MODE: vocab[control_tokens.short], THINK_MODE: vocab[control_tokens.think]}
+        self._forced: list[int | None] = []
 
     def _never_sample_padding(self) -> None:
         """The pad token is padding, never content: it is kept out of sampling (TRL's documented
@@ -109,15 +124,72 @@ class DeGRPOMixin:
             inputs = unsloth_loss_inputs(inputs, self.processing_class.pad_token_id)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
-    def _generate_single_turn(self, *args, **kwargs):
-        """Sample in eval mode: with gradient checkpointing on, a model in train mode drops its KV cache
-        while ``generate`` still feeds one token per step, so every token after the first loses its context."""
+    def current_mode_balance(self) -> float:
+        """The share of every group forced to a mode at this step: linear from ``mode_balance`` to
+        ``mode_balance_end`` over ``max_steps``."""
+        total = max(int(self.args.max_steps or 0), 1)
+        progress = min(self.state.global_step / total, 1.0)
+        return self.mode_balance + (self.mode_balance_end - self.mode_balance) * progress
+
+    def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+        """Sample in eval mode, and prefill the control token of the group members forced to a mode.
+
+        Eval mode: with gradient checkpointing on, a model in train mode drops its KV cache while ``generate``
+        still feeds one token per step, so every token after the first loses its context.
+
+        Forcing: TRL lays out each prompt's group consecutively; member k of a group is forced as
+        :func:`thinkless_lite.losses.forced_modes` says. Its prompt gets the control token appended, and the
+        token is put back at the head of its completion, so the completion is the same shape as a sampled one
+        (control token in column 0) and everything after it is the model's own answer given that mode.
+        """
+        forced = self._forced_rows(len(prompt_ids)) if self.model.training else [None] * len(prompt_ids)
+        self._forced = forced
+        if any(mode is not None for mode in forced):
+            prompt_ids = [list(ids) + ([self.mode_ids[mode]] if mode is not None else [])
+                          for ids, mode in zip(prompt_ids, forced)]
         was_training = self.model.training
         self.model.eval()
         try:
-            return super()._generate_single_turn(*args, **kwargs)
+            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.model.train(was_training)
+        if any(mode is not None for mode in forced):
+            limit = self.max_completion_length
+            completion_ids = [([self.mode_ids[mode]] + list(ids))[:limit] if mode is not None else ids
+                              for ids, mode in zip(completion_ids, forced)]
+            if logprobs is not None:  # vLLM's sampling log-probs: none for a token it did not sample
+                logprobs = [([float("nan")] + list(lp))[:limit] if mode is not None else lp
+                            for lp, mode in zip(logprobs, forced)]
+        return completion_ids, logprobs
+
+    def _forced_rows(self, local_rows: int) -> list[int | None]:
+        balance = self.current_mode_balance()
+        if balance <= 0:
+            return [None] * local_rows
+        pattern = forced_modes(self.num_generations, balance)
+        start = self.accelerator.process_index * local_rows
+        return [pattern[(start + i) % self.num_generations] for i in range(local_rows)]
+
+    @torch.no_grad()
+    def _decision_probabilities(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
+        """``(B, 2)``: the policy's probability of ``<short>`` and ``<think>`` right after each prompt, at the
+        sampling temperature (one forward over the distinct prompts, in eval mode, no dropout)."""
+        unique, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
+        first = torch.zeros(unique.shape[0], dtype=torch.long, device=prompt_ids.device)
+        first.scatter_(0, inverse, torch.arange(prompt_ids.shape[0], device=prompt_ids.device))
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            logits = model(input_ids=unique, attention_mask=prompt_mask[first], logits_to_keep=1).logits[:, -1]
+        finally:
+            model.train(was_training)
+        ids = [self.mode_ids[SHORT_MODE], self.mode_ids[THINK_MODE]]
+        if logits.shape[-1] <= max(ids):
+            raise RuntimeError(f"the model's forward returned {logits.shape[-1]} columns, not its vocabulary's "
+                               "logits: cannot read P(<short>) and P(<think>)")
+        probs = torch.softmax(logits.float() / self.temperature, dim=-1)[:, ids]
+        return probs[inverse]
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -141,11 +213,35 @@ class DeGRPOMixin:
         weights = loss_token_weights(
             mask, alpha=self.alpha, decoupled=self.decoupled, normalizer=out["num_items_in_batch"].float(),
             n_control=counts[0], n_response=counts[1], n_sequences=counts[2])
-        out["advantages"] = out["advantages"].reshape(-1, 1) * weights
-        self._record_metrics(out["completion_mask"], rewards, keep_all)
+
+        device = out["completion_ids"].device
+        first = out["completion_ids"][:, 0]
+        modes = torch.full_like(first, NO_MODE)
+        modes[first == self.mode_ids[SHORT_MODE]] = SHORT_MODE
+        modes[first == self.mode_ids[THINK_MODE]] = THINK_MODE
+        probs = self._decision_probabilities(out["prompt_ids"], out["prompt_mask"])
+        forced = torch.tensor([mode is not None for mode in (self._forced or [None] * local)], device=device)
+        difficulty = torch.tensor([float(x.get("difficulty") or 0) for x in inputs], device=device)
+        rows = self.accelerator.gather(torch.stack([modes.float(), probs[:, 0], probs[:, 1], forced.float(),
+                                                    difficulty], dim=1))
+        all_modes, p_short, p_think, all_forced, all_difficulty = rows.unbind(1)
+        if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
+            control, response = mode_advantages(rewards.to(device), all_modes.long(), p_short, p_think,
+                                                self.num_generations, within_mode=self.within_mode_advantages)
+            advantages = response[start:start + local, None].expand_as(weights).clone()
+            advantages[:, 0] = control[start:start + local]
+        else:
+            advantages = out["advantages"].reshape(-1, 1)
+        out["advantages"] = advantages * weights
+        self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, p_think)
         return out
 
-    def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor) -> None:
+    def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor,
+                        forced: torch.Tensor, difficulty: torch.Tensor, p_think: torch.Tensor) -> None:
+        """What users watch, in TRL's metrics (and so in ``metrics.jsonl``): the think ratio of the answers the
+        policy chose (forced ones left out), accuracy and tokens per mode (forced ones in: they measure the
+        mode), the policy's mean P(<think>), group health; and per difficulty level ``think_ratio/k<level>``,
+        ``p_think/k<level>``, ``accuracy_think/k<level>``, ``accuracy_short/k<level>``."""
         if self.recorder is None or not self.recorder.last_outcomes:
             return
         mode = "train" if self.model.training else "eval"
@@ -166,7 +262,9 @@ class DeGRPOMixin:
         def ratio(num, den):
             return (num / den).item() if den > 0 else float("nan")
 
-        metrics["think_ratio"].append(ratio(think.sum(), n))
+        free = 1.0 - forced.to(device)
+        metrics["think_ratio"].append(ratio((think * free).sum(), free.sum()))
+        metrics["p_think"].append(p_think.mean().item())
         metrics["accuracy"].append(ratio(correct.sum(), n))
         metrics["accuracy_think"].append(ratio((correct * think).sum(), think.sum()))
         metrics["accuracy_short"].append(ratio((correct * short).sum(), short.sum()))
@@ -176,6 +274,13 @@ class DeGRPOMixin:
         metrics["groups_all_correct"].append((groups.min(1).values == 1).float().mean().item())
         metrics["groups_all_wrong"].append((groups.max(1).values == 0).float().mean().item())
         metrics["groups_dropped"].append(1.0 - keep_all.float().view(-1, self.num_generations)[:, 0].mean().item())
+        difficulty, p_think = difficulty.to(device), p_think.to(device)
+        for level in sorted({int(v) for v in difficulty.tolist()}):
+            at = (difficulty == level).float()
+            metrics[f"think_ratio/k{level}"].append(ratio((think * free * at).sum(), (free * at).sum()))
+            metrics[f"p_think/k{level}"].append(ratio((p_think * at).sum(), at.sum()))
+            metrics[f"accuracy_think/k{level}"].append(ratio((correct * think * at).sum(), (think * at).sum()))
+            metrics[f"accuracy_short/k{level}"].append(ratio((correct * short * at).sum(), (short * at).sum()))
 
 
 

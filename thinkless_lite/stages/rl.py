@@ -111,6 +111,8 @@ def main(cfg: RunConfig) -> dict:
         model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
         processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
         drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
+        mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
+        within_mode_advantages=cfg.rl.within_mode_advantages, control_tokens=tokens,
         callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
     if resume:
         print(f"resuming RL from {resume}")
@@ -134,5 +136,5 @@ def main(cfg: RunConfig) -> dict:
     return summary
 
 
-FINAL_KEYS = ("think_ratio", "accuracy", "accuracy_think", "accuracy_short", "reward", "format_error_rate",
+FINAL_KEYS = ("think_ratio", "p_think", "accuracy", "accuracy_think", "accuracy_short", "reward", "format_error_rate",
               "tokens_think", "tokens_short", "groups_all_correct", "groups_all_wrong", "kl", "loss")

@@ -1,0 +1,115 @@
+"""Mode-balanced groups: forcing part of every group to each mode keeps the mode choice's gradient exact.
+
+The control token's expected gradient is proven by enumeration on a toy with two modes (every free choice and
+every right/wrong outcome weighed by its probability), against the exact on-policy value; and it is shown to be
+wrong when the correction is removed (plain group advantages on a forced group).
+"""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from thinkless_lite.losses import NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, group_advantages, mode_advantages
+from thinkless_lite.rewards import RewardTable
+
+TABLE = RewardTable()
+
+
+def reward(mode: int, correct: bool) -> float:
+    if mode == SHORT_MODE:
+        return TABLE.short_correct if correct else TABLE.short_wrong
+    return TABLE.think_correct if correct else TABLE.think_wrong
+
+
+def score_gradient(mode: int, p_think: float) -> float:
+    """d log pi(mode) / d theta for pi(think) = sigmoid(theta): the one parameter of the toy's mode choice."""
+    return 1.0 - p_think if mode == THINK_MODE else -p_think
+
+
+def expected_control_gradient(p_think: float, accuracy: dict, group_size: int, balance: float, corrected: bool):
+    """E[(1/G) sum_i A_i d log pi(c_i)] over every free choice and every outcome, by enumeration."""
+    pattern = forced_modes(group_size, balance)
+    free = [k for k, m in enumerate(pattern) if m is None]
+    total = 0.0
+    for free_modes in itertools.product((SHORT_MODE, THINK_MODE), repeat=len(free)):
+        modes = list(pattern)
+        for k, m in zip(free, free_modes):
+            modes[k] = m
+        p_modes = math.prod(p_think if m == THINK_MODE else 1 - p_think for m in free_modes)
+        for outcome in itertools.product((True, False), repeat=group_size):
+            p_outcome = math.prod(accuracy[m] if ok else 1 - accuracy[m] for m, ok in zip(modes, outcome))
+            rewards = torch.tensor([reward(m, ok) for m, ok in zip(modes, outcome)])
+            modes_t = torch.tensor(modes)
+            if corrected:
+                control, _ = mode_advantages(rewards, modes_t, torch.full((group_size,), 1 - p_think),
+                                             torch.full((group_size,), p_think), group_size)
+            else:
+                control = group_advantages(rewards, group_size)
+            estimate = sum(a.item() * score_gradient(m, p_think) for a, m in zip(control, modes)) / group_size
+            total += p_modes * p_outcome * estimate
+    return total
+
+
+def exact_control_gradient(p_think: float, accuracy: dict) -> float:
+    """d/d theta of E_{c ~ pi}[E[r | c]] = p (1 - p) (E[r | think] - E[r | short])."""
+    value = {m: accuracy[m] * reward(m, True) + (1 - accuracy[m]) * reward(m, False) for m in accuracy}
+    return p_think * (1 - p_think) * (value[THINK_MODE] - value[SHORT_MODE])
+
+
+@pytest.mark.parametrize("p_think, accuracy", [(0.3, {SHORT_MODE: 0.9, THINK_MODE: 0.95}),
+                                               (0.05, {SHORT_MODE: 0.4, THINK_MODE: 0.9}),
+                                               (0.8, {SHORT_MODE: 0.6, THINK_MODE: 0.7})])
+@pytest.mark.parametrize("group_size, balance", [(4, 0.5), (6, 1.0), (8, 0.25)])
+def test_forced_groups_give_the_exact_on_policy_mode_gradient(p_think, accuracy, group_size, balance):
+    expected = expected_control_gradient(p_think, accuracy, group_size, balance, corrected=True)
+    assert expected == pytest.approx(exact_control_gradient(p_think, accuracy), rel=1e-5, abs=1e-9)
+
+
+@pytest.mark.parametrize("p_think, accuracy", [(0.05, {SHORT_MODE: 0.4, THINK_MODE: 0.9}),
+                                               (0.8, {SHORT_MODE: 0.9, THINK_MODE: 0.7})])
+def test_without_the_correction_forced_groups_bias_the_mode_gradient(p_think, accuracy):
+    """Plain group advantages on a forced group: the mode choice is pushed by how often each mode was forced, not
+    by how often the policy picks it (here off by a factor, even in sign-preserving cases)."""
+    exact = exact_control_gradient(p_think, accuracy)
+    plain = expected_control_gradient(p_think, accuracy, 4, 0.5, corrected=False)
+    assert abs(plain - exact) > 0.2 * abs(exact)
+
+
+def test_forced_modes_pattern_and_refusals():
+    assert forced_modes(8, 0.0) == [None] * 8
+    assert forced_modes(8, 0.5) == [THINK_MODE, THINK_MODE, SHORT_MODE, SHORT_MODE, None, None, None, None]
+    assert forced_modes(8, 1.0) == [THINK_MODE] * 4 + [SHORT_MODE] * 4
+    assert forced_modes(4, 0.5) == [THINK_MODE, SHORT_MODE, None, None]
+    with pytest.raises(ValueError, match="forces no sample of each mode"):
+        forced_modes(8, 0.2)
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        forced_modes(8, 1.5)
+
+
+def test_within_mode_advantages_by_hand():
+    """One group: two think answers (0.5 right, -1 wrong), two short ones (1, 1), pi(think) = 0.25."""
+    rewards = torch.tensor([0.5, -1.0, 1.0, 1.0])
+    modes = torch.tensor([THINK_MODE, THINK_MODE, SHORT_MODE, SHORT_MODE])
+    control, response = mode_advantages(rewards, modes, torch.full((4,), 0.75), torch.full((4,), 0.25), 4,
+                                        within_mode=True)
+    value = 0.75 * 1.0 + 0.25 * -0.25
+    assert control.tolist() == pytest.approx([4 * 0.25 * (-0.25 - value) / 2] * 2 + [4 * 0.75 * (1.0 - value) / 2] * 2)
+    assert response.tolist() == pytest.approx([0.75, -0.75, 0.0, 0.0])
+    _, plain = mode_advantages(rewards, modes, torch.full((4,), 0.75), torch.full((4,), 0.25), 4)
+    assert plain.tolist() == pytest.approx((rewards - rewards.mean()).tolist())
+
+
+def test_a_group_with_one_mode_keeps_the_plain_advantage_and_an_unmoded_answer_is_scored_against_the_value():
+    rewards = torch.tensor([1.0, -1.0, 1.0, 1.0, 0.5, -1.0, 1.0, -1.0])
+    modes = torch.tensor([SHORT_MODE] * 4 + [THINK_MODE, NO_MODE, SHORT_MODE, SHORT_MODE])
+    p_short, p_think = torch.full((8,), 0.6), torch.full((8,), 0.4)
+    control, response = mode_advantages(rewards, modes, p_short, p_think, 4, within_mode=True)
+    plain = group_advantages(rewards, 4)
+    assert control[:4].tolist() == pytest.approx(plain[:4].tolist())
+    assert response[:4].tolist() == pytest.approx(plain[:4].tolist())
+    value = 0.6 * 0.0 + 0.4 * 0.5  # short mean 0, think mean 0.5
+    assert control[5].item() == pytest.approx(-1.0 - value)
+    assert response[5].item() == pytest.approx(plain[5].item())
+    assert control[4].item() == pytest.approx(4 * 0.4 * (0.5 - value))

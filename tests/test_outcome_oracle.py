@@ -1,0 +1,57 @@
+"""The reward-optimal router that the outcome benchmarks judge routing against (benchmarks/outcome.py)."""
+
+import sys
+
+import pytest
+
+from thinkless_lite.rewards import RewardTable
+
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from outcome import describe, reward_oracle, targets  # noqa: E402
+
+
+def level(accuracy, tokens, think_ratio):
+    return {"n": 20, "accuracy": accuracy, "think_ratio": think_ratio, "mean_tokens": tokens}
+
+
+def report(auto_levels, think_levels, short_levels):
+    def mode(levels, mix_accuracy):
+        return {"accuracy": sum(v["accuracy"] for v in levels.values()) / len(levels),
+                "mean_tokens": sum(v["mean_tokens"] for v in levels.values()) / len(levels),
+                "by_difficulty": levels, "on_mix": {"accuracy": mix_accuracy, "think_ratio": 0.0, "mean_tokens": 10.0}}
+
+    return {"wall_time_seconds": 60.0, "final": {"benchmarks": {"miniworld": {
+        "auto": mode(auto_levels, 0.837), "think": mode(think_levels, 0.975), "short": mode(short_levels, 0.837)}}}}
+
+
+# SmolLM2 after the collapsed DeGRPO run (issue 20): forced short 100/80/55%, forced think 100/95/95%.
+THINK = {"1": level(1.0, 60, 1), "2": level(0.95, 75, 1), "3": level(0.95, 90, 1)}
+SHORT = {"1": level(1.0, 8, 0), "2": level(0.80, 11, 0), "3": level(0.55, 13, 0)}
+MIX = {1: 0.5, 2: 0.25, 3: 0.25}
+
+
+def test_the_oracle_answers_directly_while_that_pays_more_and_thinks_where_it_does_not():
+    oracle = reward_oracle({"think": {"by_difficulty": THINK}, "short": {"by_difficulty": SHORT}}, RewardTable(), MIX)
+    modes = {k: v["mode"] for k, v in oracle["by_difficulty"].items()}
+    assert modes == {"1": "short", "2": "short", "3": "think"}  # 0.8 right pays 0.6 > 0.425; 0.55 pays 0.1 < 0.425
+    assert oracle["on_mix"]["accuracy"] == pytest.approx(0.5 * 1.0 + 0.25 * 0.80 + 0.25 * 0.95)  # 93.75%
+    assert oracle["on_mix"]["think_ratio"] == pytest.approx(0.25)
+    assert oracle["on_mix"]["mean_tokens"] == pytest.approx(0.5 * 8 + 0.25 * 11 + 0.25 * 90)
+
+
+def test_another_reward_table_moves_the_oracle():
+    generous = RewardTable(think_correct=0.9)  # thinking nearly as welcome as a direct answer
+    oracle = reward_oracle({"think": {"by_difficulty": THINK}, "short": {"by_difficulty": SHORT}}, generous, MIX)
+    assert oracle["by_difficulty"]["2"]["mode"] == "think"  # 0.95*0.9-0.05 = 0.805 > 0.6
+
+
+def test_the_collapsed_run_misses_the_oracle_target_by_ten_points():
+    collapsed = report(SHORT, THINK, SHORT)
+    rows = {label: (value, ok) for label, value, _, ok in targets(collapsed, 60, table=RewardTable(), mix=MIX,
+                                                                   think_bounds=(0.2, 0.8))}
+    value, ok = rows["auto acc - reward-oracle acc, default mix (points)"]
+    assert value == pytest.approx(100 * (0.837 - 0.9375)) and not ok
+    assert not rows["think ratio at k=3"][1] and rows["think ratio at k=1"][1]
+    assert "reward oracle" in describe("collapsed", collapsed, 60, table=RewardTable(), mix=MIX)
