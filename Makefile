@@ -15,7 +15,7 @@ $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1; then \
-	  $(BIN)/pip install -q -e '.[unsloth]'; \
+	  $(BIN)/pip install -q -e '.[unsloth,gguf]'; \
 	else \
 	  $(BIN)/pip install -q -r requirements/cpu.txt && $(BIN)/pip install -q --no-deps -e .; \
 	fi

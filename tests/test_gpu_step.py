@@ -32,11 +32,11 @@ def test_shapes_are_the_real_qwen2_numbers():
             small["num_attention_heads"], small["num_key_value_heads"]) == (1536, 8960, 28, 12, 2)
     assert (large["hidden_size"], large["intermediate_size"], large["num_hidden_layers"],
             large["num_attention_heads"], large["num_key_value_heads"]) == (3584, 18944, 28, 28, 4)
-    for shape, tied in ((small, True), (large, False)):
+    for shape, tied in ((small, False), (large, False)):  # R1-Distill-Qwen-1.5B's head is untied
         assert shape["vocab_size"] == 151936 and shape["tie_word_embeddings"] is tied
         assert shape["rope_theta"] == 1e6 and shape["max_position_embeddings"] == 32768
-    # Parameter counts of the hub models (model cards): 1.54B and 7.61B.
-    assert round(count_params(small) / 1e9, 2) == 1.54
+    # Parameter counts of the hub models (model cards): 1.78B (R1-Distill-Qwen-1.5B) and 7.61B.
+    assert round(count_params(small) / 1e9, 2) == 1.78
     assert round(count_params(large) / 1e9, 2) == 7.61
     assert prompt_lengths(4, 256) == [256, 214, 171, 128] and prompt_lengths(1, 9) == [9]
 
@@ -99,10 +99,12 @@ def test_cpu_verify_loss_passes_against_degrpo_loss(tmp_path):
     assert hf["loss_with_per_sequence_advantages"] == pytest.approx(hf["expected_loss_if_per_sequence"], abs=1e-6)
     for name in ("loss == closed form with (B, T) advantages", "loss == degrpo_loss on plain-forward log-probs",
                  "gradients == degrpo_loss gradients", "the gradient check tells (B, T) from (B,) advantages",
-                 "prompts of mixed lengths", "every LoRA tensor has a gradient"):
+                 "prompts of mixed lengths", "every LoRA tensor and control row has a gradient",
+                 "control rows trainable"):
         assert checks[f"tiny/hf: {name}"]["status"] == "PASS", name
+    assert len(hf["control_rows"]["tensors"]) == 1 and hf["control_rows"]["frozen"] == []  # tied: one row tensor
     md = out.with_suffix(".md").read_text()
-    assert "LOSS CHECK: PASS (6 passed, 0 failed)" in md and "| tiny | unsloth | skipped" in md
+    assert "LOSS CHECK: PASS (7 passed, 0 failed)" in md and "| tiny | unsloth | skipped" in md
 
 
 def test_verify_exits_non_zero_when_nothing_was_checked(tmp_path):
@@ -114,7 +116,9 @@ def test_verify_exits_non_zero_when_nothing_was_checked(tmp_path):
 def _verify_record(tmp_path: Path, backend: str, grads: dict, **extra) -> dict:
     path = tmp_path / f"{backend}.pt"
     torch.save(grads, path)
+    rows = {k: {"trainable": True, "dtype": "float32", "shape": [3, 4]} for k in grads if "trainable_tokens" in k}
     record = {"shape": "1.5b", "backend": backend, "status": "ok", "loss": 0.25, "expected_loss_bt": 0.25,
+              "control_rows": {"tensors": rows, "frozen": []},
               "expected_loss_if_per_sequence": 0.2, "grad_tensors": len(grads), "zero_grad_names": [],
               "batch": {"prompt_lengths": [256, 200, 128]}, "grads_file": str(path)}
     return {**record, **extra}
@@ -123,8 +127,10 @@ def _verify_record(tmp_path: Path, backend: str, grads: dict, **extra) -> dict:
 def test_verdicts_and_targets_on_gpu_records(tmp_path):
     """The decisions a GPU run is judged by, on records shaped like a GPU run's."""
     torch.manual_seed(0)
-    grads = {"a.lora_A.default.weight": torch.randn(4, 3), "a.lora_B.default.weight": torch.randn(3, 4)}
-    hf = _verify_record(tmp_path, "hf", grads, reference={"loss": 0.25, "compared_tensors": 2, "rel_l2": 1e-3,
+    grads = {"a.lora_A.default.weight": torch.randn(4, 3), "a.lora_B.default.weight": torch.randn(3, 4),
+             "model.embed_tokens.token_adapter.trainable_tokens_delta.default": torch.randn(3, 4),
+             "lm_head.token_adapter.trainable_tokens_delta.default": torch.randn(3, 4)}
+    hf = _verify_record(tmp_path, "hf", grads, reference={"loss": 0.25, "compared_tensors": 4, "rel_l2": 1e-3,
                                                         "cosine": 0.9999, "max_abs": 1e-4},
                         per_sequence_vs_bt={"cosine": 0.5, "rel_l2": 0.9})
     close = {k: v * 1.01 for k, v in grads.items()}
@@ -135,7 +141,20 @@ def test_verdicts_and_targets_on_gpu_records(tmp_path):
     results["runs"][1] = _verify_record(tmp_path, "unsloth", flipped)
     checks = report.verify_checks(results)
     assert report.verdict(checks) == "FAIL"
-    assert [c["check"] for c in checks if c["status"] == "FAIL"] == ["1.5b/unsloth: gradients == hf's"]
+    assert [c["check"] for c in checks if c["status"] == "FAIL"] == ["1.5b/unsloth: gradients == hf's",
+                                                                      "1.5b/unsloth: control-row gradients == hf's"]
+    # A control row hf trains but unsloth does not (frozen there: no gradient saved) fails both comparisons.
+    frozen_rows = {k: v for k, v in close.items() if not k.startswith("lm_head")}
+    results["runs"][1] = _verify_record(tmp_path, "unsloth", frozen_rows)
+    failed = [c for c in report.verify_checks(results) if c["status"] == "FAIL"]
+    assert [c["check"] for c in failed] == ["1.5b/unsloth: gradients == hf's",
+                                            "1.5b/unsloth: control-row gradients == hf's"]
+    assert "lm_head.token_adapter.trainable_tokens_delta.default" in failed[0]["note"]
+    # Frozen control rows reported by the worker fail that backend's own check.
+    results["runs"][1] = _verify_record(tmp_path, "unsloth", close,
+                                        control_rows={"tensors": {}, "frozen": ["x.trainable_tokens_delta.default"]})
+    assert "1.5b/unsloth: control rows trainable" in [c["check"] for c in report.verify_checks(results)
+                                                      if c["status"] == "FAIL"]
     results["runs"][1] = _verify_record(tmp_path, "unsloth", close, loss=0.3)
     assert [c["check"] for c in report.verify_checks(results) if c["status"] == "FAIL"] == \
         ["1.5b/unsloth: loss == closed form with (B, T) advantages"]
@@ -161,10 +180,42 @@ def test_verdicts_and_targets_on_gpu_records(tmp_path):
     assert [r["status"] for r in rows] == ["MISS", "PASS", "n/a"]
 
 
+def test_gpu_check_dry_run_runs_every_part_and_writes_at_most_four_files(tmp_path):
+    """The prepared GPU call on CPU: parts (a)-(d) on tiny tied and untied shapes, one summary, <= 4 files."""
+    import os
+    import sys
+
+    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=sys.executable, GPU_CHECK_WORK=str(tmp_path / "work"))
+    done = subprocess.run(["bash", str(REPO / "scripts" / "gpu_check.sh"), "--dry-run"], capture_output=True, text=True,
+                          env=env, check=False, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    files = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert sorted(p.name for p in files) == ["gpu_check.json", "gpu_check.log", "gpu_check.md"]
+    summary = json.loads((tmp_path / "out" / "dry-run" / "gpu_check.json").read_text())
+    parts = {p["part"][:3]: p for p in summary["parts"]}
+    assert list(parts) == ["(a)", "(b)", "(c)", "(d)"]
+    assert parts["(a)"]["verdict"] == "PASS" and parts["(b)"]["verdict"] == "PASS"
+    assert parts["(b)"]["settings"]["shapes"] == ["tiny-untied"]  # the untied layout is loss-checked
+    hf = next(r for r in parts["(b)"]["runs"] if r["backend"] == "hf")
+    assert len(hf["control_rows"]["tensors"]) == 2  # embedding and head rows
+    assert all(r["status"] == "ok" for p in ("(c)", "(d)") for r in parts[p]["runs"] if r["backend"] == "hf")
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_gpu_package_has_no_import_cycle():
+    """worker dispatches to smoke/bench/verify, which share loading; none of them imports worker."""
+    import ast
+
+    for name in ("loading", "smoke", "bench", "verify", "report", "inputs", "shapes", "common"):
+        tree = ast.parse((REPO / "benchmarks" / "gpu" / f"{name}.py").read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        assert "benchmarks.gpu.worker" not in imported and "benchmarks.gpu.cli" not in imported, name
+
+
 def test_gpu_check_script_parses_its_arguments():
     script = REPO / "scripts" / "gpu_check.sh"
     assert subprocess.run(["bash", "-n", str(script)], check=False).returncode == 0
     shown = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=False)
-    assert shown.returncode == 0 and "--install-only" in shown.stdout and "--dry-run" in shown.stdout
+    assert shown.returncode == 0 and "--budget" in shown.stdout and "--dry-run" in shown.stdout
     assert subprocess.run(["bash", str(script), "--bogus"], capture_output=True, check=False).returncode == 2
     assert subprocess.run(["bash", str(script), "--budget", "soon"], capture_output=True, check=False).returncode == 2

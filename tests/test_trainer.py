@@ -22,12 +22,16 @@ def test_trl_is_the_pinned_version_and_the_hooks_we_use_exist():
     assert trl.__version__ == "1.15.0", "re-check DeGRPOTrainer's hooks before bumping TRL"
     for hook, params in [("_generate_and_score_completions", ["inputs"]),
                          ("_calculate_rewards", ["inputs", "prompts", "completions", "completion_ids_list"]),
-                         ("_get_per_token_logps_and_entropies", ["model", "input_ids", "attention_mask", "logits_to_keep"])]:
+                         ("_get_per_token_logps_and_entropies", ["model", "input_ids", "attention_mask", "logits_to_keep"]),
+                         ("_generate_single_turn", ["prompt_ids", "images", "multimodal_fields", "num_generations"])]:
         signature = inspect.signature(getattr(GRPOTrainer, hook))
         assert list(signature.parameters)[1:1 + len(params)] == params, hook
     source = inspect.getsource(GRPOTrainer._compute_loss)
     assert "advantages.dim() == 1" in source, "TRL no longer accepts (B, T) advantages"
     assert 'inputs["num_items_in_batch"]' in source, "dapo normaliser changed"
+    # Forced modes: prompts reach _generate_single_turn as token-id lists, and it returns (completion ids, logprobs).
+    assert "self._generate_single_turn(\n                prompt_ids, images, multimodal_fields, num_generations" in \
+        inspect.getsource(GRPOTrainer._generate)
 
 
 def fixed_rewards(completions, **kwargs):
@@ -175,7 +179,15 @@ def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_adv
     rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
+    embeddings = trainer.model.get_input_embeddings().token_adapter
+    base_rows = embeddings.base_layer.weight.detach().clone()
+    with torch.no_grad():  # trained rows away from the base's, so a fold left behind would show
+        for delta in embeddings.trainable_tokens_delta.values():
+            delta.add_(1.0)
     batch = trainer._generate_and_score_completions(rows)
+    # The rows were folded into the table while generating, and taken out again.
+    assert not any(layer.merged for layer in trainer.model.modules() if type(layer).__name__ == "TrainableTokensLayer")
+    assert torch.equal(embeddings.base_layer.weight, base_rows)
     first = batch["completion_ids"][:, 0].view(-1, GROUP)
     think_id, short_id = trainer.mode_ids[THINK_MODE], trainer.mode_ids[SHORT_MODE]
     assert (first[:, 0] == think_id).all() and (first[:, 1] == short_id).all()

@@ -10,7 +10,8 @@
 
 Recipes shipped: mini (default), smollm2_135m_cpu, r1_distill_1.5b_t4, qwen2.5_1.5b_instruct_t4, or a path.
 Any key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``; ``rl.*`` and ``warmup.*`` also
-take any field of TRL's GRPOConfig / SFTConfig (``--set rl.vllm_mode=colocate``).
+take any field of TRL's GRPOConfig / SFTConfig (``--set rl.top_p=0.95``; vLLM generation is not supported:
+docs/gpu.md).
 """
 
 from __future__ import annotations

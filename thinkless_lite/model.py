@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from thinkless_lite.compat import bf16_native, four_bit_layout, plain_4bit_layout
-from thinkless_lite.config import ModelConfig
+from thinkless_lite.config import ConfigError, ModelConfig
 from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, ControlTokens, neutralise_chat_template
 
 log = logging.getLogger("thinkless_lite")
@@ -95,11 +95,13 @@ def compute_dtype(name: str) -> torch.dtype:
 
 # ---------------------------------------------------------------- tokenizer
 
-def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = ()) -> list[int]:
-    """Pad token, chat template (override, fallback, neutralised), control tokens. Returns new token ids.
+def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = (), base_rows: int = 0) -> list[int]:
+    """Pad token, chat template (override, fallback, neutralised, BOS), control tokens. Returns new token ids.
 
     Control tokens are added as *non-special* tokens: TRL decodes completions with
-    ``skip_special_tokens=True`` and the reward must still see which mode was chosen.
+    ``skip_special_tokens=True`` and the reward must still see which mode was chosen. Every token added
+    here gets a fresh id past every id the tokenizer uses and every row of the base's embedding
+    (``base_rows``), so :func:`grow_vocabulary` gives it a new row that starts at its word.
     """
     tokens = cfg.control_tokens
     if cfg.chat_template:
@@ -109,8 +111,9 @@ def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = ()) 
                       stacklevel=2)
         tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
     tokenizer.chat_template = neutralise_chat_template(tokenizer.chat_template, tokens)
-    pad_ids = ensure_distinct_pad_token(tokenizer, end_ids)
-    return pad_ids + ensure_control_tokens(tokenizer, tokens)
+    move_bos_into_template(tokenizer)
+    pad_ids = ensure_distinct_pad_token(tokenizer, end_ids, base_rows)
+    return pad_ids + ensure_control_tokens(tokenizer, tokens, base_rows)
 
 
 # Pad-like tokens that bases ship unused, most specific first (the list Unsloth's pad repair also uses).
@@ -119,7 +122,7 @@ PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<pad>"
 ADDED_PAD_TOKEN = "<|pad|>"
 
 
-def ensure_distinct_pad_token(tokenizer, end_ids: Iterable[int] = ()) -> list[int]:
+def ensure_distinct_pad_token(tokenizer, end_ids: Iterable[int] = (), base_rows: int = 0) -> list[int]:
     """Give the tokenizer a pad token that ends nothing; return its id if one had to be added.
 
     ``end_ids`` are the model's other end-of-sequence ids (its generation config's), which TRL also
@@ -138,26 +141,194 @@ def ensure_distinct_pad_token(tokenizer, end_ids: Iterable[int] = ()) -> list[in
         if candidate in vocab and vocab[candidate] not in ends:
             tokenizer.pad_token = candidate
             return []
-    tokenizer.add_special_tokens({"pad_token": ADDED_PAD_TOKEN})
-    return [tokenizer.pad_token_id]
+    added = add_fresh_tokens(tokenizer, [ADDED_PAD_TOKEN], base_rows, special=True)
+    tokenizer.pad_token = ADDED_PAD_TOKEN
+    return added
 
 
-def ensure_control_tokens(tokenizer, tokens: ControlTokens) -> list[int]:
-    """Add the control strings the tokenizer lacks as single tokens; return the ids that are new."""
+def ensure_control_tokens(tokenizer, tokens: ControlTokens, base_rows: int = 0) -> list[int]:
+    """Add the control strings the tokenizer lacks as single tokens at fresh ids (past every id the tokenizer
+    uses and every one of the base's ``base_rows`` embedding rows); return the ids that are new.
+
+    A plain ``add_tokens`` hands out ``len(tokenizer)``, which is an existing token's id when the vocabulary
+    has a hole (a GGUF conversion that dropped a duplicate string), and a pretrained, never-initialised
+    padding row when the embedding is larger than the vocabulary (Qwen: 151,936 rows for 151,665 tokens).
+    Strings the tokenizer already holds are reused with their own ids and rows (``<think>`` on R1-Distill).
+    """
     vocab = tokenizer.get_vocab()
     missing = [t for t in tokens.all if t not in vocab]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=False)
+    added = add_fresh_tokens(tokenizer, missing, base_rows) if missing else []
     for t in tokens.all:
         ids = tokenizer(t, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             raise ValueError(f"control token {t!r} does not encode to a single token (got {ids}); "
                              "choose strings the tokenizer can hold as one token")
-    return [tokenizer.convert_tokens_to_ids(t) for t in missing]
+    check_control_ids(tokenizer, tokens)
+    return added
 
 
 def control_token_ids(tokenizer, tokens: ControlTokens) -> dict[str, int]:
     return {"short": tokenizer.convert_tokens_to_ids(tokens.short), "think": tokenizer.convert_tokens_to_ids(tokens.think)}
+
+
+def token_id_bound(tokenizer) -> int:
+    """One past the highest id the tokenizer uses: the embedding rows it needs. ``len(tokenizer)`` counts
+    strings, which is fewer when the ids have holes or tokens were placed past the base's rows."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+
+
+def add_fresh_tokens(tokenizer, strings: list[str], base_rows: int = 0, *, special: bool = False) -> list[int]:
+    """Add ``strings`` as single (added) tokens at ids ``max(base_rows, token_id_bound)`` onwards; return them.
+
+    ``tokenizers`` gives a new added token ``model.get_vocab_size()``, which is an existing token's id when
+    the ids have a hole, and cannot be told another id. So the strings are first written into the model's
+    own vocabulary at the ids chosen here, then registered as added tokens (which keeps a model id).
+    Every id the tokenizer had is checked to be unchanged.
+    """
+    import json
+
+    from tokenizers import AddedToken, Tokenizer
+
+    strings = [s for s in strings if s not in tokenizer.get_vocab()]
+    if not strings:
+        return []
+    start = max(int(base_rows), token_id_bound(tokenizer))
+    before = tokenizer.get_vocab()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    data = json.loads(backend.to_str()) if backend is not None else None
+    vocab = (data or {}).get("model", {}).get("vocab")
+    if isinstance(vocab, dict):
+        # Added tokens outside the model vocabulary keep their ids only if the model holds them too.
+        for entry in data.get("added_tokens", []):
+            vocab.setdefault(entry["content"], entry["id"])
+        for offset, text in enumerate(strings):
+            vocab[text] = start + offset
+    elif isinstance(vocab, list) and len(vocab) == start:
+        low = min((score for _, score in vocab), default=0.0)
+        vocab.extend([text, low - 10.0] for text in strings)  # Unigram: ids are positions; never chosen by score
+    else:
+        raise ValueError(f"cannot give {strings} fresh ids past {start} in a {type(tokenizer).__name__} "
+                         f"({(data or {}).get('model', {}).get('type', 'no tokenizers backend')}); set model.tokenizer "
+                         "to a fast tokenizer (tokenizer.json) with the same ids")
+    tokenizer._tokenizer = Tokenizer.from_str(json.dumps(data))
+    tokenizer.add_tokens([AddedToken(text, special=special, normalized=False) for text in strings],
+                         special_tokens=special)
+    after = tokenizer.get_vocab()
+    moved = {text: (i, after.get(text)) for text, i in before.items() if after.get(text) != i}
+    if moved:
+        raise RuntimeError(f"adding {strings} changed the ids of existing tokens: {dict(list(moved.items())[:5])}")
+    ids = [after.get(text) for text in strings]
+    if ids != list(range(start, start + len(strings))):
+        raise RuntimeError(f"{strings} got ids {ids}, not the fresh ids {start}..{start + len(strings) - 1}")
+    return ids
+
+
+def check_control_ids(tokenizer, tokens: ControlTokens, *, base_rows: int = 0, new: Iterable[str] = ()) -> None:
+    """Fail loudly when a control token shares its id with another token, or when one the base lacked
+    (``new``) sits on one of the base's ``base_rows`` rows, which :func:`grow_vocabulary` never initialises."""
+    owners: dict[int, list[str]] = {}
+    for text, token_id in tokenizer.get_vocab().items():
+        owners.setdefault(token_id, []).append(text)
+    for text in tokens.all:
+        token_id = tokenizer.convert_tokens_to_ids(text)
+        if owners.get(token_id, []) != [text]:
+            raise RuntimeError(f"control token {text!r} has id {token_id}, which is also "
+                               f"{[o for o in owners.get(token_id, []) if o != text]}: it would train and read an "
+                               "existing token's row. The tokenizer's ids have a hole (len(tokenizer) < highest id + 1)"
+                               "; add control tokens with model.add_fresh_tokens")
+        if text in set(new) and token_id < base_rows:
+            raise RuntimeError(f"control token {text!r} has id {token_id}, a row of the base's {base_rows}-row "
+                               "embedding that was never initialised from its word; new control tokens must get "
+                               "ids past the base's rows (model.add_fresh_tokens)")
+
+
+def bos_wanted(tokenizer) -> bool:
+    """Whether the model expects its BOS token first: the tokenizer adds one (its config's ``add_bos_token``,
+    which a GGUF conversion takes from ``tokenizer.ggml.add_bos_token``)."""
+    if tokenizer.bos_token is None:
+        return False
+    if getattr(tokenizer, "add_bos_token", False):
+        return True
+    ids = tokenizer("a")["input_ids"]
+    return bool(ids) and ids[0] == tokenizer.bos_token_id
+
+
+SAMPLE_MESSAGES = [{"role": "system", "content": "You are helpful."}, {"role": "user", "content": "Hello there"}]
+
+
+def move_bos_into_template(tokenizer) -> bool:
+    """BOS once, in the text: when the model wants BOS, the chat template writes it (``{{ bos_token }}`` is
+    prepended when it does not) and the tokenizer stops adding it on its own.
+
+    Every path then sees the same ids: TRL's trainers tokenise the formatted prompt with special tokens on,
+    generation with them off; with BOS both in the template and added by the tokenizer, training would see
+    two. Returns whether BOS is written.
+    """
+    if not bos_wanted(tokenizer):
+        return False
+    rendered = tokenizer.apply_chat_template(SAMPLE_MESSAGES, tokenize=False, add_generation_prompt=True)
+    if not rendered.startswith(tokenizer.bos_token):
+        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    if hasattr(type(tokenizer), "add_bos_token"):  # a property whose setter rebuilds the post-processor
+        tokenizer.add_bos_token = False
+    ids = tokenizer("a")["input_ids"]
+    if ids and ids[0] == tokenizer.bos_token_id:
+        raise RuntimeError(f"{type(tokenizer).__name__} still adds {tokenizer.bos_token!r} on its own; its chat "
+                           "template writes it already, so training would see it twice")
+    return True
+
+
+# A fixed English sample: any subword tokenizer holds most of these words whole.
+SANITY_SAMPLE = "The quick brown fox jumps over the lazy dog. What is the answer to this question? Think about it."
+CHARACTER_LEVEL = 0.7  # tokens per character at or above which a tokenizer is splitting text into characters
+MARKER = re.compile(r"<[^<>\s]{1,40}>")
+
+
+def check_tokenizer(tokenizer, source: str) -> None:
+    """Refuse a tokenizer that cannot be the model's: ordinary text in single characters although the vocabulary
+    holds whole words (a GGUF conversion that lost its merges or scores), or the chat template's markers not
+    single tokens although the vocabulary holds them. Warn when a marker is not in the vocabulary at all (a
+    fallback template the model never saw). A character-level vocabulary (the mini base) passes.
+    """
+    ids = tokenizer(SANITY_SAMPLE, add_special_tokens=False)["input_ids"]
+    ratio = len(ids) / len(SANITY_SAMPLE)
+    vocab = tokenizer.get_vocab()
+    words = sorted({w for w in re.findall(r"[A-Za-z]{4,}", SANITY_SAMPLE)})
+    whole = [w for w in words if any(form + w in vocab for form in ("", "\u0120", "\u2581", " "))]
+    if ratio >= CHARACTER_LEVEL and whole:
+        raise ConfigError(
+            f"the tokenizer from {source} splits ordinary text into characters ({len(ids)} tokens for "
+            f"{len(SANITY_SAMPLE)} characters of {SANITY_SAMPLE[:30]!r}...) although its vocabulary holds whole words "
+            f"({', '.join(whole[:4])}): it is not the tokenizer the model was trained with (a tokenizer converted "
+            "from a .gguf can lose its merges or scores). Set model.tokenizer to the model's original tokenizer "
+            "(a folder or hub id with the same token ids)")
+    rendered = tokenizer.apply_chat_template(SAMPLE_MESSAGES, tokenize=False, add_generation_prompt=True)
+    broken, unknown = [], []
+    for marker in dict.fromkeys(MARKER.findall(rendered)):
+        count = len(tokenizer(marker, add_special_tokens=False)["input_ids"])
+        if count > 1:
+            (broken if marker in vocab else unknown).append(f"{marker} ({count} tokens)")
+    if broken:
+        raise ConfigError(
+            f"the chat template's markers {', '.join(broken)} are in the vocabulary of the tokenizer from {source} "
+            "but do not encode as single tokens: the tokenizer does not treat them as special (a tokenizer converted "
+            "from a .gguf can lose them). Set model.tokenizer to the model's original tokenizer")
+    if unknown:
+        warnings.warn(f"the chat template writes {', '.join(unknown)}, which the tokenizer from {source} does not "
+                      "hold as single tokens: the model never saw this format. Set model.chat_template to the "
+                      "model's own format if it has one", stacklevel=2)
+
+
+def base_embedding_rows(name_or_path: str) -> int:
+    """Rows of the base's input embedding, from its config (no weights loaded); 0 when unknown."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    except (OSError, ValueError):
+        return 0
+    config = getattr(config, "get_text_config", lambda: config)()
+    return int(getattr(config, "vocab_size", 0) or 0)
 
 
 # ---------------------------------------------------------------- model
@@ -172,10 +343,16 @@ class LoadedModel:
 
 
 def _tokenizer_source(cfg: ModelConfig) -> str:
-    """An adapter folder saved by us carries the tokenizer that matches its embedding rows."""
+    """An adapter folder saved by us carries the tokenizer that matches its embedding rows; else
+    ``model.tokenizer`` when set (a tokenizer from elsewhere than the weights), else the base's."""
     if cfg.adapter_path and (Path(cfg.adapter_path) / "tokenizer_config.json").exists():
         return cfg.adapter_path
-    return resolve_model_path(cfg.name_or_path)
+    return _base_tokenizer_source(cfg)
+
+
+def _base_tokenizer_source(cfg: ModelConfig) -> str:
+    """Where the base's own tokenizer (before control tokens) comes from."""
+    return resolve_model_path(cfg.tokenizer) if cfg.tokenizer else resolve_model_path(cfg.name_or_path)
 
 
 def _load_hf(cfg: ModelConfig, backend: str, dtype: torch.dtype):
@@ -208,13 +385,13 @@ def control_rows_to_train(cfg: ModelConfig, tokenizer) -> list[int]:
     ``all`` matters for bases whose chat template writes ``<think>`` into the prompt (R1-Distill, our
     mini base): that token was never a prediction target, so its output row starts weak.
     """
-    if cfg.train_control_rows == "all":
-        wanted = cfg.control_tokens.all
-    else:
-        from transformers import AutoTokenizer
+    from transformers import AutoTokenizer
 
-        base_vocab = AutoTokenizer.from_pretrained(resolve_model_path(cfg.name_or_path)).get_vocab()
-        wanted = [t for t in cfg.control_tokens.all if t not in base_vocab]
+    base_vocab = AutoTokenizer.from_pretrained(_base_tokenizer_source(cfg)).get_vocab()
+    new = [t for t in cfg.control_tokens.all if t not in base_vocab]
+    if not cfg.adapter_path:  # an adapter brings its own rows; a fresh start must have initialised them
+        check_control_ids(tokenizer, cfg.control_tokens, base_rows=base_embedding_rows(cfg.name_or_path), new=new)
+    wanted = cfg.control_tokens.all if cfg.train_control_rows == "all" else new
     return [tokenizer.convert_tokens_to_ids(t) for t in wanted]
 
 
@@ -256,8 +433,11 @@ def load_tokenizer(cfg: ModelConfig):
     """The tokenizer a run uses: the adapter's when it has one, prepared (template, pad, control tokens)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_source(cfg))
-    new_ids = prepare_tokenizer(tokenizer, cfg, generation_end_ids(cfg.name_or_path))
+    source = _tokenizer_source(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    new_ids = prepare_tokenizer(tokenizer, cfg, generation_end_ids(cfg.name_or_path),
+                                base_embedding_rows(cfg.name_or_path))
+    check_tokenizer(tokenizer, source)
     return tokenizer, new_ids
 
 
@@ -275,13 +455,17 @@ def grow_vocabulary(model, tokenizer) -> int:
     Deterministic, so an adapter also loads onto a freshly resized base exactly.
     """
     old = model.get_input_embeddings().weight.shape[0]
-    size = len(tokenizer)
+    size = token_id_bound(tokenizer)
     if old >= size:
         return 0
     model.resize_token_embeddings(size, mean_resizing=False)
     sources = []
+    owners = {token_id: text for text, token_id in tokenizer.get_vocab().items() if token_id >= old}
     for token_id in range(old, size):
-        word = re.sub(r"[<>|]", "", tokenizer.convert_ids_to_tokens(token_id)) or "token"
+        if token_id not in owners:  # an id no token uses: the plain mean
+            sources.append([])
+            continue
+        word = re.sub(r"[<>|]", "", owners[token_id]) or "token"
         pieces = [i for i in tokenizer(word, add_special_tokens=False)["input_ids"] if i < old]
         sources.append(pieces)
     layers = [model.get_input_embeddings(), model.get_output_embeddings()]
@@ -342,6 +526,8 @@ def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> Lo
                 target_modules=list(cfg.lora_target_modules), random_state=seed,
                 use_gradient_checkpointing=unsloth_checkpointing,
                 **({"trainable_token_indices": token_indices} if token_indices else {}))
+        if trainable:  # Unsloth's preparation froze the control rows (unfreeze_control_rows says why)
+            unfreeze_control_rows(model)
     else:
         from peft import PeftModel, get_peft_model
 
@@ -407,3 +593,92 @@ def save_adapter(loaded: LoadedModel, folder: str | Path) -> Path:
 
 def trainable_parameter_names(model) -> list[str]:
     return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+# ---------------------------------------------------------------- control rows under Unsloth, and the guard
+
+TRAINABLE_ROWS_PARAM = "trainable_tokens_delta"  # PEFT's parameter holding an adapter's trained embedding rows
+LORA_PARAM_MARKS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
+
+
+def _trainable_adapters(model) -> set[str]:
+    """The PEFT adapters an optimizer will train: active and not loaded for inference (the KL reference
+    ``ref`` is neither)."""
+    configs = getattr(model, "peft_config", None) or {}
+    if not configs:
+        return set()
+    active = getattr(model, "active_adapters", None)
+    active = active() if callable(active) else active  # a method on transformers' own adapter mixin
+    active = active or getattr(model, "active_adapter", None) or []
+    active = [active] if isinstance(active, str) else list(active)
+    return {name for name in active if name in configs and not getattr(configs[name], "inference_mode", False)}
+
+
+def _adapter_of(name: str) -> str | None:
+    """``...embed_tokens.token_adapter.trainable_tokens_delta.default`` -> ``default``; None for others."""
+    head, mark, tail = name.rpartition(f".{TRAINABLE_ROWS_PARAM}.")
+    return tail.split(".")[0] if mark and head else None
+
+
+def unfreeze_control_rows(model) -> list[str]:
+    """Make the control rows (PEFT ``trainable_tokens_delta``, input embedding and untied head) trainable
+    again, in float32 like the LoRA weights beside them. Returns the tensors' names.
+
+    Unsloth's ``get_peft_model`` and ``patch_peft_model`` (unsloth 2026.10.9) end with unsloth_zoo's
+    ``prepare_model_for_training(full_finetuning=False)``, which freezes every parameter whose name is not
+    a LoRA one (``.lora_A.``, ``.lora_B.``, ``.lora_embedding_*``, ``.lora_magnitude_vector``) or a PEFT
+    bias, and which upcasts only what it leaves trainable. ``trainable_tokens_delta`` is none of these and
+    Unsloth's ``_unfreeze_modules_to_save`` does not bring it back, so without this the warm-up would train
+    LoRA alone and ``<short>`` would keep its initial row, silently. Called right after that preparation
+    (the last place anything freezes: Unsloth's GRPO trainer keeps the trainable set it is handed). The
+    float32 copy matters on bf16: Adam's steps of ~lr are far below a bf16 row's resolution (2^-8 of it).
+    Only adapters that will train are touched (see ``_trainable_adapters``).
+    """
+    adapters = _trainable_adapters(model)
+    names = []
+    for name, param in model.named_parameters():
+        if _adapter_of(name) not in adapters:
+            continue
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+        param.requires_grad_(True)
+        names.append(name)
+    if names:
+        log.info("control rows trainable again after Unsloth's preparation: %s", ", ".join(names))
+    return names
+
+
+def frozen_adapter_tensors(model) -> list[str]:
+    """Names of the tensors the recipe trains (LoRA weights and control rows of every adapter that will
+    train) that are frozen, plus a line for each such adapter whose configured control rows have no
+    tensor at all. Empty when all is well, or for a model without PEFT adapters."""
+    adapters = _trainable_adapters(model)
+    problems, rows_seen = [], set()
+    for name, param in model.named_parameters():
+        adapter = _adapter_of(name)
+        if adapter is not None:
+            rows_seen.add(adapter)
+        elif any(mark in name for mark in LORA_PARAM_MARKS):
+            adapter = next((a for a in adapters if f"{name}.".count(f".{a}.")), None)
+        if adapter in adapters and not param.requires_grad:
+            problems.append(name)
+    configs = getattr(model, "peft_config", None) or {}
+    for adapter in sorted(adapters):
+        if getattr(configs[adapter], "trainable_token_indices", None) and adapter not in rows_seen:
+            problems.append(f"{TRAINABLE_ROWS_PARAM}.{adapter} (configured, but the model has no such tensor)")
+    return problems
+
+
+def assert_control_rows_trainable(model) -> None:
+    """Fail loudly, naming the tensors, when a row or LoRA weight the recipe trains is frozen, on any backend.
+
+    Every trainer calls this first: a frozen control row (``<short>``, ``<think>``) does not crash anything,
+    it just never learns, which no loss curve would show.
+    """
+    frozen = frozen_adapter_tensors(model)
+    if frozen:
+        shown = ", ".join(frozen[:8]) + (f" and {len(frozen) - 8} more" if len(frozen) > 8 else "")
+        raise RuntimeError(
+            f"{len(frozen)} tensor(s) the recipe trains are frozen (requires_grad=False): {shown}. Something after "
+            "PEFT froze them (Unsloth's prepare_model_for_training does, for control rows: load through "
+            "thinkless_lite.model.load_model, which calls unfreeze_control_rows, or call it yourself).")

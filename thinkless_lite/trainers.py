@@ -22,13 +22,17 @@ watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong 
 
 from __future__ import annotations
 
+import os
+
 import torch
 from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
                                    prepare_for_training, trainer_flavour, unsloth_loss_inputs)
+from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
                                    loss_token_weights, mode_advantages)
+from thinkless_lite.model import assert_control_rows_trainable
 from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
 
@@ -43,6 +47,7 @@ class PortableSFTTrainer(SFTTrainer):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
+        assert_control_rows_trainable(self.model)  # fails loudly, naming the tensor, if a backend froze a row
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if fused_logprobs_available():
@@ -68,6 +73,7 @@ class DeGRPOMixin:
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
+        assert_control_rows_trainable(self.model)  # fails loudly, naming the tensor, if a backend froze a row
         if self.loss_type != "dapo":
             raise ValueError(f"DeGRPOTrainer needs GRPOConfig(loss_type='dapo') (token-sum over the generation "
                              f"batch); got {self.loss_type!r}")
@@ -135,7 +141,9 @@ class DeGRPOMixin:
         """Sample in eval mode, and prefill the control token of the group members forced to a mode.
 
         Eval mode: with gradient checkpointing on, a model in train mode drops its KV cache while ``generate``
-        still feeds one token per step, so every token after the first loses its context.
+        still feeds one token per step, so every token after the first loses its context. The trained control
+        rows are folded into the embedding (and head) meanwhile: PEFT's trainable-token wrapper would rebuild
+        the whole table on every forward, i.e. for every generated token.
 
         Forcing: TRL lays out each prompt's group consecutively; member k of a group is forced as
         :func:`thinkless_lite.losses.forced_modes` says. Its prompt gets the control token appended, and the
@@ -150,7 +158,8 @@ class DeGRPOMixin:
         was_training = self.model.training
         self.model.eval()
         try:
-            completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            with control_rows_folded(self.accelerator.unwrap_model(self.model)):
+                completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.model.train(was_training)
         if any(mode is not None for mode in forced):
@@ -179,11 +188,16 @@ class DeGRPOMixin:
         first.scatter_(0, inverse, torch.arange(prompt_ids.shape[0], device=prompt_ids.device))
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
+        # Unsloth's log-prob code leaves its models returning hidden states in place of logits; not here.
+        hidden_flag = os.environ.pop("UNSLOTH_RETURN_HIDDEN_STATES", None)
         model.eval()
         try:
-            logits = model(input_ids=unique, attention_mask=prompt_mask[first], logits_to_keep=1).logits[:, -1]
+            with control_rows_folded(model):
+                logits = model(input_ids=unique, attention_mask=prompt_mask[first], logits_to_keep=1).logits[:, -1]
         finally:
             model.train(was_training)
+            if hidden_flag is not None:
+                os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = hidden_flag
         ids = [self.mode_ids[SHORT_MODE], self.mode_ids[THINK_MODE]]
         if logits.shape[-1] <= max(ids):
             raise RuntimeError(f"the model's forward returned {logits.shape[-1]} columns, not its vocabulary's "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchmarks.gpu.common import median
 from benchmarks.gpu.inputs import make_prompts, varied_reward
-from benchmarks.gpu.worker import Clock, describe_trainer, load, run_config
+from benchmarks.gpu.loading import Clock, describe_trainer, load, run_config
 
 
 def _summary(steps: list[dict], spec: dict) -> tuple[list[dict], dict]:

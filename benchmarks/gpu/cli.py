@@ -26,6 +26,7 @@ from benchmarks.gpu.report import (
     FAILED_RUN,
     TARGET_PEAK_GB,
     TARGET_SPEEDUP,
+    load_checks,
     markdown,
     targets,
     verdict,
@@ -61,10 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
                                             "random checkpoints: peak memory, step time, and --verify-loss. "
                                             "See docs/gpu.md.")
     p.add_argument("--shapes", default="1.5b,7b", help=f"comma list of {', '.join(SHAPES)} (default 1.5b,7b)")
-    p.add_argument("--tiny", action="store_true", help="the tiny Qwen2 shape only (CPU smoke runs)")
+    p.add_argument("--tiny", action="store_true", help="the tiny Qwen2 shape only (CPU smoke runs); --shapes "
+                                                       "tiny-untied for its untied twin")
     p.add_argument("--backends", default="hf,unsloth", help=f"comma list of {', '.join(BACKENDS)} (default both)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when torch sees one")
     p.add_argument("--verify-loss", action="store_true", help="the loss/gradient check instead of timed steps")
+    p.add_argument("--load-only", action="store_true",
+                   help="part (a): imports, load_model, control rows trainable, one backward (no trainer)")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps per run (default 3)")
     p.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the medians when more ran")
     p.add_argument("--prompt-len", type=int, default=256, help="longest prompt; the others go down to half of it")
@@ -163,7 +167,7 @@ def _settings(args, mode: str, shapes: list[str], backends: list[str], grad_accu
     config = os.path.relpath(args.config, REPO) if Path(args.config).is_absolute() else args.config
     return {"mode": mode, "device": args.device, "shapes": shapes, "backends": backends,
             "prompt_len": args.prompt_len, "completion_len": args.completion_len, "generations": args.generations,
-            "prompts": args.prompts, "grad_accum": grad_accum, "steps": 1 if args.verify_loss else args.steps,
+            "prompts": args.prompts, "grad_accum": grad_accum, "steps": args.steps if mode == "bench" else 1,
             "warmup_steps": args.warmup_steps, "config": config,
             "gradient_checkpointing": not args.no_gradient_checkpointing and recipe.model.gradient_checkpointing,
             "verify_alpha": args.verify_alpha if args.verify_loss else None, "gb": "10^9 bytes"}
@@ -179,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         args.threads = 1
     if args.in_process and args.device == "cpu" and cuda_available:
         raise SystemExit("--in-process cannot hide the GPU from torch: drop --in-process or use --device cuda")
-    mode = "verify-loss" if args.verify_loss else "bench"
+    mode = "verify-loss" if args.verify_loss else "load" if args.load_only else "bench"
     shapes = ["tiny"] if args.tiny else split_list(args.shapes)
     backends = split_list(args.backends)
     for name in shapes:
@@ -194,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from thinkless_lite.config import load_config
 
     recipe = load_config(args.config)
-    grad_accum = 1 if args.verify_loss else (args.grad_accum or recipe.rl.gradient_accumulation_steps)
+    grad_accum = 1 if mode != "bench" else (args.grad_accum or recipe.rl.gradient_accumulation_steps)
     if (args.prompts * args.generations) % grad_accum:
         raise SystemExit(f"--prompts x --generations ({args.prompts * args.generations}) must be divisible by the "
                          f"gradient accumulation ({grad_accum}); pass --grad-accum")
@@ -219,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         for shape in shapes:
             checkpoint = work / f"ckpt-{shape}"
             for backend in backends:
-                base = {"shape": shape, "backend": backend, "task": "bench" if mode == "bench" else "verify"}
+                base = {"shape": shape, "backend": backend, "task": {"bench": "bench", "load": "load"}.get(mode, "verify")}
                 reason = _skip_up_front(backend, args.device, cuda_available)
                 if reason:
                     results["runs"].append({**base, "status": "skipped", "reason": reason})
@@ -245,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             results["targets"] = targets(results)
             failed = any(r.get("status") in FAILED_RUN for r in results["runs"])
         else:
-            results["checks"] = verify_checks(results)
+            results["checks"] = verify_checks(results) if mode == "verify-loss" else load_checks(results)
             results["verdict"] = verdict(results["checks"])
             failed = results["verdict"] != "PASS"
     finally:

@@ -42,13 +42,15 @@ def make_prompts(tokenizer, steps: int, per_step: int, length: int, seed: int) -
 
 
 def loss_check_batch(pad_id: int, rows: int, group: int, prompt_len: int, completion_len: int, alpha: float,
-                     seed: int) -> dict:
+                     seed: int, control_ids: list[int] | None = None) -> dict:
     """A fixed micro-batch as TRL hands it to the loss: left-padded prompts of mixed lengths (every row its
     own length), completions of lengths ``C`` down to about ``C/2`` (right-padded), byte tokens only (never
     the pad token), rewards varied in each group of ``group``, DeGRPO's per-token weights.
 
     At ratio 1 (no old log-probs) the clipped surrogate's value is ``-sum(A_bt * mask) / N`` whatever the
-    model: ``expected_loss_bt``. ``expected_loss_b`` is what one advantage per sequence would give."""
+    model: ``expected_loss_bt``. ``expected_loss_b`` is what one advantage per sequence would give.
+    With ``control_ids``, every completion opens with one of them in turn (``<short>``, ``<think>``), as
+    DeGRPO's completions do: the control rows of the input embedding then get gradients too."""
     import torch
 
     from thinkless_lite.losses import loss_token_weights
@@ -66,6 +68,8 @@ def loss_check_batch(pad_id: int, rows: int, group: int, prompt_len: int, comple
     completion_ids = torch.randint(1, 257, (rows, c), generator=g)
     ends = torch.tensor([max(2, c - (i * c) // (2 * rows)) for i in reversed(range(rows))])
     mask = (torch.arange(c)[None, :] < ends[:, None]).long()
+    if control_ids:
+        completion_ids[:, 0] = torch.tensor([control_ids[i % len(control_ids)] for i in range(rows)])
     completion_ids[mask == 0] = pad_id
     rewards = torch.tensor(varied_reward(range(rows)))
     grouped = rewards.view(-1, group)

@@ -21,6 +21,8 @@ TARGET_SPEEDUP = 1.5  # hf step seconds / unsloth step seconds (medians), per sh
 FAILED_RUN = ("error", "oom", "timeout")
 # unsloth's LoRA gradients against hf's pass inside this band (different 4-bit kernels, bf16 vs fp32 norms)
 UNSLOTH_COSINE, UNSLOTH_REL_L2 = 0.99, 0.1
+ROWS = "trainable_tokens_delta"  # PEFT's control-row tensors (thinkless_lite.model.TRAINABLE_ROWS_PARAM)
+PARTS = {"load": "(a) imports and load", "verify-loss": "(b) loss and gradients", "bench": "(c/d) timed DeGRPO steps"}
 
 
 def compare_grads(a: dict, b: dict) -> dict:
@@ -72,9 +74,10 @@ def verify_checks(results: dict) -> list[dict]:
             f"{len(set(lengths))} distinct prompt lengths, {min(lengths)} to {max(lengths)} tokens")
         add(f"{tag}: loss == closed form with (B, T) advantages", abs(loss - exp_bt) <= tol,
             f"loss {loss:.6g}, closed form {exp_bt:.6g} ((B,) advantages: {exp_b:.6g}), tolerance {tol:.1e}")
-        zero = [n for n in run.get("zero_grad_names", []) if "lora_" in n]
-        add(f"{tag}: every LoRA tensor has a gradient", run["grad_tensors"] > 0 and not zero,
+        zero = [n for n in run.get("zero_grad_names", []) if "lora_" in n or ROWS in n]
+        add(f"{tag}: every LoRA tensor and control row has a gradient", run["grad_tensors"] > 0 and not zero,
             f"{run['grad_tensors']} tensors with gradients" + (f"; zero: {', '.join(zero[:3])}" if zero else ""))
+        add(*_rows_check(tag, run))
         if backend == "hf":
             ref = run.get("reference") or {"error": "no reference computed"}
             if "error" in ref:
@@ -99,17 +102,57 @@ def verify_checks(results: dict) -> list[dict]:
             rows.append({"check": f"{tag}: gradients == hf's", "status": "FAIL" if on_gpu else "skipped",
                          "note": "no hf run of this shape to compare with"})
             continue
-        grads = torch.load(run["grads_file"])
-        cmp = compare_grads(grads, torch.load(hf["grads_file"]))
+        grads, hf_grads = torch.load(run["grads_file"]), torch.load(hf["grads_file"])
+        cmp = compare_grads(grads, hf_grads)
         run["vs_hf"] = cmp
-        lora = sum("lora_" in k for k in grads)  # every LoRA tensor must be compared; extra rows are a note
-        ok = (cmp["compared_lora"] == lora > 0 and cmp.get("rel_l2", inf) <= UNSLOTH_REL_L2
+        # Every tensor hf trains (LoRA and control rows) must be trained here too, and compared.
+        missing = sorted(k for k in hf_grads if k not in grads or grads[k].shape != hf_grads[k].shape)
+        ok = (not missing and cmp["compared_tensors"] > 0 and cmp.get("rel_l2", inf) <= UNSLOTH_REL_L2
               and cmp.get("cosine", -inf) >= UNSLOTH_COSINE)
         add(f"{tag}: gradients == hf's", ok,
-            f"{cmp['compared_tensors']} tensors ({cmp['compared_lora']} of its {lora} LoRA ones; not compared: "
-            f"{cmp['only_in_a']} only here, {cmp['only_in_b']} only in hf, {cmp['shape_mismatch']} other shape), "
-            f"rel L2 {cmp.get('rel_l2', nan):.3g}, cosine {cmp.get('cosine', nan):.6f} "
+            f"{cmp['compared_tensors']} tensors ({cmp['compared_lora']} LoRA); hf trains {len(hf_grads)}"
+            + (f", not trained or other shape here: {', '.join(missing[:3])}" if missing else "")
+            + f"; rel L2 {cmp.get('rel_l2', nan):.3g}, cosine {cmp.get('cosine', nan):.6f} "
             f"(pass: rel L2 <= {UNSLOTH_REL_L2:g}, cosine >= {UNSLOTH_COSINE:g}: two 4-bit stacks in bf16)")
+        hf_rows = sorted(k for k in hf_grads if ROWS in k)
+        on_rows = compare_grads({k: grads[k] for k in hf_rows if k in grads}, {k: hf_grads[k] for k in hf_rows})
+        run["rows_vs_hf"] = on_rows
+        ok = (bool(hf_rows) and on_rows["compared_tensors"] == len(hf_rows)
+              and on_rows.get("rel_l2", inf) <= UNSLOTH_REL_L2 and on_rows.get("cosine", -inf) >= UNSLOTH_COSINE)
+        add(f"{tag}: control-row gradients == hf's", ok,
+            f"{on_rows['compared_tensors']} of hf's {len(hf_rows)} control-row tensors, rel L2 "
+            f"{on_rows.get('rel_l2', nan):.3g}, cosine {on_rows.get('cosine', nan):.6f}")
+    return rows
+
+
+def _rows_check(tag: str, run: dict) -> tuple[str, bool, str]:
+    """Control rows present and trainable, nothing the recipe trains frozen (``loading.control_rows``)."""
+    info = run.get("control_rows") or {}
+    tensors, frozen = info.get("tensors") or {}, info.get("frozen")
+    ok = bool(tensors) and all(t["trainable"] for t in tensors.values()) and frozen == []
+    note = (f"{len(tensors)} control-row tensor(s) ({', '.join(sorted({t['dtype'] for t in tensors.values()}))})"
+            + (f"; frozen: {', '.join(frozen[:3])}" if frozen else "") + ("" if tensors else "; none found"))
+    return f"{tag}: control rows trainable", ok, note
+
+
+def load_checks(results: dict) -> list[dict]:
+    """Part (a)'s rows: the backend ran, its control rows train and a backward reaches every one of them."""
+    on_gpu = results["settings"]["device"] == "cuda"
+    rows: list[dict] = []
+    for run in results["runs"]:
+        tag = f"{run['shape']}/{run['backend']}"
+        if run.get("status") != "ok":
+            status = "skipped" if run.get("status") == "skipped" and not on_gpu else "FAIL"
+            rows.append({"check": f"{tag}: ran", "status": status, "note": _reason(run)})
+            continue
+        rows.append({"check": f"{tag}: ran", "status": "PASS",
+                     "note": f"load {run.get('load_s')} s, backend {run.get('backend_chosen', {}).get('name')}"})
+        name, ok, note = _rows_check(tag, run)
+        rows.append({"check": name, "status": "PASS" if ok else "FAIL", "note": note})
+        grads = run.get("control_row_grads") or {}
+        ok = bool(grads) and all(g for g in grads.values())
+        rows.append({"check": f"{tag}: a backward reaches every control row", "status": "PASS" if ok else "FAIL",
+                     "note": ", ".join(f"{k.split('.')[-4] if k.count('.') > 3 else k}: {v}" for k, v in grads.items())})
     return rows
 
 
@@ -189,7 +232,8 @@ def _settings(s: dict) -> str:
 
 def markdown(results: dict) -> str:
     s, dev = results["settings"], results["device"]
-    title = "DeGRPO loss check (--verify-loss)" if s["mode"] == "verify-loss" else "DeGRPO step benchmark"
+    title = {"verify-loss": "DeGRPO loss check (--verify-loss)", "load": "imports, load and control rows (--load-only)"}.get(
+        s["mode"], "DeGRPO step benchmark")
     device = dev.get("name") or s["device"]
     if dev.get("total_memory_gb"):
         device += f" ({dev['total_memory_gb']} GB, compute capability {dev.get('capability')})"
@@ -214,6 +258,14 @@ def markdown(results: dict) -> str:
                   for t in results["targets"]]
         notes = run_notes(results)
         lines += ["", "Notes:", "", *[f"- {n}" for n in notes]] if notes else []
+    elif s["mode"] == "load":
+        lines += ["| shape | backend | status | load s | trainable parameters | control-row tensors |", "|---|---|---|---|---|---|"]
+        for r in results["runs"]:
+            rows = (r.get("control_rows") or {}).get("tensors") or {}
+            lines.append(f"| {r['shape']} | {r['backend']} | {_status(r)} | {_fmt(r.get('load_s'), 1)} | "
+                         f"{_fmt(r.get('trainable_parameters'))} | {len(rows)} |")
+        lines += ["", "| check | result | note |", "|---|---|---|"]
+        lines += [f"| {c['check']} | {c['status']} | {c['note']} |" for c in results["checks"]]
     else:
         lines += [("| shape | backend | status | loss | closed form (B, T) | (B,) would give | loss with (B,) | "
                    "vs hf: cosine | vs hf: rel L2 |"), "|---|---|---|---|---|---|---|---|---|"]
@@ -233,10 +285,11 @@ def markdown(results: dict) -> str:
 
 def summary_lines(results: dict) -> list[str]:
     """The few lines worth reading first: the loss check's verdict, or each run's memory and time."""
-    if results["settings"]["mode"] == "verify-loss":
+    if results["settings"]["mode"] in ("verify-loss", "load"):
         failed = [c["check"] for c in results["checks"] if c["status"] == "FAIL"]
         passed = sum(c["status"] == "PASS" for c in results["checks"])
-        line = f"LOSS CHECK: {results['verdict']} ({passed} passed, {len(failed)} failed)"
+        what = "LOSS CHECK" if results["settings"]["mode"] == "verify-loss" else "LOAD CHECK"
+        line = f"{what}: {results['verdict']} ({passed} passed, {len(failed)} failed)"
         return [line] + [f"  FAIL {name}" for name in failed]
     lines = []
     for r in results["runs"]:
@@ -253,8 +306,35 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
+def merge(parts: list[tuple[str, str]], json_out: Path, md_out: Path, notes: list[str] | None = None) -> dict:
+    """One JSON summary and one Markdown file from the parts' result files, in part order; a part whose file
+    is missing (it was cut, or never started) is listed as such. Rewritten after every part, so an earlier
+    part's result is in $OUT whatever happens to a later one."""
+    summary: dict = {"parts": [], "notes": notes or []}
+    sections = ["# GPU check (scripts/gpu_check.sh)", ""]
+    for label, path in parts:
+        file = Path(path)
+        if not file.exists():
+            summary["parts"].append({"part": label, "status": "not written (cut by its deadline, or not reached)"})
+            sections += [f"## {label}", "", "not written (cut by its deadline, or not reached)", ""]
+            continue
+        results = json.loads(file.read_text())
+        part = {"part": label, "summary": summary_lines(results), **results}
+        summary["parts"].append(part)
+        body = markdown(results).replace("\n# gpu_step: ", "\n### ").removeprefix("# gpu_step: ")
+        sections += [f"## {label}: {body}", ""]
+    sections += [f"- {n}" for n in summary["notes"]]
+    json_out.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    md_out.write_text("\n".join(sections) + "\n")
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
-    for path in argv if argv is not None else sys.argv[1:]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["--merge"]:  # --merge OUT.json OUT.md LABEL=FILE ...
+        merge([tuple(a.split("=", 1)) for a in argv[3:]], Path(argv[1]), Path(argv[2]))
+        argv = [a.split("=", 1)[1] for a in argv[3:]]
+    for path in argv:
         file = Path(path)
         if not file.exists():
             print(f"{path}: not written (the run did not get that far)")

@@ -12,23 +12,28 @@ import shutil
 import time
 from pathlib import Path
 
-# config.json of the hub's Qwen2.5-1.5B and Qwen2.5-7B; "tiny" is for CPU smoke runs and tests.
+# config.json of DeepSeek-R1-Distill-Qwen-1.5B (the T4 recipe's model: Qwen2.5-Math-1.5B's numbers with an
+# UNTIED output head, so the control rows live in the embedding and in the head) and of Qwen2.5-7B (untied
+# too); rope values are the Qwen2.5 ones for both (speed and memory do not depend on them). "tiny" (tied) and
+# "tiny-untied" are for CPU smoke runs and tests: the dry run uses both, so both layouts of the rows run.
 _QWEN2_COMMON = dict(hidden_act="silu", rms_norm_eps=1e-6, initializer_range=0.02, use_sliding_window=False,
                      attention_dropout=0.0, rope_theta=1_000_000.0, max_position_embeddings=32768)
 SHAPES: dict[str, dict] = {
     "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True, **_QWEN2_COMMON),
+                 num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=False, **_QWEN2_COMMON),
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
                num_key_value_heads=4, vocab_size=151936, tie_word_embeddings=False, **_QWEN2_COMMON),
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=512, tie_word_embeddings=True, **_QWEN2_COMMON),
+    "tiny-untied": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                        num_key_value_heads=2, vocab_size=512, tie_word_embeddings=False, **_QWEN2_COMMON),
 }
 # The Qwen2.5 tokenizer holds 151,665 tokens (the embedding matrix is padded to 151,936).
-TOKENIZER_LEN = {"1.5b": 151665, "7b": 151665, "tiny": None}
+TOKENIZER_LEN = {"1.5b": 151665, "7b": 151665, "tiny": None, "tiny-untied": None}
 
 
 def count_params(s: dict) -> int:
-    """Parameters of a Qwen2 of shape ``s`` (the hub model cards say 1.54B and 7.61B)."""
+    """Parameters of a Qwen2 of shape ``s`` (the hub model cards say 1.78B and 7.61B)."""
     h, i, n, v = s["hidden_size"], s["intermediate_size"], s["num_hidden_layers"], s["vocab_size"]
     kv = h // s["num_attention_heads"] * s["num_key_value_heads"]
     per_layer = (h * h + h) + 2 * (h * kv + kv) + h * h + 3 * h * i + 2 * h
@@ -73,7 +78,7 @@ def build_checkpoint(shape: str, folder: Path) -> dict:
 
     began = time.perf_counter()
     tokenizer = build_tokenizer(TOKENIZER_LEN[shape])
-    dtype = torch.float32 if shape == "tiny" else torch.bfloat16
+    dtype = torch.float32 if shape.startswith("tiny") else torch.bfloat16
     config = Qwen2Config(**SHAPES[shape], bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id)
     device = "cpu"

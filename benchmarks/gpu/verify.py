@@ -18,7 +18,7 @@ from pathlib import Path
 from benchmarks.gpu.common import canonical_name
 from benchmarks.gpu.inputs import loss_check_batch, varied_reward
 from benchmarks.gpu.report import compare_grads
-from benchmarks.gpu.worker import Clock, describe_trainer, load, run_config
+from benchmarks.gpu.loading import Clock, describe_trainer, load, run_config
 
 
 def set_deterministic_adapter(model, std: float = 0.02) -> int:
@@ -62,7 +62,7 @@ def run(spec: dict, record: dict) -> None:
     record["adapter_parameters"] = set_deterministic_adapter(model)  # after the trainer's own dtype casts
     batch = loss_check_batch(loaded.tokenizer.pad_token_id, spec["prompts"] * spec["generations"],
                              spec["generations"], spec["prompt_len"], spec["completion_len"], cfg.rl.alpha,
-                             spec["seed"])
+                             spec["seed"], control_ids=list(loaded.control_ids.values()))
     device = trainer.accelerator.device
     inputs = {k: batch[k].to(device) for k in ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask",
                                                "num_items_in_batch")}

@@ -213,12 +213,14 @@ def peft_lines(model_ref: str, base: str, needs_resize: bool | None) -> str:
     lines = ["from peft import PeftModel", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f"tok = AutoTokenizer.from_pretrained({json.dumps(model_ref)})",
              f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base)})"]
+    # Rows up to the highest id: the control tokens sit past every id and row of the base, so len(tok) can be fewer.
     if needs_resize is None:
-        lines.append("if len(tok) > base.get_input_embeddings().num_embeddings:  # rows for the control tokens")
-        lines.append("    base.resize_token_embeddings(len(tok))")
+        lines.append("rows = max(tok.get_vocab().values()) + 1")
+        lines.append("if rows > base.get_input_embeddings().num_embeddings:  # rows for the control tokens")
+        lines.append("    base.resize_token_embeddings(rows)")
     elif needs_resize:
-        lines.append("base.resize_token_embeddings(len(tok))  # rows for the control tokens; their trained values "
-                     "are in the adapter")
+        lines.append("base.resize_token_embeddings(max(tok.get_vocab().values()) + 1)  # rows for the control tokens; "
+                     "their trained values are in the adapter")
     lines.append(f"model = PeftModel.from_pretrained(base, {json.dumps(model_ref)})")
     return "\n".join(lines)
 
@@ -549,8 +551,10 @@ def _write_adapter(info: AdapterInfo, tmp: Path) -> dict:
     config = dict(info.peft_config, inference_mode=True, base_model_name_or_path=info.base)
     (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
     tokenizer.save_pretrained(tmp)
+    from thinkless_lite.model import token_id_bound
+
     base_vocab = _base_vocab_size(info.base)
-    size = len(tokenizer)
+    size = token_id_bound(tokenizer)
     trained = set(_trained_rows(info.peft_config))
     untrained = [i for i in range(base_vocab, size) if i not in trained] if base_vocab is not None else []
     if untrained:
@@ -598,7 +602,8 @@ def _write_merged(info: AdapterInfo, tmp: Path, dtype: str) -> dict:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from thinkless_lite.model import generation_end_ids, grow_vocabulary
+    from thinkless_lite.gguf import COMPLETE_MARKER
+    from thinkless_lite.model import generation_end_ids, grow_vocabulary, token_id_bound
 
     tokenizer = _prepared_tokenizer(info)
     wanted = "auto" if dtype == "auto" else getattr(torch, dtype)
@@ -611,13 +616,18 @@ def _write_merged(info: AdapterInfo, tmp: Path, dtype: str) -> dict:
                           "the hub (export without --merge needs no base weights)") from err
     base_vocab = model.get_input_embeddings().weight.shape[0]
     added = grow_vocabulary(model, tokenizer)
-    _say(f"base in {str(model.dtype).replace('torch.', '')}; vocabulary {base_vocab} -> {len(tokenizer)} "
+    _say(f"base in {str(model.dtype).replace('torch.', '')}; vocabulary {base_vocab} -> {token_id_bound(tokenizer)} "
          f"({added} new rows); merging the adapter")
     peft_model = PeftModel.from_pretrained(model, str(info.adapter))
     layers = _token_layers(peft_model)
     merged = peft_model.merge_and_unload()
     _check_merged_rows(merged, layers)
     merged.eval()
+    if dtype == "auto" and merged.dtype == torch.float32 and (Path(info.base) / COMPLETE_MARKER).exists():
+        # A base converted from .gguf is stored in fp32 only because the conversion dequantised it; --merge
+        # promises 16-bit, so the merge (done in fp32) is saved in bf16.
+        _say("the base is a .gguf conversion (fp32 on disk): saving the merged model in bfloat16")
+        merged = merged.to(torch.bfloat16)
     ends = [i for i in dict.fromkeys([tokenizer.eos_token_id, *generation_end_ids(info.base)]) if i is not None]
     merged.config.pad_token_id = tokenizer.pad_token_id
     merged.config.eos_token_id = ends[0] if len(ends) == 1 else ends
@@ -626,7 +636,7 @@ def _write_merged(info: AdapterInfo, tmp: Path, dtype: str) -> dict:
     _say(f"writing the merged model to {tmp.name} (safetensors)")
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    return {"vocab_size": len(tokenizer), "base_vocab_size": base_vocab, "needs_resize": False,
+    return {"vocab_size": token_id_bound(tokenizer), "base_vocab_size": base_vocab, "needs_resize": False,
             "untrained_rows": [], "dtype": str(merged.dtype).replace("torch.", ""), "eos_token_id": ends}
 
 

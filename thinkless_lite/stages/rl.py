@@ -80,10 +80,26 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
     return GRPOConfig(**args)
 
 
-def main(cfg: RunConfig) -> dict:
-    """Run DeGRPO; returns the adapter path, steps, wall time and the final training metrics."""
+def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=()):
+    """The DeGRPO trainer of a recipe: its questions as TRL's dataset (prompt, gold answer, difficulty), the
+    reward, and every ``rl`` setting of DeGRPO's own. ``trainer_class`` is ``DeGRPOTrainer`` (imported by the
+    caller after the model loaded) or a subclass of it, e.g. ``benchmarks/rl_step.py``'s timed one."""
     from datasets import Dataset
 
+    tokens = cfg.model.control_tokens
+    dataset = Dataset.from_list([{"prompt": format_prompt(loaded.tokenizer, it.question, cfg.model.system_prompt),
+                                  "answer": it.gold, "difficulty": it.difficulty or 0} for it in items])
+    recorder = ThinklessReward(cfg.rl.reward, tokens)
+    return trainer_class(
+        model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
+        processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
+        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
+        mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
+        within_mode_advantages=cfg.rl.within_mode_advantages, control_tokens=tokens, callbacks=list(callbacks))
+
+
+def main(cfg: RunConfig) -> dict:
+    """Run DeGRPO; returns the adapter path, steps, wall time and the final training metrics."""
     began = time.time()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -98,22 +114,13 @@ def main(cfg: RunConfig) -> dict:
     from thinkless_lite.trainers import DeGRPOTrainer  # after the model: unsloth rewrites TRL's trainer first
 
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
-    tokens = cfg.model.control_tokens
     # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
     save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
-    dataset = Dataset.from_list([{"prompt": format_prompt(loaded.tokenizer, it.question, cfg.model.system_prompt),
-                                  "answer": it.gold, "difficulty": it.difficulty or 0} for it in items])
-    recorder = ThinklessReward(cfg.rl.reward, tokens)
     metrics_path = stage_dir / "metrics.jsonl"
     resume = last_complete_checkpoint(checkpoints)
     align_metrics_with_checkpoint(metrics_path, resume)
-    trainer = DeGRPOTrainer(
-        model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
-        processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
-        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
-        mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
-        within_mode_advantages=cfg.rl.within_mode_advantages, control_tokens=tokens,
-        callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
+    trainer = make_trainer(cfg, loaded, items, args, DeGRPOTrainer,
+                           [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
     if resume:
         print(f"resuming RL from {resume}")
     with explain_out_of_memory("rl.num_generations, rl.prompts_per_step, rl.max_completion_length "

@@ -75,8 +75,24 @@ def sft_config(cfg: RunConfig, output_dir: Path):
     return SFTConfig(**trl_arguments(cfg.warmup, output_dir, defaults, fixed))
 
 
+def run_loss(rows: list[dict], *, resumed: bool, trainer_loss: float) -> float:
+    """The run's mean training loss (what the Trainer logs as ``train_loss``).
+
+    Uninterrupted, that is the Trainer's own figure. After a resume the Trainer sums only the resumed steps
+    but divides by all of them, so the mean is taken from the log instead: each logged ``loss`` is the mean
+    over the steps since the previous log, weighted here by how many steps that was.
+    """
+    if not resumed or not rows:
+        return trainer_loss
+    total, steps, previous = 0.0, 0, 0
+    for row in sorted(rows, key=lambda r: r["step"]):
+        span = max(row["step"] - previous, 1)
+        total, steps, previous = total + row["loss"] * span, steps + span, row["step"]
+    return total / steps
+
+
 def main(cfg: RunConfig) -> dict:
-    """Run the warm-up stage; returns a summary with the adapter path, steps and final loss."""
+    """Run the warm-up stage; returns a summary with the adapter path, steps, the run's loss and the last logged one."""
     from datasets import Dataset
 
     began = time.time()
@@ -116,10 +132,10 @@ def main(cfg: RunConfig) -> dict:
                                "effective batch) or model.max_seq_length"):
         result = trainer.train(resume_from_checkpoint=resume)
     adapter_dir = save_adapter(loaded, stage_dir / "adapter")
-    # The Trainer's training_loss averages over all steps but sums only the resumed ones: read the log.
-    losses = [row["loss"] for row in read_metrics(stage_dir / "metrics.jsonl") if isinstance(row.get("loss"), float)]
+    rows = [row for row in read_metrics(stage_dir / "metrics.jsonl") if isinstance(row.get("loss"), (int, float))]
     summary = {"adapter": str(adapter_dir), "steps": trainer.state.global_step,
-               "train_loss": losses[-1] if losses else result.training_loss,
+               "train_loss": run_loss(rows, resumed=resume is not None, trainer_loss=result.training_loss),
+               "final_loss": rows[-1]["loss"] if rows else result.training_loss,
                "examples": len(examples), "seconds": round(time.time() - began, 1), "backend": loaded.backend.name,
                "resumed_from": resume}
     log.info("warm-up done: %s", summary)

