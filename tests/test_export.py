@@ -503,7 +503,9 @@ def test_real_model_adapter_and_merged_exports(smollm2_dir, tmp_path):
     small = ex.export(adapter, tmp_path / "adapter-export")
     marker = json.loads((Path(small["out"]) / ex.MARKER).read_text())
     assert marker["needs_resize"] is True and marker["vocab_size"] == 49152 + 3 and small["bytes"] < 10_000_000
-    merged_info = ex.export(adapter, tmp_path / "merged", merge=True)
+    merged_16bit = ex.export(adapter, tmp_path / "merged-16bit", merge=True)  # --merge's default: 16-bit
+    assert json.loads((Path(merged_16bit["out"]) / "config.json").read_text())["dtype"] == "bfloat16"
+    merged_info = ex.export(adapter, tmp_path / "merged", merge=True, dtype="float32")  # exact, to compare
     card = (Path(merged_info["out"]) / "README.md").read_text()
     assert "No evaluation report was found" in card and "base_model" not in front_matter(card)
 

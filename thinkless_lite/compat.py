@@ -96,6 +96,8 @@ def four_bit_layout(model) -> str | None:
         from bitsandbytes.nn import Linear4bit
     except ImportError:
         return None
+    if not isinstance(model, torch.nn.Module):  # a stand-in model (tests, remote engines): nothing to tell
+        return None
     layers = [m for m in model.modules() if isinstance(m, Linear4bit)]
     if not layers:
         return None
