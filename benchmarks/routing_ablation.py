@@ -13,6 +13,7 @@ like the quickstart. Variants (the recipe's other settings unchanged):
   within    + within-mode advantages for response tokens (rl.within_mode_advantages=true)
   both      + both
   low_lr    stock, learning rate / 10
+  natural   both, and the control token's natural gradient (rl.control_gradient=natural)
 
 Writes ``<out>/ablation.md`` (a table: accuracy, think ratio and tokens on the mix, think ratio per level,
 the gap to the reward-optimal router) and ``<out>/ablation.png`` (the policy's P(<think>) per difficulty level
@@ -33,12 +34,13 @@ from thinkless_lite.config import load_config
 from thinkless_lite.report import _series
 from thinkless_lite.stages.quickstart import main as quickstart
 
-VARIANTS = {
-    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false"],
-    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false"],
-    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true"],
-    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true"],
-    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false"],  # + learning rate / 10, set in main
+VARIANTS = {  # control_gradient=exact unless said otherwise
+    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],
+    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],
+    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true", "rl.control_gradient=exact"],
+    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact"],
+    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],  # lr / 10
+    "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural"],
 }
 
 

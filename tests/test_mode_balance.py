@@ -113,3 +113,23 @@ def test_a_group_with_one_mode_keeps_the_plain_advantage_and_an_unmoded_answer_i
     assert control[5].item() == pytest.approx(-1.0 - value)
     assert response[5].item() == pytest.approx(plain[5].item())
     assert control[4].item() == pytest.approx(4 * 0.4 * (0.5 - value))
+
+
+@pytest.mark.parametrize("p_think", [0.5, 0.05, 0.01])
+def test_the_natural_control_gradient_is_the_exact_one_over_the_choices_fisher_information(p_think):
+    """Same direction, but it does not vanish as P(think) goes to 0: E[natural] = exact / (p (1 - p))."""
+    accuracy = {SHORT_MODE: 0.55, THINK_MODE: 0.95}
+    pattern = forced_modes(4, 1.0)  # every member forced: the group's modes are fixed, only outcomes vary
+    total = 0.0
+    for outcome in itertools.product((True, False), repeat=4):
+        p_outcome = math.prod(accuracy[m] if ok else 1 - accuracy[m] for m, ok in zip(pattern, outcome))
+        rewards = torch.tensor([reward(m, ok) for m, ok in zip(pattern, outcome)])
+        control, _ = mode_advantages(rewards, torch.tensor(pattern), torch.full((4,), 1 - p_think),
+                                     torch.full((4,), p_think), 4, control_gradient="natural")
+        total += p_outcome * sum(a.item() * score_gradient(m, p_think) for a, m in zip(control, pattern)) / 4
+    exact = exact_control_gradient(p_think, accuracy)
+    assert total == pytest.approx(exact / (p_think * (1 - p_think)), rel=1e-6)
+    assert total == pytest.approx(0.95 * 0.5 - 0.05 - (0.55 - 0.45), rel=1e-6)  # E[r|think] - E[r|short]
+    with pytest.raises(ValueError, match="control_gradient"):
+        mode_advantages(rewards, torch.tensor(pattern), torch.full((4,), 0.5), torch.full((4,), 0.5), 4,
+                        control_gradient="sideways")

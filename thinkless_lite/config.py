@@ -148,6 +148,9 @@ class RLConfig:
         "unbiased. Keeps both modes sampled, so a collapse to one mode is not absorbing. 0 = off."))
     mode_balance_end: float | None = field(default=None, metadata=_help(
         "Share forced at the last step (linear from mode_balance); unset = constant."))
+    control_gradient: str = field(default="exact", metadata=_help(
+        "With both modes in a group: exact (the on-policy two-mode expectation) or natural (divided by the "
+        "choice's Fisher information, so it does not vanish once P(think) saturates; losses.mode_advantages)."))
     within_mode_advantages: bool = field(default=False, metadata=_help(
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))

@@ -187,7 +187,8 @@ def forced_modes(group_size: int, balance: float) -> list[int | None]:
 
 
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
-                    group_size: int, within_mode: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                    group_size: int, within_mode: bool = False,
+                    control_gradient: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -207,6 +208,15 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     ``A_i = G pi(c) (rbar_c - V) / n_c``. A sample with no control token gets ``r_i - V``, as a sampled choice
     would. A group with one mode only (possible only without forcing) keeps the plain group advantage
     ``r_i - mean(r)``: with nothing to compare, the sampled estimate is all there is.
+
+    ``control_gradient="natural"`` divides each such group's control term by the Fisher information of its
+    two-mode choice, ``q_s q_t`` (``q`` = the two probabilities renormalised): every member in mode c gets
+    ``A_i = G (rbar_c - rbar_other) / n_c``, so the group pushes the logit difference
+    ``log pi(short) - log pi(think)`` towards its better mode by ``rbar_s - rbar_t`` however sure the
+    policy already is. The exact gradient carries the factor ``q_s q_t``, which vanishes as the choice
+    saturates: once a blind shift has taken P(think) near 0 on every prompt, the prompts where thinking pays
+    can no longer pull it back. The natural one is the same direction per prompt, not the on-policy gradient
+    of the mix (it is its Fisher-preconditioned version, prompt by prompt).
 
     Response tokens. ``within_mode=False``: the plain group advantage (as GRPO). ``True``: reward minus the
     mean of the same mode's answers in the group, so that a thinking answer is not pushed down merely for
@@ -230,6 +240,13 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     exact = (is_short * group_size * pi_short * (mean_short - value) / n_short.clamp(min=1)
              + is_think * group_size * pi_think * (mean_think - value) / n_think.clamp(min=1)
              + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+    if control_gradient == "natural":
+        gap = mean_short - mean_think
+        exact = (is_short * group_size * gap / n_short.clamp(min=1)
+                 - is_think * group_size * gap / n_think.clamp(min=1)
+                 + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+    elif control_gradient != "exact":
+        raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
     control = torch.where(both, exact, plain)
 
     if within_mode:

@@ -69,7 +69,8 @@ class DeGRPOMixin:
     def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
                  recorder: ThinklessReward | None = None, backend: str | None = None,
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
-                 within_mode_advantages: bool = False, control_tokens: ControlTokens = ControlTokens(), **kwargs):
+                 within_mode_advantages: bool = False, control_gradient: str = "exact",
+                 control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -88,6 +89,9 @@ class DeGRPOMixin:
         for balance in (self.mode_balance, self.mode_balance_end):
             forced_modes(self.num_generations, balance)  # a share that forces nothing fails here, not mid-run
         self.within_mode_advantages = within_mode_advantages
+        if control_gradient not in ("exact", "natural"):
+            raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
+        self.control_gradient = control_gradient
         vocab = self.processing_class.get_vocab()
         missing = [t for t in (control_tokens.short, control_tokens.think) if t not in vocab]
         if missing:
@@ -241,7 +245,8 @@ class DeGRPOMixin:
         all_modes, p_short, p_think, all_forced, all_difficulty = rows.unbind(1)
         if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
             control, response = mode_advantages(rewards.to(device), all_modes.long(), p_short, p_think,
-                                                self.num_generations, within_mode=self.within_mode_advantages)
+                                                self.num_generations, within_mode=self.within_mode_advantages,
+                                                control_gradient=self.control_gradient)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         else:
