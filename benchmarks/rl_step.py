@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
+    parser.add_argument("--no-fold", action="store_true",
+                        help="generate through PEFT's trainable-token wrapper (the cost of not folding the rows)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -226,7 +228,11 @@ def main(argv=None) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(dataclasses.replace(cfg.model, adapter_path=adapter), trainable=True, seed=cfg.seed)
+    import thinkless_lite.trainers as trainers
     from thinkless_lite.trainers import DeGRPOTrainer
+
+    if args.no_fold:
+        trainers.control_rows_folded = lambda model: contextlib.nullcontext(model)
 
     trainer = rl.make_trainer(cfg, loaded, items, grpo_args, timed(DeGRPOTrainer))
     clock = StepClock(trainer)
@@ -260,6 +266,7 @@ def main(argv=None) -> int:
             totals[f"tokens.{k}"] += v
         totals["floor_seconds"] += floor
     summary = {"model": cfg.model.name_or_path, "recipe": config, "steps": len(clock.rows), "threads": args.threads,
+               "rows_folded_for_generation": not args.no_fold,
                "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
                "floor_seconds": round(totals["floor_seconds"] / max(len(clock.rows), 1), 3),
                **{f"{k}_seconds": round(totals[k] / max(len(clock.rows), 1), 3) for k in PARTS},

@@ -14,6 +14,7 @@ like the quickstart. Variants (the recipe's other settings unchanged):
   both      + both
   low_lr    stock, learning rate / 10
   natural   both, and the control token's natural gradient (rl.control_gradient=natural)
+  wide      both, 8 prompts x 4 answers per step for 20 steps (the same 640 answers as 2 x 8 for 40)
 
 Writes ``<out>/ablation.md`` (a table: accuracy, think ratio and tokens on the mix, think ratio per level,
 the gap to the reward-optimal router) and ``<out>/ablation.png`` (the policy's P(<think>) per difficulty level
@@ -41,6 +42,10 @@ VARIANTS = {  # control_gradient=exact unless said otherwise
     "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact"],
     "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],  # lr / 10
     "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural"],
+    # both, with the same 640 completions spread over 8 prompts per step (4 answers each) for 20 steps: each step's
+    # gradient then holds every difficulty level, so the shift common to all prompts cancels more
+    "wide": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact",
+             "rl.prompts_per_step=8", "rl.num_generations=4", "rl.max_steps=20", "rl.save_steps=5"],
 }
 
 
