@@ -100,11 +100,12 @@ def test_cpu_verify_loss_passes_against_degrpo_loss(tmp_path):
     for name in ("loss == closed form with (B, T) advantages", "loss == degrpo_loss on plain-forward log-probs",
                  "gradients == degrpo_loss gradients", "the gradient check tells (B, T) from (B,) advantages",
                  "prompts of mixed lengths", "every LoRA tensor and control row has a gradient",
-                 "control rows trainable"):
+                 "control rows trainable", "gradient accumulation (2 micro-batches) == one batch"):
         assert checks[f"tiny/hf: {name}"]["status"] == "PASS", name
+    assert hf["accumulation"]["rel_l2"] < 1e-5 and hf["accumulation"]["loss_sum"] == pytest.approx(hf["loss"], abs=1e-6)
     assert len(hf["control_rows"]["tensors"]) == 1 and hf["control_rows"]["frozen"] == []  # tied: one row tensor
     md = out.with_suffix(".md").read_text()
-    assert "LOSS CHECK: PASS (7 passed, 0 failed)" in md and "| tiny | unsloth | skipped" in md
+    assert "LOSS CHECK: PASS (8 passed, 0 failed)" in md and "| tiny | unsloth | skipped" in md
 
 
 def test_verify_exits_non_zero_when_nothing_was_checked(tmp_path):
@@ -120,7 +121,9 @@ def _verify_record(tmp_path: Path, backend: str, grads: dict, **extra) -> dict:
     record = {"shape": "1.5b", "backend": backend, "status": "ok", "loss": 0.25, "expected_loss_bt": 0.25,
               "control_rows": {"tensors": rows, "frozen": []},
               "expected_loss_if_per_sequence": 0.2, "grad_tensors": len(grads), "zero_grad_names": [],
-              "batch": {"prompt_lengths": [256, 200, 128]}, "grads_file": str(path)}
+              "batch": {"prompt_lengths": [256, 200, 128]}, "grads_file": str(path),
+              "accumulation": {"micro_batches": 2, "loss_sum": extra.get("loss", 0.25), "compared_tensors": len(grads),
+                               "rel_l2": 1e-6, "cosine": 1.0}}
     return {**record, **extra}
 
 
@@ -150,6 +153,11 @@ def test_verdicts_and_targets_on_gpu_records(tmp_path):
     assert [c["check"] for c in failed] == ["1.5b/unsloth: gradients == hf's",
                                             "1.5b/unsloth: control-row gradients == hf's"]
     assert "lm_head.token_adapter.trainable_tokens_delta.default" in failed[0]["note"]
+    # Micro-batches whose gradients do not add up to the one-batch ones (a per-micro-batch normaliser, say).
+    results["runs"][1] = _verify_record(tmp_path, "unsloth", close, accumulation={
+        "micro_batches": 2, "loss_sum": 0.5, "compared_tensors": 4, "rel_l2": 1.0, "cosine": 1.0})
+    assert [c["check"] for c in report.verify_checks(results) if c["status"] == "FAIL"] == [
+        "1.5b/unsloth: gradient accumulation (2 micro-batches) == one batch"]
     # Frozen control rows reported by the worker fail that backend's own check.
     results["runs"][1] = _verify_record(tmp_path, "unsloth", close,
                                         control_rows={"tensors": {}, "frozen": ["x.trainable_tokens_delta.default"]})

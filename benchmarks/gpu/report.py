@@ -78,6 +78,12 @@ def verify_checks(results: dict) -> list[dict]:
         add(f"{tag}: every LoRA tensor and control row has a gradient", run["grad_tensors"] > 0 and not zero,
             f"{run['grad_tensors']} tensors with gradients" + (f"; zero: {', '.join(zero[:3])}" if zero else ""))
         add(*_rows_check(tag, run))
+        acc = run.get("accumulation") or {}
+        acc_ok = (abs(acc.get("loss_sum", inf) - loss) <= tol and acc.get("compared_tensors") == run["grad_tensors"]
+                  and acc.get("rel_l2", inf) <= 1e-2 and acc.get("cosine", -inf) >= 0.999)
+        add(f"{tag}: gradient accumulation ({acc.get('micro_batches', '?')} micro-batches) == one batch", acc_ok,
+            f"summed loss {acc.get('loss_sum', nan):.6g} vs {loss:.6g}; gradients rel L2 {acc.get('rel_l2', nan):.3g}, "
+            f"cosine {acc.get('cosine', nan):.6f}")
         if backend == "hf":
             ref = run.get("reference") or {"error": "no reference computed"}
             if "error" in ref:

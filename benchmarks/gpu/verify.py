@@ -1,4 +1,5 @@
-"""``--verify-loss``: the trainer's DeGRPO loss and LoRA gradients on one fixed batch, no generation.
+"""``--verify-loss``: the trainer's DeGRPO loss and LoRA gradients on one fixed batch, no generation; and the
+same batch in two micro-batches (gradient accumulation), whose summed loss and gradients must match.
 
 The same checkpoint, the same LoRA weights (every trainable tensor drawn from a seed derived from its
 name, LoRA B != 0 so every gradient is non-zero) and the same batch (``inputs.loss_check_batch``: prompts
@@ -35,6 +36,24 @@ def set_deterministic_adapter(model, std: float = 0.02) -> int:
                 p.copy_((torch.randn(p.shape, generator=generator) * std).to(p.dtype))
                 count += 1
     return count
+
+
+def accumulated(trainer, model, inputs: dict, advantages, micro_batches: int, grads_of) -> tuple[float, dict]:
+    """The batch in ``micro_batches`` row slices, as TRL splits a generation batch for gradient accumulation
+    (each slice keeps the whole batch's width and normaliser ``num_items_in_batch``): the summed loss and the
+    summed gradients, which must equal the one-batch ones."""
+    import torch
+
+    rows = advantages.shape[0]
+    total, summed = 0.0, {}
+    for index in torch.arange(rows, device=advantages.device).chunk(micro_batches):
+        micro = {k: (v[index] if torch.is_tensor(v) and v.dim() > 0 and v.shape[0] == rows else v)
+                 for k, v in inputs.items()}
+        loss = trainer.compute_loss(model, {**micro, "advantages": advantages[index]})
+        total += float(loss.detach())
+        for name, grad in grads_of(loss).items():
+            summed[name] = summed[name] + grad if name in summed else grad
+    return total, summed
 
 
 def run(spec: dict, record: dict) -> None:
@@ -88,6 +107,9 @@ def run(spec: dict, record: dict) -> None:
                   batch={"sequences": len(batch["prompt_ids"]), "group": spec["generations"],
                          "prompt_lengths": inputs["prompt_mask"].sum(1).tolist(),
                          "completion_lengths": inputs["completion_mask"].sum(1).tolist()})
+    micro_batches = int(spec.get("accumulation", 2))
+    loss_sum, summed = accumulated(trainer, model, inputs, batch["advantages_bt"].to(device), micro_batches, grads_of)
+    record["accumulation"] = {"micro_batches": micro_batches, "loss_sum": loss_sum, **compare_grads(summed, grads)}
     grads_path = Path(spec["work_dir"]) / "grads.pt"
     torch.save(grads, grads_path)
     record["grads_file"] = str(grads_path)
