@@ -44,6 +44,7 @@ PARTS = ("generation", "scoring", "train", "optimizer", "other")
 
 def timed(base):
     """``base`` (DeGRPOTrainer) with a stopwatch around each part of a step, and token counts."""
+    from thinkless_lite.trainers import distinct_rows  # imported by the caller already, after the model loaded
 
     class TimedDeGRPOTrainer(base):
         def __init__(self, *args, **kwargs):
@@ -79,8 +80,7 @@ def timed(base):
         def _decision_probabilities(self, prompt_ids, prompt_mask):
             with self.part("scoring"):
                 out = super()._decision_probabilities(prompt_ids, prompt_mask)
-            _, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
-            first = torch.zeros(int(inverse.max()) + 1, dtype=torch.long).scatter_(0, inverse, torch.arange(len(inverse)))
+            _, first, _ = distinct_rows(prompt_ids)
             self.tokens["decision_real"] += float(prompt_mask[first].sum())  # one forward per distinct prompt
             return out
 

@@ -87,6 +87,22 @@ def smollm2_dir() -> Path:
     return gguf_to_hf(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+UNSLOTH_PINNED = "2026.10.9"
+
+
+def installed_file(package: str, relative: str) -> Path:
+    """A file of the pinned unsloth / unsloth_zoo wheel (installed with --no-deps by ``make dev``), read as source."""
+    import importlib.metadata
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"{package} is not installed; `make dev` installs it with --no-deps (requirements/no-deps.txt)")
+    assert importlib.metadata.version(package) == UNSLOTH_PINNED, \
+        f"re-check the Unsloth proofs before moving off {UNSLOTH_PINNED}"
+    return Path(spec.submodule_search_locations[0]) / relative
+
+
 def user_env() -> dict:
     """The environment a user's shell has: no pytest, nothing of the checkout on the import path."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST")}

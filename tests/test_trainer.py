@@ -34,6 +34,15 @@ def test_trl_is_the_pinned_version_and_the_hooks_we_use_exist():
         inspect.getsource(GRPOTrainer._generate)
 
 
+def assert_same_gradients(got, expected) -> None:
+    """Tensor by tensor, control-token rows included; a tensor without a gradient must lack it on both sides."""
+    for a, b in zip(got, expected):
+        if a is None or b is None:
+            assert a is None and b is None
+        else:
+            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+
+
 def fixed_rewards(completions, **kwargs):
     """Deterministic rewards with one uniform group (dropped) and varied others."""
     out = []
@@ -99,11 +108,7 @@ def test_trainer_loss_equals_degrpo_loss(tiny_model_dir, tmp_path, request, deco
     expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=alpha,
                            decoupled=decoupled)
     grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
-    for a, b in zip(grads_trainer, grads_expected):
-        if a is None or b is None:
-            assert a is None and b is None
-        else:
-            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert_same_gradients(grads_trainer, grads_expected)
 
 
 def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):
@@ -220,8 +225,4 @@ def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_adv
     expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=0.5, clip_eps=0.2)
     assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
     grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
-    for a, b in zip(grads_trainer, grads_expected):
-        if a is None or b is None:
-            assert a is None and b is None
-        else:
-            assert torch.allclose(a, b, atol=1e-6, rtol=1e-4)
+    assert_same_gradients(grads_trainer, grads_expected)

@@ -10,8 +10,6 @@ check that loss and gradients equal :func:`thinkless_lite.degrpo_loss`.
 """
 
 import ast
-import importlib.metadata
-import importlib.util
 import json
 import math
 import re
@@ -25,6 +23,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
+from conftest import installed_file
 from thinkless_lite.compat import ensure_reference_adapter, trainer_flavour, unsloth_layout, unsloth_loss_inputs
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.losses import degrpo_loss, informative_groups
@@ -32,19 +31,12 @@ from thinkless_lite.model import ensure_distinct_pad_token, load_model
 from thinkless_lite.tokens import format_prompt
 from thinkless_lite.trainers import DeGRPOMixin, DeGRPOTrainer, check_trainer_flavour
 
-PINNED = "2026.10.9"
 GROUP = 4
 ZOO_NAMES = ("calculate_pad_tokens_in_prompt", "create_completion_attention_mask", "left_pack_padding",
              "align_logprobs_with_mask", "grpo_compute_loss", "UnslothEfficientGRPO")
 QUESTIONS = ["1+2", "3*4-1", "9-9*3+1", "5+5*5-2+1"]  # different lengths: different left padding
 
 
-def installed_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"{package} is not installed; `make dev` installs it with --no-deps (requirements/no-deps.txt)")
-    assert importlib.metadata.version(package) == PINNED, f"re-check the Unsloth proof before moving off {PINNED}"
-    return Path(spec.submodule_search_locations[0]) / relative
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,6 @@ runs its real Unsloth branch on top of that. The premise (which calls Unsloth ma
 from __future__ import annotations
 
 import ast
-import importlib.metadata
-import importlib.util
 import json
 import re
 import shutil
@@ -27,6 +25,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import installed_file
 from thinkless_lite import model as model_module
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.model import (
@@ -37,16 +36,9 @@ from thinkless_lite.model import (
     unfreeze_control_rows,
 )
 
-PINNED = "2026.10.9"
 ROWS = "trainable_tokens_delta"
 
 
-def wheel_file(package: str, relative: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        pytest.fail(f"{package} is not installed; `make dev` installs it with --no-deps (requirements/no-deps.txt)")
-    assert importlib.metadata.version(package) == PINNED, f"re-check this proof before moving off {PINNED}"
-    return Path(spec.submodule_search_locations[0]) / relative
 
 
 def _defs(path: Path, names: set[str] | None = None) -> list[ast.stmt]:
@@ -83,13 +75,13 @@ def zoo_prepare():
                  "unpatch_unsloth_gradient_checkpointing": lambda: None,
                  "unpatch_unsloth_smart_gradient_checkpointing": lambda: None,
                  "HAS_TORCH_DTYPE": False, **{n: getattr(typing, n) for n in ("Any", "Optional", "List", "Dict", "Tuple")}}
-    nodes = (_defs(wheel_file("unsloth_zoo", "utils.py"), {"__DTYPE_MAP", "_get_dtype"})
-             + _defs(wheel_file("unsloth_zoo", "hf_utils.py"), {"dtype_from_config"})
-             + _zoo_preparation_defs(wheel_file("unsloth_zoo", "training_utils.py")))
+    nodes = (_defs(installed_file("unsloth_zoo", "utils.py"), {"__DTYPE_MAP", "_get_dtype"})
+             + _defs(installed_file("unsloth_zoo", "hf_utils.py"), {"dtype_from_config"})
+             + _zoo_preparation_defs(installed_file("unsloth_zoo", "training_utils.py")))
     assert {"_get_dtype", "dtype_from_config", "prepare_model_for_training", "disable_use_cache"} <= {
         getattr(n, "name", None) for n in nodes}
     exec(compile(ast.Module(body=nodes, type_ignores=[]), "unsloth_zoo", "exec"), namespace)  # noqa: S102
-    kbit = _defs(wheel_file("unsloth", "models/_utils.py"), {"prepare_model_for_kbit_training"})
+    kbit = _defs(installed_file("unsloth", "models/_utils.py"), {"prepare_model_for_kbit_training"})
     assert len(kbit) == 1
     exec(compile(ast.Module(body=kbit, type_ignores=[]), "unsloth/models/_utils.py", "exec"), namespace)  # noqa: S102
     return namespace["prepare_model_for_kbit_training"]
@@ -165,14 +157,14 @@ def _row_tensors(model) -> dict[str, torch.nn.Parameter]:
 def test_unsloth_prepares_every_peft_model_by_freezing_non_lora_tensors():
     """The premise, read from the pinned wheels: both Unsloth paths of load_model end in the zoo preparation
     with full_finetuning=False, which trains only names with LoRA marks (or PEFT biases)."""
-    llama = wheel_file("unsloth", "models/llama.py").read_text(encoding="utf-8")
+    llama = installed_file("unsloth", "models/llama.py").read_text(encoding="utf-8")
     assert "model = FastLlamaModel.patch_peft_model(model, use_gradient_checkpointing)" in llama  # get_peft_model
     patch = llama[llama.index("def patch_peft_model("):]
     assert re.search(r"model = prepare_model_for_kbit_training\(\s*model,", patch[:4000])
-    kbit = wheel_file("unsloth", "models/_utils.py").read_text(encoding="utf-8")
+    kbit = installed_file("unsloth", "models/_utils.py").read_text(encoding="utf-8")
     assert re.search(r"def prepare_model_for_kbit_training\(.*?return prepare_model_for_training\(.*?"
                      r"full_finetuning = False", kbit, re.S)
-    zoo = wheel_file("unsloth_zoo", "training_utils.py").read_text(encoding="utf-8")
+    zoo = installed_file("unsloth_zoo", "training_utils.py").read_text(encoding="utf-8")
     assert '".lora_A." in name' in zoo and ROWS not in zoo
 
 

@@ -237,17 +237,17 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
 
     pi_short, pi_think = p_short[:, :1], p_think[:, :1]
     value = (pi_short * mean_short + pi_think * mean_think) / (pi_short + pi_think).clamp(min=1e-12)
-    exact = (is_short * group_size * pi_short * (mean_short - value) / n_short.clamp(min=1)
-             + is_think * group_size * pi_think * (mean_think - value) / n_think.clamp(min=1)
-             + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+    two_mode = (is_short * group_size * pi_short * (mean_short - value) / n_short.clamp(min=1)
+                + is_think * group_size * pi_think * (mean_think - value) / n_think.clamp(min=1)
+                + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
     if control_gradient == "natural":
         gap = mean_short - mean_think
-        exact = (is_short * group_size * gap / n_short.clamp(min=1)
-                 - is_think * group_size * gap / n_think.clamp(min=1)
-                 + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+        two_mode = (is_short * group_size * gap / n_short.clamp(min=1)
+                    - is_think * group_size * gap / n_think.clamp(min=1)
+                    + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
     elif control_gradient != "exact":
         raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
-    control = torch.where(both, exact, plain)
+    control = torch.where(both, two_mode, plain)
 
     if within_mode:
         own_mean = is_short * mean_short + is_think * mean_think

@@ -187,9 +187,7 @@ class DeGRPOMixin:
     def _decision_probabilities(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
         """``(B, 2)``: the policy's probability of ``<short>`` and ``<think>`` right after each prompt, at the
         sampling temperature (one forward over the distinct prompts, in eval mode, no dropout)."""
-        unique, inverse = torch.unique(prompt_ids, dim=0, return_inverse=True)
-        first = torch.zeros(unique.shape[0], dtype=torch.long, device=prompt_ids.device)
-        first.scatter_(0, inverse, torch.arange(prompt_ids.shape[0], device=prompt_ids.device))
+        unique, first, inverse = distinct_rows(prompt_ids)
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         # Unsloth's log-prob code leaves its models returning hidden states in place of logits; not here.
@@ -301,6 +299,15 @@ class DeGRPOMixin:
             metrics[f"accuracy_think/k{level}"].append(ratio((correct * think * at).sum(), (think * at).sum()))
             metrics[f"accuracy_short/k{level}"].append(ratio((correct * short * at).sum(), (short * at).sum()))
 
+
+
+def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The distinct rows of ``ids`` (a group's members share their prompt), the index of one row holding each,
+    and for every row which distinct row it is."""
+    unique, inverse = torch.unique(ids, dim=0, return_inverse=True)
+    first = torch.zeros(unique.shape[0], dtype=torch.long, device=ids.device)
+    first.scatter_(0, inverse, torch.arange(ids.shape[0], device=ids.device))
+    return unique, first, inverse
 
 
 def check_trainer_flavour(trainer_class: type, backend: str | None) -> None:
