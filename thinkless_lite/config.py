@@ -151,6 +151,10 @@ class RLConfig:
     control_gradient: str = field(default="exact", metadata=_help(
         "With both modes in a group: exact (the on-policy two-mode expectation) or natural (divided by the "
         "choice's Fisher information, so it does not vanish once P(think) saturates; losses.mode_advantages)."))
+    mode_centering: float = field(default=0.0, metadata=_help(
+        "Share of the batch's common pull on the mode choice removed from every prompt's (needs both modes in "
+        "the groups: mode_balance > 0). 1 = the choice learns which prompts to think on, not a shift of all of "
+        "them (losses.mode_advantages); 0 = the on-policy gradient."))
     within_mode_advantages: bool = field(default=False, metadata=_help(
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))

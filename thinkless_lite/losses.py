@@ -187,8 +187,8 @@ def forced_modes(group_size: int, balance: float) -> list[int | None]:
 
 
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
-                    group_size: int, within_mode: bool = False,
-                    control_gradient: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+                    group_size: int, within_mode: bool = False, control_gradient: str = "exact",
+                    centering: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -218,6 +218,17 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     can no longer pull it back. The natural one is the same direction per prompt, not the on-policy gradient
     of the mix (it is its Fisher-preconditioned version, prompt by prompt).
 
+    Both forms pull each group's log-odds ``log pi(think) - log pi(short)`` by one number, its *pull*
+    (``pi(think) (rbar_t - V)``, or ``rbar_t - rbar_s`` for the natural form); think members carry ``+G pull / n_t``,
+    short members ``-G pull / n_s``. ``centering`` in [0, 1] removes that share of the batch's mean pull (over
+    the groups holding both modes) from every group's pull. Why: at the decision point every prompt looks
+    alike to the model (the chat template's last tokens), so a pull shared by the batch moves the choice of
+    *every* prompt at once, long before a pull that differs between prompts can teach it to tell them apart.
+    With the easy prompts in the majority that common pull is a blind shift to ``<short>`` on every level,
+    hard ones included (``benchmarks/decision_probe.py`` shows it in minutes). Centred, the batch pulls
+    hard prompts towards thinking *relative to* easy ones: the choice learns difficulty instead of a
+    bias. ``centering=1`` is no longer the on-policy gradient of the mix (its shared part is gone); 0 is.
+
     Response tokens. ``within_mode=False``: the plain group advantage (as GRPO). ``True``: reward minus the
     mean of the same mode's answers in the group, so that a thinking answer is not pushed down merely for
     being a thinking answer in a group where short ones paid more: the response term then improves answers
@@ -237,16 +248,18 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
 
     pi_short, pi_think = p_short[:, :1], p_think[:, :1]
     value = (pi_short * mean_short + pi_think * mean_think) / (pi_short + pi_think).clamp(min=1e-12)
-    two_mode = (is_short * group_size * pi_short * (mean_short - value) / n_short.clamp(min=1)
-                + is_think * group_size * pi_think * (mean_think - value) / n_think.clamp(min=1)
-                + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
-    if control_gradient == "natural":
-        gap = mean_short - mean_think
-        two_mode = (is_short * group_size * gap / n_short.clamp(min=1)
-                    - is_think * group_size * gap / n_think.clamp(min=1)
-                    + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
-    elif control_gradient != "exact":
+    if control_gradient == "exact":
+        pull = pi_think * (mean_think - value)  # = -pi_short * (mean_short - value): V is their weighted mean
+    elif control_gradient == "natural":
+        pull = mean_think - mean_short
+    else:
         raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
+    if not 0.0 <= centering <= 1.0:
+        raise ValueError(f"centering must be in [0, 1], got {centering}")
+    if centering > 0 and both.any():
+        pull = pull - centering * pull[both].mean()
+    two_mode = (group_size * pull * (is_think / n_think.clamp(min=1) - is_short / n_short.clamp(min=1))
+                + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
     control = torch.where(both, two_mode, plain)
 
     if within_mode:

@@ -70,7 +70,7 @@ class DeGRPOMixin:
                  recorder: ThinklessReward | None = None, backend: str | None = None,
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
                  within_mode_advantages: bool = False, control_gradient: str = "exact",
-                 control_tokens: ControlTokens = ControlTokens(), **kwargs):
+                 mode_centering: float = 0.0, control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -92,6 +92,11 @@ class DeGRPOMixin:
         if control_gradient not in ("exact", "natural"):
             raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
         self.control_gradient = control_gradient
+        if not 0.0 <= mode_centering <= 1.0:
+            raise ValueError(f"mode_centering must be in [0, 1], got {mode_centering}")
+        if mode_centering > 0 and self.mode_balance <= 0:
+            raise ValueError("mode_centering needs both modes in the groups: set mode_balance > 0 too")
+        self.mode_centering = mode_centering
         vocab = self.processing_class.get_vocab()
         missing = [t for t in (control_tokens.short, control_tokens.think) if t not in vocab]
         if missing:
@@ -244,7 +249,8 @@ class DeGRPOMixin:
         if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
             control, response = mode_advantages(rewards.to(device), all_modes.long(), p_short, p_think,
                                                 self.num_generations, within_mode=self.within_mode_advantages,
-                                                control_gradient=self.control_gradient)
+                                                control_gradient=self.control_gradient,
+                                                centering=self.mode_centering)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         else:
