@@ -1,13 +1,14 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   # venv + install + the whole mini-world pipeline on CPU (report in runs/quickstart)
 #   make test         # venv + install + dev tools + headless Chromium, then the full test suite
+#   make test-fast    # the same set-up, then every test not marked slow (minutes, not the better part of an hour)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 OUT    ?= runs/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: install dev quickstart test bench clean
+.PHONY: install dev quickstart test test-fast bench clean
 
 # On a machine without an NVIDIA driver, torch is pinned to the CPU build first (otherwise pip pulls a
 # multi-GB CUDA wheel); with one, the Unsloth extra comes along.
@@ -36,6 +37,10 @@ quickstart: $(BIN)/.installed
 
 test: $(BIN)/.dev
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Slow tests train models end to end or run notebooks, a browser, console scripts or the quickstart.
+test-fast: $(BIN)/.dev
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/quickstart_outcome.py

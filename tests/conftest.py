@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -103,10 +104,18 @@ def installed_file(package: str, relative: str) -> Path:
     return Path(spec.submodule_search_locations[0]) / relative
 
 
-def user_env() -> dict:
-    """The environment a user's shell has: no pytest, nothing of the checkout on the import path."""
+def user_env(**extra: str) -> dict:
+    """The environment a user's shell has: no pytest, nothing of the checkout on the import path, offline;
+    ``extra`` on top (``OMP_NUM_THREADS="1"`` keeps a subprocess to one thread)."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST")}
-    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"} | extra
+
+
+def free_port() -> int:
+    """A local TCP port nobody listens on now, for a server a test starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -281,7 +281,8 @@ def test_folded_control_rows_answer_like_the_wrapper_and_go_back(byo):
 
 def test_the_fixture_goes_through_warmup_rl_eval_and_a_16_bit_merge(byo, tmp_path):
     from thinkless_lite.callbacks import read_metrics
-    from thinkless_lite.stages import evaluate, export, rl, warmup
+    from thinkless_lite.export import export
+    from thinkless_lite.stages import evaluate, rl, warmup
 
     common = [f"model.name_or_path={byo['gguf']}", "model.backend=full", "model.lora_r=4", "model.lora_alpha=8",
               "model.train_control_rows=new", "threads=1", f"output_dir={tmp_path}", "name=byo",
@@ -307,6 +308,6 @@ def test_the_fixture_goes_through_warmup_rl_eval_and_a_16_bit_merge(byo, tmp_pat
     assert report is not None
 
     out = tmp_path / "merged"
-    quiet(export.export, rl_adapter, out, merge=True)
+    quiet(export, rl_adapter, out, merge=True)
     config = json.loads((out / "config.json").read_text())
     assert config["dtype"] == "bfloat16"  # --merge writes 16-bit, as its help says

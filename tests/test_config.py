@@ -1,13 +1,37 @@
-import pytest
+from pathlib import Path
 
-from thinkless_lite.config import ConfigError, load_config, save_resolved
+import pytest
+import yaml
+
+from thinkless_lite.config import ConfigError, load_config, save_resolved, to_dict
 from thinkless_lite.cli import build_parser, main
 
 
-def test_recipes_load():
-    for path in ["configs/mini.yaml", "configs/r1_distill_1.5b_t4.yaml", "configs/qwen2.5_1.5b_instruct_t4.yaml"]:
-        cfg = load_config(path)
-        assert cfg.model.name_or_path
+RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def differences(written: dict, loaded: dict, prefix: str = "") -> list[str]:
+    """The recipe's keys whose loaded value is not the one written in its YAML."""
+    wrong = []
+    for key, value in written.items():
+        if isinstance(value, dict) and isinstance(loaded.get(key), dict) and all(isinstance(k, str) for k in value):
+            wrong += differences(value, loaded[key], f"{prefix}{key}.")
+        elif key not in loaded or loaded[key] != value:
+            wrong.append(f"{prefix}{key}")
+    return wrong
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda path: path.stem)
+def test_every_shipped_recipe_loads_as_written(path):
+    cfg = load_config(path)
+    assert differences(yaml.safe_load(path.read_text()), to_dict(cfg)) == []
+    assert load_config(path.stem) == cfg                              # by name, as `--config smollm2_135m_cpu`
+
+
+def test_the_cli_help_names_every_shipped_recipe():
+    from thinkless_lite import cli
+
+    assert RECIPES and [path.stem for path in RECIPES if path.stem not in cli.__doc__] == []
 
 
 def test_overrides_are_typed_and_nested():

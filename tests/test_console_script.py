@@ -3,7 +3,6 @@ repository, with nothing but the install on the import path (no ``python -m``, n
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,19 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port, user_env
+
+pytestmark = pytest.mark.slow  # console scripts: a fresh interpreter imports torch and transformers per run
+
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = Path(sys.executable).parent / "thinkless-lite"
-
-
-def user_env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST")}
-    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +27,8 @@ def script() -> Path:
 
 
 def test_help_from_another_folder(script, tmp_path):
-    done = subprocess.run([str(script), "--help"], cwd=tmp_path, env=user_env(), capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run([str(script), "--help"], cwd=tmp_path, env=user_env(OMP_NUM_THREADS="1"),
+                          capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "quickstart" in done.stdout and "demo" in done.stdout
 
@@ -47,7 +39,8 @@ def test_demo_serves_its_page_from_another_folder(script, tmp_path):
     with log.open("w") as sink:
         server = subprocess.Popen([str(script), "demo", "--config", str(REPO / "configs" / "mini.yaml"),
                                    "--port", str(port), "--set", "threads=1"],
-                                  cwd=tmp_path, env=user_env(), stdout=sink, stderr=subprocess.STDOUT,
+                                  cwd=tmp_path, env=user_env(OMP_NUM_THREADS="1"), stdout=sink,
+                                  stderr=subprocess.STDOUT,
                                   start_new_session=True)
     try:
         deadline, page = time.time() + 180, None

@@ -8,7 +8,6 @@ Chromium comes from Debian (``scripts/install_browser.sh``); Playwright's own do
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -17,9 +16,10 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
+from conftest import free_port
 from thinkless_lite.config import ModelConfig, RunConfig
 from thinkless_lite.data.miniworld import solve
-from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.demo_engine import ThinklessEngine
 from thinkless_lite.model import MINI_BASE_DIR, MINI_BASE_NAME
 
 pytestmark = pytest.mark.slow
@@ -30,12 +30,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TIMEOUT_MS = 60_000          # any single browser wait
 STARTUP_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +62,7 @@ def server(tiny_model_dir, tmp_path_factory):
     recipe.write_text(yaml.safe_dump({"model": {"name_or_path": name, "backend": "hf"},
                                       "demo": {"max_new_tokens": cfg.demo.max_new_tokens}}), encoding="utf-8")
     demo = build_app(engine, cfg.demo, model_choices={"same model (reloaded)": str(recipe)})
-    port = _free_port()
+    port = free_port()
     try:
         launch(demo, cfg.demo, port=port, prevent_thread_lock=True, quiet=True)
         url = f"http://127.0.0.1:{port}/"

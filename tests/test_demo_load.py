@@ -14,7 +14,6 @@ from __future__ import annotations
 import gc
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -23,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from thinkless_lite.config import load_config
-from thinkless_lite.generation import ThinklessEngine
+from thinkless_lite.demo_engine import ThinklessEngine
 from thinkless_lite.model import MINI_BASE_DIR, MINI_BASE_NAME
 
 pytestmark = pytest.mark.slow
@@ -88,12 +88,6 @@ def rss_mb() -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmRSS in /proc/self/status")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

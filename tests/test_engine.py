@@ -9,8 +9,9 @@ import pytest
 
 from thinkless_lite.config import ModelConfig, RunConfig
 from thinkless_lite.demo.render import render_answer
-from thinkless_lite.generation import ThinklessEngine
-from thinkless_lite.generation import Generation
+from thinkless_lite.demo_engine import ThinklessEngine
+from thinkless_lite.generation import Generation, decide
+from thinkless_lite.tokens import format_prompt
 
 
 @pytest.fixture(scope="module")
@@ -19,6 +20,12 @@ def engine(tiny_model_dir) -> ThinklessEngine:
     cfg.demo.max_input_chars = 40
     cfg.demo.max_new_tokens = 24
     return ThinklessEngine.from_config(cfg)
+
+
+def p_think_of(engine: ThinklessEngine, question: str) -> float:
+    """P(think) of the engine's model for a question, read straight from the decision step."""
+    prompt = format_prompt(engine.tokenizer, question, engine.system_prompt, tokens=engine.tokens)
+    return decide(engine.model, engine.tokenizer, [prompt], tokens=engine.tokens)[2][0]
 
 
 def test_from_config_uses_demo_limits(engine, tiny_model_dir):
@@ -37,14 +44,15 @@ def test_stream_yields_decision_then_text_then_done(engine, mode):
     assert set(kinds[1:-1]) <= {"text"}
     assert kinds.count("decision") == 1 and kinds.count("done") == 1
     decision, done = events[0], events[-1]
-    assert 0.0 <= decision.p_think <= 1.0
+    assert decision.p_think == pytest.approx(p_think_of(engine, "7+3*2-5"), abs=1e-6)
     if mode != "auto":
         assert decision.mode == mode
     generation = done.generation
     assert isinstance(generation, Generation)
-    assert generation.p_think == pytest.approx(decision.p_think)
+    assert (generation.mode, generation.p_think) == (decision.mode, pytest.approx(decision.p_think))
+    if decision.mode is not None:               # auto, on a random model, may choose no control token at all
+        assert generation.completion.startswith(f"<{decision.mode}>")
     assert 1 <= generation.num_tokens <= 16
-    assert generation.seconds >= 0
     # The completion is exactly the decision text followed by the streamed pieces.
     assert generation.completion == "".join(e.text for e in events[:-1])
     assert not engine.lock.locked()
@@ -54,7 +62,11 @@ def test_forced_modes_and_threshold(engine):
     assert engine.answer("3+4", mode="think", max_new_tokens=8).mode == "think"
     assert engine.answer("3+4", mode="short", max_new_tokens=8).mode == "short"
     assert engine.answer("3+4", tau=0.0, max_new_tokens=8).mode == "think"      # P(think) >= 0 always
-    assert engine.answer("3+4", tau=1.0, max_new_tokens=8).requested == "tau=1"
+    p = p_think_of(engine, "3+4")
+    assert p < 1.0                                                              # a random model is never sure
+    above = engine.answer("3+4", tau=min(1.0, p + 1e-3), max_new_tokens=8)
+    assert (above.mode, above.requested) == ("short", f"tau={min(1.0, p + 1e-3):g}")  # routed short: P(think) < tau
+    assert engine.answer("3+4", tau=max(0.0, p - 1e-3), max_new_tokens=8).mode == "think"
 
 
 @pytest.mark.parametrize("question, message", [

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -27,7 +26,13 @@ import pytest
 import torch
 import yaml
 
-from thinkless_lite.stages import export as ex
+from conftest import user_env
+from thinkless_lite.cli import main as cli_main
+from thinkless_lite.export import ExportError, export
+from thinkless_lite.export.card import CardFacts, recipe_datasets, render_card
+from thinkless_lite.export.folder import MARKER, RECIPE_COPY, REPORT_COPY
+from thinkless_lite.export.hub import is_hub_id
+from thinkless_lite.export.inspect import combine_reports, eval_report, find_reports
 from thinkless_lite.config import ModelConfig, load_config, save_resolved, to_dict
 from thinkless_lite.tokens import ControlTokens
 
@@ -37,15 +42,9 @@ HARD = "7+3*2-5*9+1"
 
 # ---------------------------------------------------------------- helpers
 
-def user_env(**extra) -> dict:
-    """A user's shell: no PYTHONPATH (so nothing of the checkout leaks in), offline, one thread."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_CURRENT_TEST")}
-    return env | {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"} | extra
-
-
 def run_python(code: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=user_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    done = subprocess.run([sys.executable, "-c", code], cwd=cwd, env=user_env(OMP_NUM_THREADS="1"), capture_output=True,
+                          text=True, timeout=timeout)
     assert done.returncode == 0, f"stdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
     return done
 
@@ -93,8 +92,8 @@ def quickstart_report() -> dict:
 
 def test_card_renders_the_report_table_metadata_and_recipe():
     recipe = to_dict(load_config(REPO / "configs" / "r1_distill_1.5b_t4.yaml"))
-    report = ex.eval_report(quickstart_report())
-    card = ex.render_card(ex.CardFacts(
+    report = eval_report(quickstart_report())
+    card = render_card(CardFacts(
         kind="merged", model_ref="someone/thinkless-r1", base="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B",
         base_hub_id="deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", stage="rl", report=report, recipe=recipe,
         dtype="bfloat16", report_sources=["runs/r1/report.json"]))
@@ -122,7 +121,7 @@ def test_card_renders_the_report_table_metadata_and_recipe():
 
 
 def test_card_without_a_report_says_so_and_gives_no_numbers():
-    card = ex.render_card(ex.CardFacts(kind="adapter", model_ref="out", base="/somewhere/mini-base",
+    card = render_card(CardFacts(kind="adapter", model_ref="out", base="/somewhere/mini-base",
                                        tokens=ControlTokens("<fast>", "<slow>", "</slow>")))
     meta = front_matter(card)
     assert "base_model" not in meta and "datasets" not in meta and meta["library_name"] == "peft"
@@ -136,14 +135,14 @@ def test_card_without_a_report_says_so_and_gives_no_numbers():
 
 
 def test_hub_ids_and_datasets_of_the_recipes():
-    assert ex.is_hub_id("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
+    assert is_hub_id("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
     for name in ("thinkless-lite/mini-base", "/abs/path", "./rel/x", "model.gguf", "plain", ""):
-        assert not ex.is_hub_id(name), name
+        assert not is_hub_id(name), name
     mini = to_dict(load_config(REPO / "configs" / "mini.yaml"))
-    assert ex.recipe_datasets(mini, "rl") == []
+    assert recipe_datasets(mini, "rl") == []
     r1 = to_dict(load_config(REPO / "configs" / "r1_distill_1.5b_t4.yaml"))
-    assert ex.recipe_datasets(r1, "warmup") == ["Vinnnf/Hybrid-OpenR1-Math-220k-formatted"]
-    warm = ex.render_card(ex.CardFacts(kind="adapter", model_ref="x", base="b", stage="warmup", recipe=r1))
+    assert recipe_datasets(r1, "warmup") == ["Vinnnf/Hybrid-OpenR1-Math-220k-formatted"]
+    warm = render_card(CardFacts(kind="adapter", model_ref="x", base="b", stage="warmup", recipe=r1))
     assert "not applied: this is the warm-up adapter" in warm and "degrpo" not in front_matter(warm)["tags"]
 
 
@@ -158,18 +157,18 @@ def test_reports_are_found_next_to_the_adapter_and_must_be_its_own(tmp_path):
             {"benchmarks": {name: {"auto": summary}}, "adapter": "runs/r1/rl/adapter"}))
     (run / "eval" / "report.json").write_text(json.dumps(
         {"benchmarks": {"gsm8k": {"auto": {"n": 9, "accuracy": 0.9}}}, "adapter": "runs/other/rl/adapter"}))
-    found = ex.find_reports(adapter)
+    found = find_reports(adapter)
     assert [p.parent.name for p, _ in found] == ["gsm8k", "math500"]   # another adapter's report is left out
-    combined = ex.combine_reports([r for _, r in found])
+    combined = combine_reports([r for _, r in found])
     assert set(combined["benchmarks"]) == {"gsm8k", "math500"}
     assert combined["benchmarks"]["math500"]["auto"]["accuracy"] == 0.25
     # The quickstart's report: the final modes for rl/adapter, the after-warm-up ones for warmup/adapter.
     (run / "warmup" / "adapter").mkdir(parents=True)
     (run / "report.json").write_text(json.dumps(quickstart_report()))
-    warm = ex.find_reports(run / "warmup" / "adapter")
+    warm = find_reports(run / "warmup" / "adapter")
     assert [p.name for p, _ in warm] == ["report.json"]
     assert warm[0][1]["benchmarks"]["miniworld"]["auto"]["think_ratio"] == 1.0
-    assert ex.find_reports(tmp_path) == []                            # not a stage folder: nothing guessed
+    assert find_reports(tmp_path) == []                            # not a stage folder: nothing guessed
 
 
 # ---------------------------------------------------------------- a thinkless adapter on the mini base
@@ -220,12 +219,21 @@ def mini_run(tmp_path_factory, mini_base_dir):
 
 @pytest.fixture(scope="module")
 def adapter_export(mini_run):
-    return ex.export(mini_run["adapter"], mini_run["root"] / "shared" / "adapter")
+    return export(mini_run["adapter"], mini_run["root"] / "shared" / "adapter")
 
 
 @pytest.fixture(scope="module")
 def merged_export(mini_run):
-    return ex.export(mini_run["adapter"], mini_run["root"] / "shared" / "merged", merge=True)
+    return export(mini_run["adapter"], mini_run["root"] / "shared" / "merged", merge=True)
+
+
+def perturb_trainable(model, seed: int, scale: float) -> None:
+    """Move every trainable tensor by seeded noise: an adapter whose LoRA and control rows are all non-zero."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.requires_grad:
+                param.add_(torch.randn(param.shape, generator=generator) * scale)
 
 
 def reference_model(base, adapter):
@@ -242,9 +250,9 @@ def test_adapter_export_holds_the_adapter_tokenizer_and_card(adapter_export, min
     out = Path(adapter_export["out"])
     names = set(adapter_export["files"])
     assert {"adapter_config.json", "adapter_model.safetensors", "tokenizer.json", "tokenizer_config.json",
-            "chat_template.jinja", "README.md", ex.MARKER, ex.REPORT_COPY, ex.RECIPE_COPY} <= names
+            "chat_template.jinja", "README.md", MARKER, REPORT_COPY, RECIPE_COPY} <= names
     assert adapter_export["bytes"] < 1_000_000                        # no embedding tables
-    marker = json.loads((out / ex.MARKER).read_text())
+    marker = json.loads((out / MARKER).read_text())
     assert marker["kind"] == "adapter" and marker["stage"] == "rl" and marker["needs_resize"] is True
     assert marker["vocab_size"] == 262 and marker["base_vocab_size"] == 261 and marker["untrained_rows"] == []
     assert marker["control_token_ids"]["short"] == 261
@@ -350,7 +358,7 @@ def test_push_goes_through_huggingface_hub_with_the_environment_token(mini_run, 
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     out = tmp_path / "pushed"
-    result = ex.export(mini_run["adapter"], out, push_to_hub="someone/thinkless-mini", private=True)
+    result = export(mini_run["adapter"], out, push_to_hub="someone/thinkless-mini", private=True)
     (create, repo_id, create_kw), (upload, upload_kw) = calls
     assert (create, repo_id, create_kw["private"], create_kw["token"]) == ("create", "someone/thinkless-mini", True,
                                                                            "hf_test_token")
@@ -361,7 +369,7 @@ def test_push_goes_through_huggingface_hub_with_the_environment_token(mini_run, 
 
     # A finished export pushed later to another repository: its card's snippet follows.
     calls.clear()
-    result = ex.main(["--out", str(out), "--push-to-hub", "someone/renamed"])
+    assert cli_main(["export", "--out", str(out), "--push-to-hub", "someone/renamed"]) == 0
     assert calls[0][1] == "someone/renamed" and calls[0][2]["private"] is False
     assert 'MODEL = "someone/renamed"' in (out / "README.md").read_text()
 
@@ -370,15 +378,15 @@ def test_push_offline_fails_clearly_and_keeps_the_export(mini_run, monkeypatch, 
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "offline"
-    with pytest.raises(SystemExit) as exit_info:
-        ex.main(["--adapter", str(mini_run["adapter"]), "--out", str(out), "--push-to-hub", "someone/x", "--private"])
-    assert exit_info.value.code == 1
+    assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out), "--push-to-hub", "someone/x",
+                     "--private"]) == 1
     err = capsys.readouterr().err
     assert "offline (HF_HUB_OFFLINE=1)" in err and f"{out} is intact" in err
     assert f"thinkless-lite export --out {out} --push-to-hub someone/x --private" in err
     assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
 
 
+@pytest.mark.slow
 def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_export(mini_run, tmp_path):
     """The installed command, hub online but its endpoint a closed local port (nothing leaves this machine)."""
     out = tmp_path / "unreachable"
@@ -386,18 +394,18 @@ def test_push_to_an_unreachable_hub_fails_clearly_and_keeps_the_export(mini_run,
     done = subprocess.run([str(script), "export", "--adapter", str(mini_run["adapter"]), "--out", str(out),
                            "--push-to-hub", "someone/x"], cwd=tmp_path, capture_output=True, text=True, timeout=300,
                           env=user_env(HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9", HF_TOKEN="hf_test",
-                                       HF_HUB_DISABLE_TELEMETRY="1"))
+                                       HF_HUB_DISABLE_TELEMETRY="1", OMP_NUM_THREADS="1"))
     assert done.returncode == 1, done.stderr[-2000:]
     assert "push to someone/x failed: could not reach the hub" in done.stderr
     assert f"{out} is intact" in done.stderr and "Traceback" not in done.stderr
-    assert (out / "adapter_model.safetensors").is_file() and (out / ex.MARKER).is_file()
+    assert (out / "adapter_model.safetensors").is_file() and (out / MARKER).is_file()
 
 
 def test_push_without_a_token_writes_nothing(mini_run, monkeypatch, tmp_path):
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
-    with pytest.raises(ex.ExportError, match="needs a Hugging Face write token: set HF_TOKEN"):
-        ex.export(mini_run["adapter"], tmp_path / "x", push_to_hub="someone/x")
+    with pytest.raises(ExportError, match="needs a Hugging Face write token: set HF_TOKEN"):
+        export(mini_run["adapter"], tmp_path / "x", push_to_hub="someone/x")
     assert not (tmp_path / "x").exists()
 
 
@@ -447,9 +455,7 @@ def test_bad_input_is_a_clear_error_that_touches_nothing(case, mini_run, tmp_pat
     make, message = BAD[case]
     adapter, out = make(root, work / "rl" / "adapter")
     before = tree(root)
-    with pytest.raises(SystemExit) as exit_info:
-        ex.main(["--adapter", str(adapter), "--out", str(out), "--merge"])
-    assert exit_info.value.code == 1
+    assert cli_main(["export", "--adapter", str(adapter), "--out", str(out), "--merge"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert tree(root) == before
@@ -457,10 +463,11 @@ def test_bad_input_is_a_clear_error_that_touches_nothing(case, mini_run, tmp_pat
 
 def test_an_existing_export_is_replaced_only_when_asked(adapter_export, mini_run, capsys):
     out = Path(adapter_export["out"])
-    with pytest.raises(SystemExit):
-        ex.main(["--adapter", str(mini_run["adapter"]), "--out", str(out)])
+    assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out)]) == 1
     assert "pass --overwrite to replace it" in capsys.readouterr().err
-    again = ex.main(["--adapter", str(mini_run["adapter"]), "--out", str(out), "--overwrite"])
+    assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out), "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    again = json.loads(printed[printed.rindex("\n{\n") + 1:])                  # the result, printed last
     assert again["files"] == adapter_export["files"]
 
 
@@ -493,19 +500,15 @@ def test_real_model_adapter_and_merged_exports(smollm2_dir, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trained = load_model(config)
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for param in trained.model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    perturb_trainable(trained.model, seed=1, scale=0.02)
     adapter = save_adapter(trained, tmp_path / "adapter")
     del trained
-    small = ex.export(adapter, tmp_path / "adapter-export")
-    marker = json.loads((Path(small["out"]) / ex.MARKER).read_text())
+    small = export(adapter, tmp_path / "adapter-export")
+    marker = json.loads((Path(small["out"]) / MARKER).read_text())
     assert marker["needs_resize"] is True and marker["vocab_size"] == 49152 + 3 and small["bytes"] < 10_000_000
-    merged_16bit = ex.export(adapter, tmp_path / "merged-16bit", merge=True)  # --merge's default: 16-bit
+    merged_16bit = export(adapter, tmp_path / "merged-16bit", merge=True)  # --merge's default: 16-bit
     assert json.loads((Path(merged_16bit["out"]) / "config.json").read_text())["dtype"] == "bfloat16"
-    merged_info = ex.export(adapter, tmp_path / "merged", merge=True, dtype="float32")  # exact, to compare
+    merged_info = export(adapter, tmp_path / "merged", merge=True, dtype="float32")  # exact, to compare
     card = (Path(merged_info["out"]) / "README.md").read_text()
     assert "No evaluation report was found" in card and "base_model" not in front_matter(card)
 
@@ -542,13 +545,9 @@ def test_an_untied_head_gets_its_control_rows_merged_too(tmp_path):
         warnings.simplefilter("ignore")
         trained = load_model(ModelConfig(name_or_path=str(base_dir), backend="full", lora_r=4, lora_alpha=8))
     assert set(trained.model.peft_config["default"].trainable_token_indices) == {"embed_tokens", "lm_head"}
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for param in trained.model.parameters():
-            if param.requires_grad:
-                param.add_(torch.randn(param.shape, generator=generator) * 0.5)
+    perturb_trainable(trained.model, seed=3, scale=0.5)
     adapter = save_adapter(trained, tmp_path / "adapter")
-    merged_dir = ex.export(adapter, tmp_path / "merged", merge=True)["out"]
+    merged_dir = export(adapter, tmp_path / "merged", merge=True)["out"]
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
     assert merged.get_output_embeddings().weight is not merged.get_input_embeddings().weight
     ref = reference_model(base_dir, adapter)
@@ -576,7 +575,8 @@ def test_quickstart_then_merged_export_answers_in_plain_transformers(quickstart_
     out = tmp_path / "merged"
     script = Path(sys.executable).parent / "thinkless-lite"
     done = subprocess.run([str(script), "export", "--adapter", str(adapter), "--out", str(out), "--merge"],
-                          cwd=tmp_path, env=user_env(), capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env=user_env(OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     card = (out / "README.md").read_text()
     report = json.loads((quickstart_run / "report.json").read_text())

@@ -188,6 +188,7 @@ def test_verdicts_and_targets_on_gpu_records(tmp_path):
     assert [r["status"] for r in rows] == ["MISS", "PASS", "n/a"]
 
 
+@pytest.mark.slow  # runs scripts/gpu_check.sh: a console script per part, about 90 s on 2 cores
 def test_gpu_check_dry_run_runs_every_part_and_writes_at_most_four_files(tmp_path):
     """The prepared GPU call on CPU: parts (a)-(d) on tiny tied and untied shapes, one summary, <= 4 files."""
     import os

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from thinkless_lite import grading
+from thinkless_lite import grading, symbolic
 from thinkless_lite.grading import extract_answer, grade_answer
 
 BENCHMARKS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "benchmarks"
@@ -136,7 +136,7 @@ def test_fast_path_decides_numbers_without_the_symbolic_worker(monkeypatch):
     def forbidden(*args):
         raise AssertionError("symbolic grading reached for a plain number")
 
-    monkeypatch.setattr(grading, "_symbolic_equal", forbidden)
+    monkeypatch.setattr(grading, "symbolic_equal", forbidden)
     start = time.perf_counter()
     for _ in range(200):
         assert grade_answer("The answer is 7.", "7")
@@ -173,7 +173,7 @@ def test_pathological_answer_from_a_thread_is_bounded_too():
     with ThreadPoolExecutor(max_workers=1) as pool:
         verdict, elapsed = pool.submit(hang).result(timeout=60)
     assert verdict is False
-    assert elapsed < grading._STARTUP_TIMEOUT_S  # startup (if any) + about timeout_s
+    assert elapsed < symbolic.STARTUP_TIMEOUT_S  # startup (if any) + about timeout_s
 
 
 # --- real benchmark rows --------------------------------------------------------------------

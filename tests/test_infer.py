@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.generation import SamplingSettings, decide, generate, stream, think_ratio
+from thinkless_lite.generation import SamplingSettings, decide, generate, stream
 from thinkless_lite.model import load_model
 from thinkless_lite.tokens import format_prompt
 
@@ -17,14 +17,16 @@ def tiny(tiny_model_dir):
                           trainable=False)
 
 
-def test_forced_modes_start_with_their_token(tiny):
+def test_forced_modes_start_with_their_token_and_still_report_the_models_p_think(tiny):
+    questions = ["1+2", "3*4-5", "9"]
     settings = SamplingSettings(max_new_tokens=6)
+    _, _, chosen = decide(tiny.model, tiny.tokenizer, [format_prompt(tiny.tokenizer, q) for q in questions])
     for mode in ("think", "short"):
-        out = generate(tiny.model, tiny.tokenizer, ["1+2", "3*4-5", "9"], mode=mode, settings=settings, batch_size=2)
+        out = generate(tiny.model, tiny.tokenizer, questions, mode=mode, settings=settings, batch_size=2)
         assert [g.mode for g in out] == [mode] * 3
         assert all(g.completion.startswith(f"<{mode}>") for g in out)
-        assert all(1 <= g.num_tokens <= 6 for g in out) and all(0 <= g.p_think <= 1 for g in out)
-    assert think_ratio(out) == 0.0
+        assert all(1 <= g.num_tokens <= 6 for g in out)
+        assert [g.p_think for g in out] == pytest.approx(chosen, abs=1e-5)   # forcing does not change P(think)
 
 
 def test_p_think_is_the_renormalised_first_token_distribution(tiny):

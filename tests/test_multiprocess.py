@@ -16,13 +16,13 @@ Findings:
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from conftest import free_port
 from thinkless_lite.callbacks import COMPLETE_MARKER, last_complete_checkpoint, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,12 +35,6 @@ CORE_KEYS = {"step", "loss", "grad_norm", "learning_rate", "reward", "reward_std
              "completions/mean_length", "frac_reward_zero_std", "entropy", "epoch"}
 # Means over think / short completions only: absent (NaN) at steps where no completion chose that mode.
 PER_MODE_KEYS = {"accuracy_think", "accuracy_short", "tokens_think", "tokens_short"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env() -> dict:

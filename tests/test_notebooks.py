@@ -13,12 +13,13 @@ import ast
 import re
 import json
 import os
-import socket
 import time
 from pathlib import Path
 
 import nbformat
 import pytest
+
+from conftest import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"
@@ -113,12 +114,6 @@ def images(cell) -> int:
     return sum("image/png" in o.get("data", {}) for o in cell.get("outputs", []))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # ---------------------------------------------------------------- structure (fast)
 
 def run_install_cell(path: Path, in_colab: bool, monkeypatch) -> tuple[list[str], str]:
@@ -191,14 +186,16 @@ def test_quickstart_defaults_are_the_shipped_recipe():
 
 def test_t4_defaults_point_at_the_real_recipe():
     from thinkless_lite.config import load_config
+    from thinkless_lite.data.benchmarks import BENCHMARKS
+    from thinkless_lite.export.hub import is_hub_id
 
     values = parameter_values(read(T4))
     cfg = load_config(values["CONFIG"])
     assert values["MODEL"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B" == cfg.model.name_or_path
-    assert values["PUBLIC_WARMUP_MODEL"] == "Vinnnf/Thinkless-1.5B-Warmup"
+    assert is_hub_id(values["PUBLIC_WARMUP_MODEL"]) and values["START_FROM_PUBLIC_WARMUP"] is False  # opt-in
     assert values["WARMUP_DATA"] == cfg.warmup.data.path
     assert values["RL_DATA"] == cfg.rl.data.source
-    assert values["EVAL_BENCHMARKS"] == ["gsm8k", "math500"]
+    assert values["EVAL_BENCHMARKS"] and set(values["EVAL_BENCHMARKS"]) <= set(BENCHMARKS)
     assert values["PUSH_TO_HUB"] is False and values["OFFLINE"] is False
 
 

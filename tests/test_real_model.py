@@ -120,7 +120,7 @@ def test_an_rl_step_with_mixed_length_prompts(smollm2_dir, tmp_path):
 
 
 def test_the_demo_engine_answers_and_stops(smol):
-    from thinkless_lite.generation import ThinklessEngine
+    from thinkless_lite.demo_engine import ThinklessEngine
 
     engine = ThinklessEngine(smol.model, smol.tokenizer, max_new_tokens=48, name="SmolLM2-135M-Instruct")
     generation = engine.answer("What is 2+3?", mode="short")

@@ -56,8 +56,7 @@ _EXPORTS = {
     "evaluate_items": "thinkless_lite.stages.evaluate",
     "summarize": "thinkless_lite.stages.evaluate",
     "tau_sweep": "thinkless_lite.stages.evaluate",
-    "export": "thinkless_lite.stages.export",
-    "ThinklessEngine": "thinkless_lite.generation",
+    "ThinklessEngine": "thinkless_lite.demo_engine",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -46,6 +46,47 @@ def _load(args) -> RunConfig:
     return load_config(args.config, overrides)
 
 
+EXPORT_HELP = "share a trained adapter: a PEFT-loadable folder or (--merge) a standalone model, a model card, the hub"
+EXPORT_EPILOG = """examples:
+  # the small adapter + tokenizer + model card, loadable with plain PEFT onto the base
+  thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/export
+
+  # a standalone model: the base reloaded in its own 16-bit (mini base: fp32) weights, the adapter merged;
+  # AutoModelForCausalLM.from_pretrained(out) answers with <short> or <think> first, in transformers alone
+  thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/merged --merge
+
+  # export and push (token from HF_TOKEN); a failed push keeps the folder and says how to retry
+  thinkless-lite export --adapter runs/r1-1.5b-t4/rl/adapter --out runs/r1-1.5b-t4/export \\
+      --push-to-hub your-name/thinkless-r1-1.5b --private
+
+  # push a finished export later
+  thinkless-lite export --out runs/r1-1.5b-t4/export --push-to-hub your-name/thinkless-r1-1.5b
+
+The card's results come from the run's eval report (<run>/eval/report.json, <run>/eval/*/report.json or the
+quickstart's <run>/report.json) and its recipe from <run>/<stage>/resolved.yaml; --report / --config override.
+See docs/share.md."""
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--adapter", help="trained adapter folder, e.g. runs/quickstart/rl/adapter (omit it to push "
+                                          "a finished export given by --out)")
+    parser.add_argument("--out", required=True, help="new (or empty) folder to write the export to")
+    parser.add_argument("--merge", action="store_true",
+                        help="merge into the base reloaded in its own 16-bit dtype (not the 4-bit one) and save a "
+                             "standalone model (safetensors, tokenizer, chat template, generation config)")
+    # thinkless_lite.export.merge.DTYPES, spelled out so that --help does not import torch and transformers
+    parser.add_argument("--dtype", choices=("auto", "float32", "bfloat16", "float16"), default="auto",
+                        help="--merge: dtype to load, merge and save in (auto: the base checkpoint's own)")
+    parser.add_argument("--push-to-hub", metavar="REPO", help="also upload the folder to this hub repository "
+                                                              "(token from HF_TOKEN)")
+    parser.add_argument("--private", action="store_true", help="create the hub repository as private")
+    parser.add_argument("--report", metavar="FILE", help="evaluation report.json for the card (default: found "
+                                                         "in the adapter's run folder)")
+    parser.add_argument("--config", metavar="FILE", help="the run's recipe for the card (default: the stage's "
+                                                         "resolved.yaml)")
+    parser.add_argument("--overwrite", action="store_true", help="replace a previous export in --out")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="thinkless-lite", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -84,11 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="target folder (default: the packaged assets)")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (default 1500)")
 
-    from thinkless_lite.stages import export
-
-    p = sub.add_parser("export", help=export.HELP, description=export.HELP, epilog=export.EPILOG,
+    p = sub.add_parser("export", help=EXPORT_HELP, description=EXPORT_HELP, epilog=EXPORT_EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    export.add_arguments(p)
+    _export_arguments(p)
     return parser
 
 
@@ -109,6 +148,24 @@ def _eval_overrides(args) -> list[str]:
     return out
 
 
+def _export(args) -> dict:
+    """Export (and push), or push a finished export given by --out. Raises ExportError on bad input."""
+    from thinkless_lite.export import ExportError, export, push_existing
+
+    if args.private and not args.push_to_hub:
+        logging.getLogger("thinkless_lite").warning("--private only matters with --push-to-hub; ignoring it")
+    if args.adapter is None:
+        if not args.push_to_hub:
+            raise ExportError("--adapter is required (the trained adapter folder, e.g. runs/quickstart/rl/adapter); "
+                              "without it, --out DIR --push-to-hub REPO pushes a finished export")
+        if args.merge or args.report or args.config:
+            raise ExportError("--merge, --report and --config need --adapter; to push a finished export give only "
+                              "--out and --push-to-hub")
+        return push_existing(args.out, args.push_to_hub, private=args.private)
+    return export(args.adapter, args.out, merge=args.merge, push_to_hub=args.push_to_hub, private=args.private,
+                  report=args.report, config=args.config, dtype=args.dtype, overwrite=args.overwrite)
+
+
 def run(args) -> object:
     if args.command == "build-base":
         from thinkless_lite.mini_base import MINI_BASE_DIR, BaseTrainingConfig, train_base
@@ -116,9 +173,7 @@ def run(args) -> object:
         cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps else {}))
         return train_base(args.out or MINI_BASE_DIR, cfg)
     if args.command == "export":
-        from thinkless_lite.stages.export import main as export
-
-        return export(args)
+        return _export(args)
     if args.command == "eval":
         args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _load(args)
@@ -155,8 +210,9 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from thinkless_lite.callbacks import NonFiniteLossError
     from thinkless_lite.data.hybrid import WarmupDataError
     from thinkless_lite.data.files import DataSourceError
+    from thinkless_lite.export import ExportError
 
-    return (DataSourceError, WarmupDataError, NonFiniteLossError)
+    return (DataSourceError, WarmupDataError, NonFiniteLossError, ExportError)
 
 
 def main(argv: list[str] | None = None) -> int:

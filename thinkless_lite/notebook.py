@@ -1,7 +1,7 @@
 """Small helpers for the notebooks in ``notebooks/``: environment checks and display. No pipeline logic.
 
 Everything a notebook trains, evaluates or serves is a call into the package (``warmup.main``,
-``rl.main``, ``evaluate.run_eval``, ...). What lives here is what a notebook needs around those
+``rl.main``, ``evaluate.evaluate``, ...). What lives here is what a notebook needs around those
 calls: where am I running (Colab? which GPU? offline?), where is the repository checkout (recipes in
 ``configs/``, the demo in ``demo/``), turning parameters into config overrides, and showing results
 (images, tables, adapter files, whether an adapter really changed).
@@ -17,9 +17,6 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-_TRUE = {"1", "true", "yes", "on"}
-
-
 # ---------------------------------------------------------------- where are we running
 
 def in_colab() -> bool:
@@ -27,19 +24,17 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules
 
 
-def is_offline() -> bool:
-    """True when ``HF_HUB_OFFLINE`` (or ``HF_DATASETS_OFFLINE``) asks for no hub access."""
-    return any(os.environ.get(name, "").strip().lower() in _TRUE for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
-
-
 def set_offline(offline: bool) -> bool:
-    """Set (never unset) the hub-offline switches for this kernel; returns :func:`is_offline`.
+    """Set (never unset) the hub-offline switches for this kernel; returns whether the kernel is offline.
 
-    Call it before the first hub access: ``huggingface_hub`` reads the variable when it is imported.
+    Call it before the first hub access: ``huggingface_hub`` reads the variable when it is imported, which is
+    why :func:`thinkless_lite.export.hub.is_offline` (it imports ``huggingface_hub``) is imported only after.
     """
     if offline:
         os.environ["HF_HUB_OFFLINE"] = "1"
         os.environ["HF_DATASETS_OFFLINE"] = "1"
+    from thinkless_lite.export.hub import is_offline
+
     return is_offline()
 
 
@@ -62,21 +57,6 @@ def gpu_report() -> str:
     choice = select_backend("auto")
     lines.append(f"model backend for backend=auto: {choice.name} ({choice.reason})")
     return "\n".join(lines)
-
-
-def hub_token() -> str | None:
-    """A Hugging Face token from ``HF_TOKEN`` or Colab's secrets (the key icon, name ``HF_TOKEN``); else None."""
-    token = os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")
-    if token:
-        return token
-    if in_colab():
-        try:
-            from google.colab import userdata  # type: ignore[import-not-found]
-
-            return userdata.get("HF_TOKEN")
-        except Exception:  # noqa: BLE001 - secret missing or access not granted: no token
-            return None
-    return None
 
 
 # ---------------------------------------------------------------- the repository checkout

@@ -10,7 +10,7 @@ Split by what each part is for, so every file stays short:
 - ``report``   checks, targets, JSON summary and Markdown;
 - ``cli``      the parent: arguments, one worker process per run, the time budget.
 
-Run ``python -m benchmarks.gpu --help`` (``benchmarks/gpu_step.py`` is the same entry point);
+Run ``python -m benchmarks.gpu --help``;
 ``scripts/gpu_check.sh`` is the prepared run for a lent GPU machine. Importing this package imports
 nothing heavy: the parent must not import transformers, and a worker must import Unsloth first.
 """
