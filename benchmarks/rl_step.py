@@ -21,7 +21,12 @@ frozen base: the backward computes activation gradients, 2·N, and no base-weigh
 parameters of the base's matmuls, the LM head included; attention's own T² terms are left out (short
 sequences here). Decoding is timed against the throughput of a (rows x hidden) matmul, everything else
 against a large one. The last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``,
-parts) for comparison between runs and machines. Not a test.
+parts, ``step_cpu_seconds``: this process's CPU time, steadier than wall time on a shared machine) for comparison
+between runs and machines. Not a test.
+
+What each speed-up saves, measured on its own: ``--padded`` scores the batch as TRL's one padded rectangle (no
+length-grouped micro-batches), ``--quantized-generation`` generates through bitsandbytes' per-call dequantization
+(4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper.
 """
 
 from __future__ import annotations
@@ -93,7 +98,7 @@ def timed(base):
         def compute_loss(self, model, inputs, *args, **kwargs):
             mask = torch.cat([inputs["prompt_mask"], inputs["completion_mask"]], dim=1)
             self.tokens["train_real"] += float(mask.sum())
-            self.tokens["train_processed"] += float(mask.numel())
+            self.tokens["train_processed"] += processed_tokens(self, mask, inputs["completion_mask"].shape[1])
             return super().compute_loss(model, inputs, *args, **kwargs)
 
         def training_step(self, model, inputs, num_items_in_batch=None):
@@ -107,6 +112,17 @@ def timed(base):
     return TimedDeGRPOTrainer
 
 
+def processed_tokens(trainer, mask: torch.Tensor, logits_to_keep: int) -> float:
+    """Tokens the loss forward computes: the padded rectangle, or the sum over its length groups."""
+    from thinkless_lite.microbatching import length_groups, needed_widths
+
+    if not trainer.length_grouped_batches:
+        return float(mask.numel())
+    widths = needed_widths(mask, mask.shape[1] - logits_to_keep + 1)
+    groups = length_groups(widths, overhead=trainer.micro_batch_overhead_tokens)
+    return float(sum(len(rows) * max(widths[row] for row in rows) for rows in groups))
+
+
 class StepClock:
     """A TrainerCallback's hooks: step wall time and the optimizer's share."""
 
@@ -118,7 +134,7 @@ class StepClock:
 
         class Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                clock.began = time.perf_counter()
+                clock.began, clock.cpu_began = time.perf_counter(), time.process_time()
                 clock.snapshot = (dict(trainer.clock), dict(trainer.tokens))
 
             def on_pre_optimizer_step(self, args, state, control, **kwargs):
@@ -129,6 +145,7 @@ class StepClock:
 
             def on_step_end(self, args, state, control, **kwargs):
                 clock.rows.append(clock.delta(time.perf_counter() - clock.began))
+                clock.rows[-1]["step_cpu_seconds"] = time.process_time() - clock.cpu_began
 
         self.callback = Callback()
 
@@ -197,6 +214,10 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="run folder (default: a temporary one)")
     parser.add_argument("--no-fold", action="store_true",
                         help="generate through PEFT's trainable-token wrapper (the cost of not folding the rows)")
+    parser.add_argument("--padded", action="store_true",
+                        help="score the batch as one padded rectangle (the cost of not grouping rows by length)")
+    parser.add_argument("--quantized-generation", action="store_true",
+                        help="generate through bitsandbytes' per-call dequantization (4-bit bases on a CPU)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -235,6 +256,8 @@ def main(argv=None) -> int:
         trainers.control_rows_folded = lambda model: contextlib.nullcontext(model)
 
     trainer = rl.make_trainer(cfg, loaded, items, grpo_args, timed(DeGRPOTrainer))
+    trainer.length_grouped_batches = not args.padded
+    trainer.dequantize_for_generation = not args.quantized_generation
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback)
 
@@ -260,14 +283,17 @@ def main(argv=None) -> int:
         print(f"| {index} | {row['step_seconds']:.1f} | " + " | ".join(f"{row[k]:.1f}" for k in PARTS) +
               f" | {floor:.1f} | {row['step_seconds'] / floor:.1f}x | {t.get('decode_real', 0):.0f}/"
               f"{t.get('decode_processed', 0):.0f} | {t.get('train_real', 0):.0f}/{t.get('train_processed', 0):.0f} |")
-        for k in (*PARTS, "step_seconds"):
+        for k in (*PARTS, "step_seconds", "step_cpu_seconds"):
             totals[k] += row[k]
         for k, v in t.items():
             totals[f"tokens.{k}"] += v
         totals["floor_seconds"] += floor
     summary = {"model": cfg.model.name_or_path, "recipe": config, "steps": len(clock.rows), "threads": args.threads,
-               "rows_folded_for_generation": not args.no_fold,
+               "rows_folded_for_generation": not args.no_fold, "length_grouped_batches": not args.padded,
+               "dequantized_generation": not args.quantized_generation,
                "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
+               # CPU seconds of this process (all threads): steadier than wall time on a shared machine
+               "step_cpu_seconds": round(totals["step_cpu_seconds"] / max(len(clock.rows), 1), 3),
                "floor_seconds": round(totals["floor_seconds"] / max(len(clock.rows), 1), 3),
                **{f"{k}_seconds": round(totals[k] / max(len(clock.rows), 1), 3) for k in PARTS},
                "decode_padding_share": round(1 - totals["tokens.decode_real"] / max(totals["tokens.decode_processed"], 1), 3),

@@ -52,7 +52,7 @@ def fixed_rewards(completions, **kwargs):
     return out
 
 
-def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, **degrpo):
+def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), **degrpo):
     from datasets import Dataset
     from trl import GRPOConfig
 
@@ -66,7 +66,7 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, **degrpo):
     args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
                       num_generations=GROUP, max_completion_length=12, loss_type="dapo", scale_rewards="none",
                       beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
-                      shuffle_dataset=False, max_steps=1, logging_steps=1)
+                      shuffle_dataset=False, max_steps=1, logging_steps=1, **dict(grpo_args))
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
                             processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled, **degrpo)
     return trainer, dataset
@@ -226,3 +226,38 @@ def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_adv
     assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
     grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
     assert_same_gradients(grads_trainer, grads_expected)
+
+
+def test_length_grouped_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, tmp_path):
+    """A batch of short and long answers (one fully masked): scored in micro-batches of similar length, each cut
+    after its last real column, the loss and every gradient equal those of TRL's one padded rectangle."""
+    from thinkless_lite.microbatching import length_groups, needed_widths
+
+    torch.manual_seed(0)
+    # fp32, as on a CPU run (precision_flags): under bf16 autocast any change of batch shape moves the last bits
+    trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, grpo_args={"bf16": False})
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer._generate_and_score_completions([dataset[i] for i in range(len(dataset)) for _ in range(GROUP)])
+    rows, width = batch["completion_ids"].shape
+    lengths = torch.tensor([1, 12, 3, 0, 12, 2, 7, 1, 11, 4, 12, 1, 2, 9, 3, 12][:rows])  # short and long mixed
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).int()
+    batch["completion_mask"] = mask
+    batch["completion_ids"] = batch["completion_ids"].masked_fill(mask == 0, trainer.processing_class.pad_token_id)
+    batch["advantages"] = torch.randn(rows, width) * mask  # per-token weights, as DeGRPO hands them
+    batch["num_items_in_batch"] = mask.sum()
+    trainer.micro_batch_overhead_tokens = 8  # answers of at most 12 tokens: splits that save a few columns pay
+    attention = torch.cat([batch["prompt_mask"], mask], dim=1)
+    groups = length_groups(needed_widths(attention, batch["prompt_ids"].shape[1] + 1), overhead=8)
+    assert 1 < len(groups) < rows  # really regrouped and cut, not one rectangle nor one row at a time
+
+    params = [p for p in trainer.model.parameters() if p.requires_grad]
+    results = {}
+    for grouped in (False, True):
+        trainer.length_grouped_batches = grouped
+        loss = trainer.compute_loss(trainer.model, batch)
+        results[grouped] = loss, torch.autograd.grad(loss, params, allow_unused=True)
+    (padded, padded_grads), (grouped, grouped_grads) = results[False], results[True]
+    assert padded.abs() > 1e-3
+    assert torch.allclose(grouped, padded, atol=1e-6, rtol=1e-5), (grouped.item(), padded.item())
+    assert_same_gradients(grouped_grads, padded_grads)

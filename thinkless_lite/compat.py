@@ -18,6 +18,7 @@ imports this module before it knows whether Unsloth will be used.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -104,6 +105,58 @@ def four_bit_layout(model) -> str | None:
     repacks = any(getattr(m.weight.quant_state, "packing_format_for_cpu", False)
                   or getattr(m, "support_avx512bf16_for_cpu", False) for m in layers)
     return "packed" if repacks else PLAIN_4BIT_LAYOUT
+
+
+@contextlib.contextmanager
+def dequantized_4bit_weights(model):
+    """Inference with each bitsandbytes 4-bit weight dequantized once, not on every forward; CPU only.
+
+    On a CPU, bitsandbytes computes a 4-bit layer by dequantizing its whole weight and then a plain matmul,
+    on every call: in ``generate`` that is every layer at every generated token, although the base is frozen.
+    Here each weight is dequantized on its first call in the block, with bitsandbytes' own function and
+    compute dtype, and reused until the block ends: the same matmul on the same numbers, so the same tokens.
+    Costs a full-precision copy of the base for the duration (on a GPU, where memory is what 4 bits are for and
+    bitsandbytes' kernels do not dequantize a whole weight per call, nothing changes). A model in training
+    mode, or one without 4-bit layers, is left as it is.
+    """
+    try:
+        from bitsandbytes.functional import dequantize_4bit
+        from bitsandbytes.nn import Linear4bit
+        from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
+    except ImportError:
+        yield model
+        return
+    layers = [m for m in model.modules() if isinstance(m, Linear4bit) and m.weight.device.type == "cpu"
+              and "forward" not in m.__dict__]  # a forward hooked in place (accelerate's offload) stays as it is
+    if getattr(model, "training", False) or not layers:
+        yield model
+        return
+
+    def cached_forward(layer):
+        weights: dict[torch.dtype, torch.Tensor] = {}
+
+        def forward(x):
+            fix_4bit_weight_quant_state_from_module(layer)
+            if getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
+                return type(layer).forward(layer, x)  # repacked by hand: bitsandbytes' own path
+            if not layer.compute_type_is_set:  # as Linear4bit.forward: the first input sets the compute dtype
+                layer.set_compute_type(x)
+                layer.compute_type_is_set = True
+            dtype = layer.compute_dtype or x.dtype
+            if dtype not in weights:
+                weights[dtype] = dequantize_4bit(layer.weight.data, layer.weight.quant_state).to(dtype)
+            bias = None if layer.bias is None else layer.bias.to(x.dtype).to(dtype)
+            return torch.nn.functional.linear(x.to(dtype), weights[dtype], bias).to(x.dtype)
+
+        return forward
+
+    for layer in layers:
+        layer.forward = cached_forward(layer)
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            del layer.forward  # back to the class's forward; the copies go with the closures
 
 
 def plain_logps_and_entropies(trainer, model, input_ids, attention_mask, logits_to_keep, batch_size=None,

@@ -17,11 +17,15 @@ positional flag through untouched. The KL reference is the starting adapter on b
 (:func:`thinkless_lite.compat.ensure_reference_adapter`).
 
 Also here: dropping groups whose rewards are all equal (as the release does) and the metrics users
-watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups).
+watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups); and two speed-ups
+that change no number: the loss forward runs in micro-batches of similar answer length, each cut after its
+last real column (:mod:`thinkless_lite.microbatching`), and on a CPU generation dequantizes 4-bit base
+weights once, not at every token (:func:`thinkless_lite.compat.dequantized_4bit_weights`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -29,9 +33,11 @@ from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
                                    prepare_for_training, trainer_flavour, unsloth_loss_inputs)
+from thinkless_lite.compat import dequantized_4bit_weights
 from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
                                    loss_token_weights, mode_advantages)
+from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
 from thinkless_lite.model import assert_control_rows_trainable
 from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
@@ -120,19 +126,43 @@ class DeGRPOMixin:
     def on_unsloth(self) -> bool:
         return trainer_flavour(type(self)) == "unsloth"
 
+    # Score the batch in micro-batches of similar length, each cut after its last real column
+    # (thinkless_lite.microbatching): the same log-probs, loss and gradients without computing a short answer
+    # padded to the longest. False: TRL's one padded rectangle (kept for comparison: tests, benchmarks/rl_step.py).
+    length_grouped_batches = True
+    micro_batch_overhead_tokens = MICRO_BATCH_OVERHEAD_TOKENS  # a split must save more padded tokens than this
+
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
                                            compute_entropy=False, *args, **kwargs):
-        """TRL's fused head needs Triton (GPU); elsewhere the same numbers come from a plain forward.
+        """TRL's fused head needs Triton (GPU); elsewhere the same numbers come from a plain forward. Either runs
+        once per length group (``length_grouped_batches``).
 
         Everything after ``compute_entropy`` passes through as given: Unsloth calls this with a seventh
         positional argument (``compute_efficient``) that TRL's signature does not have.
         """
         multimodal = any(v is not None for k, v in kwargs.items() if k != "compute_aux_loss")
-        if self.on_unsloth or args or multimodal or fused_logprobs_available():
+        if self.on_unsloth or args or multimodal:
             return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
                                                               batch_size, compute_entropy, *args, **kwargs)
+        aux = bool(kwargs.get("compute_aux_loss", False))
+        if self.length_grouped_batches and not aux:  # MoE aux losses average over micro-batches: keep TRL's
+            logps, entropies = length_grouped_logps(
+                lambda ids, mask, keep: self._logps_and_entropies(model, ids, mask, keep, None, compute_entropy),
+                input_ids, attention_mask, logits_to_keep, max_rows=batch_size,
+                overhead=self.micro_batch_overhead_tokens)
+            return logps, entropies, None
+        return self._logps_and_entropies(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                                         compute_entropy, aux)
+
+    def _logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size, compute_entropy,
+                             compute_aux_loss=False):
+        """TRL's fused head where Triton runs (GPU), a plain forward elsewhere: the same numbers."""
+        if fused_logprobs_available():
+            return super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep,
+                                                              batch_size, compute_entropy,
+                                                              compute_aux_loss=compute_aux_loss)
         return plain_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size,
-                                         compute_entropy, bool(kwargs.get("compute_aux_loss", False)))
+                                         compute_entropy, compute_aux_loss)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.on_unsloth:
@@ -167,7 +197,8 @@ class DeGRPOMixin:
         was_training = self.model.training
         self.model.eval()
         try:
-            with control_rows_folded(self.accelerator.unwrap_model(self.model)):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            with control_rows_folded(unwrapped), self._generation_weights(unwrapped):
                 completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.model.train(was_training)
@@ -179,6 +210,13 @@ class DeGRPOMixin:
                 logprobs = [([float("nan")] + list(lp))[:limit] if mode is not None else lp
                             for lp, mode in zip(logprobs, forced)]
         return completion_ids, logprobs
+
+    # Generate with 4-bit base weights dequantized once per generation on a CPU, not once per token
+    # (thinkless_lite.compat.dequantized_4bit_weights: the same tokens). False: bitsandbytes' per-call path.
+    dequantize_for_generation = True
+
+    def _generation_weights(self, model):
+        return dequantized_4bit_weights(model) if self.dequantize_for_generation else contextlib.nullcontext(model)
 
     def _forced_rows(self, local_rows: int) -> list[int | None]:
         balance = self.current_mode_balance()
