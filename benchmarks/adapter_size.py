@@ -4,7 +4,7 @@
 
 Why: the control tokens resize the vocabulary, and PEFT's default (``save_embedding_layers="auto"``) then
 saves both whole embedding tables with every adapter and checkpoint, plus TRL's ``ref`` copy during RL.
-thinkless_lite saves LoRA weights and the trained control rows only (``model.save_small_adapters``). For
+thinkless_lite saves LoRA weights and the trained control rows only (``control_rows.save_small_adapters``). For
 each base this prints the adapter folder's size both ways (the default way = ``save_embedding_layers=True``
 with a ``ref`` adapter present, which is what an RL checkpoint got), then the arithmetic for
 DeepSeek-R1-Distill-Qwen-1.5B (untied 151,936 x 1,536 tables, LoRA r=16 on all seven projections).

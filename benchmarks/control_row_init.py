@@ -90,7 +90,8 @@ def run(path: str, how: str, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from thinkless_lite.config import ModelConfig
-    from thinkless_lite.model import grow_vocabulary, load_tokenizer, resolve_model_path
+    from thinkless_lite.model import load_tokenizer, resolve_model_path
+    from thinkless_lite.vocabulary import grow_vocabulary
 
     cfg = ModelConfig(name_or_path=path)
     tokenizer, _ = load_tokenizer(cfg)

@@ -167,7 +167,7 @@ def test_a_config_typo_exits_2_and_names_the_key(tmp_path):
 def test_a_tokenizer_without_chat_template_gets_the_fallback_and_a_warning(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from thinkless_lite.model import prepare_tokenizer
+    from thinkless_lite.vocabulary import prepare_tokenizer
     from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, format_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)

@@ -165,7 +165,7 @@ def test_a_control_token_on_another_tokens_id_fails_loudly(byo):
     from transformers import AutoTokenizer
 
     from thinkless_lite.gguf import gguf_to_hf
-    from thinkless_lite.model import check_control_ids
+    from thinkless_lite.vocabulary import check_control_ids
 
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
@@ -179,13 +179,13 @@ def test_a_control_token_on_another_tokens_id_fails_loudly(byo):
     assert tokenizer.convert_tokens_to_ids("<short>") == 4
     with pytest.raises(RuntimeError, match="also"):
         check_control_ids(tokenizer, ControlTokens())
-    from thinkless_lite.model import ensure_control_tokens
+    from thinkless_lite.vocabulary import ensure_control_tokens
 
     tokenizer = holed()
     assert ensure_control_tokens(tokenizer, ControlTokens()) == [5, 6, 7]  # fresh ids past every id
     assert tokenizer.convert_ids_to_tokens(4) == "c" and tokenizer("abc<short>")["input_ids"] == [3, 4, 5]
     clean = AutoTokenizer.from_pretrained(gguf_to_hf(byo["gguf"]))
-    from thinkless_lite.model import add_fresh_tokens
+    from thinkless_lite.vocabulary import add_fresh_tokens
 
     ids = add_fresh_tokens(clean, list(ControlTokens().all))
     with pytest.raises(RuntimeError, match="never initialised"):  # a new token on one of the base's rows
@@ -232,7 +232,7 @@ def test_chat_markers_in_the_vocabulary_that_are_not_single_tokens_are_refused()
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from thinkless_lite.model import check_tokenizer
+    from thinkless_lite.vocabulary import check_tokenizer
     from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE
 
     chars = sorted(set("<|>_imstartendusrhloe\n"))

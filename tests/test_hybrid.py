@@ -26,7 +26,7 @@ def tokenizer():
     """The mini-world character tokenizer prepared as load_model prepares it (control tokens, neutral template)."""
     from thinkless_lite.config import ModelConfig
     from thinkless_lite.mini_base import build_tokenizer
-    from thinkless_lite.model import prepare_tokenizer
+    from thinkless_lite.vocabulary import prepare_tokenizer
 
     tok = build_tokenizer()
     with pytest.warns(UserWarning, match="forced a thinking opener"):

@@ -6,8 +6,6 @@ import pytest
 import torch
 
 from thinkless_lite.losses import (
-    clip_fraction,
-    decoupled_token_weights,
     degrpo_loss,
     group_advantages,
     informative_groups,
@@ -84,22 +82,9 @@ def test_clipping_on_both_sides_by_hand():
     # r=0.5, A=+1: max(-0.5, -0.8) = -0.5             r=0.5, A=-1: max(0.5, 0.8) = 0.8 (clipped)
     loss = degrpo_loss(logps, old, advantages, mask, alpha=1.0)
     assert loss.item() == pytest.approx((-1.2 + 1.5 - 0.5 + 0.8) / 4)
-    assert clip_fraction(logps, old, advantages, mask).item() == pytest.approx(0.5)
     loss.backward()
     # clipped tokens get no gradient; unclipped get d(-A r)/dlogp = -A r, over 4 sequences
     assert logps.grad[:, 0].tolist() == pytest.approx([0.0, 1.5 / 4, -0.5 / 4, 0.0])
-
-
-def test_clip_fraction_counts_active_tokens_only():
-    logps, old, advantages, mask = _ratio_batch()
-    mask = torch.tensor([[1.0], [0.0], [0.0], [1.0]])  # one clipped token in both places kept
-    assert clip_fraction(logps, old, advantages, mask).item() == pytest.approx(1.0)
-    assert clip_fraction(logps, old, advantages, torch.zeros(4, 1)).item() == 0.0
-
-
-def test_wider_clip_range_unclips():
-    logps, old, advantages, mask = _ratio_batch()
-    assert clip_fraction(logps, old, advantages, mask, clip_eps=0.6).item() == 0.0
 
 
 # --- gradients ------------------------------------------------------------------------------
@@ -206,20 +191,20 @@ def test_informative_groups():
 
 # --- decoupled token weights ----------------------------------------------------------------
 
-def test_decoupled_token_weights_by_hand():
+def test_decoupled_loss_token_weights_by_hand():
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    weights = decoupled_token_weights(mask, alpha=0.1)
+    weights = loss_token_weights(mask, alpha=0.1, decoupled=True)
     # 5 active tokens; 2 control tokens; 3 response tokens
     expected = torch.tensor([[0.1 * 5 / 2, 5 / 3, 5 / 3], [0.1 * 5 / 2, 5 / 3, 0.0]])
     assert torch.allclose(weights, expected)
-    assert torch.all(decoupled_token_weights(torch.zeros(2, 3), 0.1) == 0)
+    assert torch.all(loss_token_weights(torch.zeros(2, 3), 0.1, decoupled=True) == 0)
     with pytest.raises(ValueError):
-        decoupled_token_weights(mask, alpha=-1.0)
+        loss_token_weights(mask, alpha=-1.0, decoupled=True)
 
 
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("alpha", [0.0, 0.001, 1.0])
-def test_decoupled_token_weights_reproduce_degrpo_through_a_token_sum_loss(seed, alpha):
+def test_decoupled_loss_token_weights_reproduce_degrpo_through_a_token_sum_loss(seed, alpha):
     torch.manual_seed(seed)
     batch, width = 6, 9
     old = torch.randn(batch, width)
@@ -231,7 +216,7 @@ def test_decoupled_token_weights_reproduce_degrpo_through_a_token_sum_loss(seed,
     mask[1, 0], mask[1, 1:] = 1, 0  # a sequence with only its control token
 
     reference = degrpo_loss(logps, old, advantages, mask, alpha=alpha)
-    weights = decoupled_token_weights(mask, alpha)
+    weights = loss_token_weights(mask, alpha, decoupled=True)
     per_token = torch.maximum(-advantages[:, None] * torch.exp(logps - old),
                               -advantages[:, None] * torch.clamp(torch.exp(logps - old), 0.8, 1.2))
     identity = (weights * per_token * mask).sum() / mask.sum()

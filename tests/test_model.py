@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.model import (BackendChoice, ensure_control_tokens, load_model, select_backend,
-                                  trainable_parameter_names, unsloth_status)
+from thinkless_lite.model import BackendChoice, load_model, select_backend, unsloth_status
 from thinkless_lite.tokens import ControlTokens
+from thinkless_lite.vocabulary import ensure_control_tokens
 
 
 def test_auto_picks_unsloth_only_when_it_works():
@@ -73,7 +73,7 @@ def test_tiny_base_loads_in_4bit_with_lora_and_control_rows(qlora):
     linear4 = [m for m in qlora.model.modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert len(linear4) == 2 * 7  # every projection of both layers is NF4
     assert linear4[0].weight.quant_type == "nf4"
-    names = trainable_parameter_names(qlora.model)
+    names = [name for name, p in qlora.model.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n or "trainable_tokens_delta" in n for n in names)
     assert any("trainable_tokens_delta" in n for n in names)
     short_id = qlora.control_ids["short"]
@@ -129,7 +129,7 @@ def test_new_rows_start_at_their_words_on_both_sides(untied_model_dir):
     """<think> starts as the mean of the rows of "think" (input and output side), a pad-like word alike."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkless_lite.model import grow_vocabulary
+    from thinkless_lite.vocabulary import grow_vocabulary
 
     model = AutoModelForCausalLM.from_pretrained(untied_model_dir)
     tokenizer = AutoTokenizer.from_pretrained(untied_model_dir)
@@ -152,7 +152,7 @@ def test_an_untied_head_trains_its_control_rows_too(untied_model_dir):
                                         train_control_rows="new"))
     indices = loaded.model.peft_config["default"].trainable_token_indices
     assert indices == {"embed_tokens": [loaded.control_ids["short"]], "lm_head": [loaded.control_ids["short"]]}
-    names = trainable_parameter_names(loaded.model)
+    names = [name for name, p in loaded.model.named_parameters() if p.requires_grad]
     assert any("lm_head" in n and "trainable_tokens_delta" in n for n in names)
 
 

@@ -51,7 +51,7 @@ def test_format_prompt_uses_the_chat_template_and_forces_modes(tiny_model_dir):
     from transformers import AutoTokenizer
 
     from thinkless_lite.config import ModelConfig
-    from thinkless_lite.model import prepare_tokenizer
+    from thinkless_lite.vocabulary import prepare_tokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     with pytest.warns(UserWarning):

@@ -27,8 +27,9 @@ from conftest import installed_file
 from thinkless_lite.compat import ensure_reference_adapter, trainer_flavour, unsloth_layout, unsloth_loss_inputs
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.losses import degrpo_loss, informative_groups
-from thinkless_lite.model import ensure_distinct_pad_token, load_model
+from thinkless_lite.model import load_model
 from thinkless_lite.tokens import format_prompt
+from thinkless_lite.vocabulary import ensure_distinct_pad_token
 from thinkless_lite.trainers import DeGRPOMixin, DeGRPOTrainer, check_trainer_flavour
 
 GROUP = 4

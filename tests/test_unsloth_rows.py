@@ -28,13 +28,8 @@ import torch
 from conftest import installed_file
 from thinkless_lite import model as model_module
 from thinkless_lite.config import ModelConfig
-from thinkless_lite.model import (
-    assert_control_rows_trainable,
-    frozen_adapter_tensors,
-    load_model,
-    save_adapter,
-    unfreeze_control_rows,
-)
+from thinkless_lite.control_rows import assert_control_rows_trainable, frozen_adapter_tensors, unfreeze_control_rows
+from thinkless_lite.model import load_model, save_adapter
 
 ROWS = "trainable_tokens_delta"
 

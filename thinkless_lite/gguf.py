@@ -11,7 +11,7 @@ tens of seconds and has two quirks we fix once, at conversion:
   entries that text never encodes to, so a chat marker becomes a dozen character tokens.
 
 What the conversion cannot repair (a tokenizer rebuilt at character level, seen on a Gemma-family file) is
-caught by :func:`thinkless_lite.model.check_tokenizer` at load time; ``model.tokenizer`` then takes the
+caught by :func:`thinkless_lite.vocabulary.check_tokenizer` at load time; ``model.tokenizer`` then takes the
 tokenizer from the model's original folder or hub id.
 
 The folder lands in ``$THINKLESS_LITE_CACHE`` (default ``~/.cache/thinkless_lite``) under ``gguf/``,

@@ -65,15 +65,6 @@ def degrpo_loss(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.
     return per_sequence.sum() / (lengths > 0).sum().clamp(min=1)
 
 
-@torch.no_grad()
-def clip_fraction(logps: torch.Tensor, old_logps: torch.Tensor, advantages: torch.Tensor,
-                  mask: torch.Tensor, clip_eps: float = 0.2) -> torch.Tensor:
-    """Share of active tokens whose loss is the clipped branch (a trust-region health metric)."""
-    mask = mask.to(logps.dtype)
-    unclipped, clipped = _per_token_losses(logps, old_logps, advantages, mask, clip_eps)
-    return _masked_mean((clipped > unclipped).to(unclipped.dtype), mask)
-
-
 def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     if group_size < 1:
         raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -153,15 +144,6 @@ def loss_token_weights(mask: torch.Tensor, alpha: float, decoupled: bool = True,
         if n_sequences > 0:
             weights[:] = normalizer / (n_sequences * lengths.clamp(min=1.0))
     return weights * mask
-
-
-def decoupled_token_weights(mask: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Weights with ``sum(w * loss * mask) / mask.sum() == degrpo_loss(...)`` (decoupled, one batch).
-
-    The control column weighs ``alpha * mask.sum() / (sequences with an active control token)``,
-    response columns ``mask.sum() / (active response tokens)``; see :func:`loss_token_weights`.
-    """
-    return loss_token_weights(mask, alpha, decoupled=True)
 
 
 # ---------------------------------------------------------------- mode-balanced groups

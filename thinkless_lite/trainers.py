@@ -31,14 +31,14 @@ import os
 import torch
 from trl import GRPOTrainer, SFTTrainer
 
-from thinkless_lite.compat import (ensure_reference_adapter, fused_logprobs_available, plain_logps_and_entropies,
-                                   prepare_for_training, trainer_flavour, unsloth_loss_inputs)
-from thinkless_lite.compat import dequantized_4bit_weights
+from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
+                                   plain_logps_and_entropies, prepare_for_training, trainer_flavour,
+                                   unsloth_loss_inputs)
+from thinkless_lite.control_rows import assert_control_rows_trainable
 from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
                                    loss_token_weights, mode_advantages)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
-from thinkless_lite.model import assert_control_rows_trainable
 from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
 

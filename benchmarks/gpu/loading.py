@@ -97,8 +97,8 @@ def load(cfg, clock: Clock, record: dict):
 
 def control_rows(model) -> dict:
     """The control-row tensors (PEFT ``trainable_tokens_delta``) and whether they train, plus every tensor
-    the recipe trains that is frozen (``thinkless_lite.model.frozen_adapter_tensors``; must be empty)."""
-    from thinkless_lite.model import TRAINABLE_ROWS_PARAM, frozen_adapter_tensors
+    the recipe trains that is frozen (``thinkless_lite.control_rows.frozen_adapter_tensors``; must be empty)."""
+    from thinkless_lite.control_rows import TRAINABLE_ROWS_PARAM, frozen_adapter_tensors
 
     rows = {n: {"trainable": p.requires_grad, "dtype": str(p.dtype).replace("torch.", ""), "shape": list(p.shape)}
             for n, p in model.named_parameters() if TRAINABLE_ROWS_PARAM in n and n.endswith(".default")}

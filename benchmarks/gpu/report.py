@@ -21,7 +21,7 @@ TARGET_SPEEDUP = 1.5  # hf step seconds / unsloth step seconds (medians), per sh
 FAILED_RUN = ("error", "oom", "timeout")
 # unsloth's LoRA gradients against hf's pass inside this band (different 4-bit kernels, bf16 vs fp32 norms)
 UNSLOTH_COSINE, UNSLOTH_REL_L2 = 0.99, 0.1
-ROWS = "trainable_tokens_delta"  # PEFT's control-row tensors (thinkless_lite.model.TRAINABLE_ROWS_PARAM)
+ROWS = "trainable_tokens_delta"  # PEFT's control-row tensors (thinkless_lite.control_rows.TRAINABLE_ROWS_PARAM)
 PARTS = {"load": "(a) imports and load", "verify-loss": "(b) loss and gradients", "bench": "(c/d) timed DeGRPO steps"}
 
 

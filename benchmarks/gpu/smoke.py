@@ -12,7 +12,7 @@ from benchmarks.gpu.loading import Clock, load, run_config
 def run(spec: dict, record: dict) -> None:
     import torch
 
-    from thinkless_lite.model import TRAINABLE_ROWS_PARAM
+    from thinkless_lite.control_rows import TRAINABLE_ROWS_PARAM
 
     clock = Clock()
     cfg = run_config(spec)

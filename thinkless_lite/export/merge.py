@@ -23,8 +23,9 @@ import torch
 from thinkless_lite.export.folder import ADAPTER_FILES, ExportError, say
 from thinkless_lite.export.inspect import AdapterInfo
 from thinkless_lite.gguf import COMPLETE_MARKER
-from thinkless_lite.model import generation_end_ids, grow_vocabulary, token_id_bound
+from thinkless_lite.model import generation_end_ids
 from thinkless_lite.tokens import neutralise_chat_template
+from thinkless_lite.vocabulary import grow_vocabulary, token_id_bound
 
 log = logging.getLogger("thinkless_lite")
 

@@ -1,0 +1,152 @@
+"""The adapter's control rows: which embedding rows a LoRA adapter trains, that they stay trainable, and
+that the adapter is saved small.
+
+Its own module because these act on a PEFT model already built, whatever backend built it: PEFT's
+``trainable_token_indices`` for the control tokens (and an untied head), ``save_pretrained`` writing LoRA
+weights and those rows alone, Unsloth's preparation undone for them, and the guard every trainer calls.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger("thinkless_lite")
+
+
+def trainable_token_indices(model, rows: list[int]) -> dict[str, list[int]] | None:
+    """PEFT's ``trainable_token_indices``: the control rows of the input embedding, and of the output head
+    when it is a separate matrix (untied, as in R1-Distill-Qwen-1.5B): the rows that *emit* ``<short>``
+    live there, and an adapter that trained only the input side could never learn to choose it."""
+    if not rows:
+        return None
+    indices = {"embed_tokens": list(rows)}
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not model.get_input_embeddings().weight:
+        name = next(n for n, m in model.named_modules() if m is head).split(".")[-1]
+        indices[name] = list(rows)
+    return indices
+
+
+def save_small_adapters(model) -> None:
+    """Make this model's ``save_pretrained`` (and so every Trainer checkpoint and ``push_to_hub``) write the
+    adapter alone: LoRA weights and the trained control rows, nothing else.
+
+    PEFT's default (``save_embedding_layers="auto"``) saves both whole embedding tables once the vocabulary
+    was resized, which the control tokens always do: ~250 MB for SmolLM2-135M, ~1.8 GB for a 151k-vocabulary
+    1.5B model, although the trained rows are already in the adapter as trainable-token values and every
+    other row is the base's. TRL's KL reference (the ``ref`` adapter) is rebuilt from the starting adapter
+    whenever a trainer starts, so it is not saved either. Loading needs the base resized to the tokenizer,
+    which :func:`thinkless_lite.model.load_model` does.
+    """
+    save = model.save_pretrained
+
+    def save_pretrained(save_directory, *args, **kwargs):
+        kwargs.setdefault("save_embedding_layers", False)
+        kwargs.setdefault("selected_adapters", [name for name in model.peft_config if name != "ref"])
+        return save(save_directory, *args, **kwargs)
+
+    save_pretrained.__doc__ = save.__doc__
+    model.save_pretrained = save_pretrained
+
+
+def expose_output_bias(model) -> None:
+    """Let code that reads ``lm_head.weight``/``lm_head.bias`` directly see through PEFT's wrapper.
+
+    With tied embeddings PEFT wraps the LM head in a TrainableTokensWrapper whose ``weight`` is the
+    merged (differentiable) matrix but which has no ``bias``; TRL's fused log-prob head reads both.
+    """
+    head = model.get_output_embeddings()
+    if head is not None and not hasattr(head, "bias"):
+        original = getattr(head, "original_module", None)
+        head.bias = getattr(original, "bias", None)
+
+
+# ---------------------------------------------------------------- control rows under Unsloth, and the guard
+
+TRAINABLE_ROWS_PARAM = "trainable_tokens_delta"  # PEFT's parameter holding an adapter's trained embedding rows
+LORA_PARAM_MARKS = (".lora_A.", ".lora_B.", ".lora_embedding_A.", ".lora_embedding_B.", ".lora_magnitude_vector.")
+
+
+def _trainable_adapters(model) -> set[str]:
+    """The PEFT adapters an optimizer will train: active and not loaded for inference (the KL reference
+    ``ref`` is neither)."""
+    configs = getattr(model, "peft_config", None) or {}
+    if not configs:
+        return set()
+    active = getattr(model, "active_adapters", None)
+    active = active() if callable(active) else active  # a method on transformers' own adapter mixin
+    active = active or getattr(model, "active_adapter", None) or []
+    active = [active] if isinstance(active, str) else list(active)
+    return {name for name in active if name in configs and not getattr(configs[name], "inference_mode", False)}
+
+
+def _adapter_of(name: str) -> str | None:
+    """``...embed_tokens.token_adapter.trainable_tokens_delta.default`` -> ``default``; None for others."""
+    head, mark, tail = name.rpartition(f".{TRAINABLE_ROWS_PARAM}.")
+    return tail.split(".")[0] if mark and head else None
+
+
+def unfreeze_control_rows(model) -> list[str]:
+    """Make the control rows (PEFT ``trainable_tokens_delta``, input embedding and untied head) trainable
+    again, in float32 like the LoRA weights beside them. Returns the tensors' names.
+
+    Unsloth's ``get_peft_model`` and ``patch_peft_model`` (unsloth 2026.10.9) end with unsloth_zoo's
+    ``prepare_model_for_training(full_finetuning=False)``, which freezes every parameter whose name is not
+    a LoRA one (``.lora_A.``, ``.lora_B.``, ``.lora_embedding_*``, ``.lora_magnitude_vector``) or a PEFT
+    bias, and which upcasts only what it leaves trainable. ``trainable_tokens_delta`` is none of these and
+    Unsloth's ``_unfreeze_modules_to_save`` does not bring it back, so without this the warm-up would train
+    LoRA alone and ``<short>`` would keep its initial row, silently. Called right after that preparation
+    (the last place anything freezes: Unsloth's GRPO trainer keeps the trainable set it is handed). The
+    float32 copy matters on bf16: Adam's steps of ~lr are far below a bf16 row's resolution (2^-8 of it).
+    Only adapters that will train are touched (see ``_trainable_adapters``).
+    """
+    adapters = _trainable_adapters(model)
+    names = []
+    for name, param in model.named_parameters():
+        if _adapter_of(name) not in adapters:
+            continue
+        if param.dtype in (torch.float16, torch.bfloat16):
+            param.data = param.data.float()
+        param.requires_grad_(True)
+        names.append(name)
+    if names:
+        log.info("control rows trainable again after Unsloth's preparation: %s", ", ".join(names))
+    return names
+
+
+def frozen_adapter_tensors(model) -> list[str]:
+    """Names of the tensors the recipe trains (LoRA weights and control rows of every adapter that will
+    train) that are frozen, plus a line for each such adapter whose configured control rows have no
+    tensor at all. Empty when all is well, or for a model without PEFT adapters."""
+    adapters = _trainable_adapters(model)
+    problems, rows_seen = [], set()
+    for name, param in model.named_parameters():
+        adapter = _adapter_of(name)
+        if adapter is not None:
+            rows_seen.add(adapter)
+        elif any(mark in name for mark in LORA_PARAM_MARKS):
+            adapter = next((a for a in adapters if f"{name}.".count(f".{a}.")), None)
+        if adapter in adapters and not param.requires_grad:
+            problems.append(name)
+    configs = getattr(model, "peft_config", None) or {}
+    for adapter in sorted(adapters):
+        if getattr(configs[adapter], "trainable_token_indices", None) and adapter not in rows_seen:
+            problems.append(f"{TRAINABLE_ROWS_PARAM}.{adapter} (configured, but the model has no such tensor)")
+    return problems
+
+
+def assert_control_rows_trainable(model) -> None:
+    """Fail loudly, naming the tensors, when a row or LoRA weight the recipe trains is frozen, on any backend.
+
+    Every trainer calls this first: a frozen control row (``<short>``, ``<think>``) does not crash anything,
+    it just never learns, which no loss curve would show.
+    """
+    frozen = frozen_adapter_tensors(model)
+    if frozen:
+        shown = ", ".join(frozen[:8]) + (f" and {len(frozen) - 8} more" if len(frozen) > 8 else "")
+        raise RuntimeError(
+            f"{len(frozen)} tensor(s) the recipe trains are frozen (requires_grad=False): {shown}. Something after "
+            "PEFT froze them (Unsloth's prepare_model_for_training does, for control rows: load through "
+            "thinkless_lite.model.load_model, which calls unfreeze_control_rows, or call it yourself).")
