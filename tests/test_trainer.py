@@ -14,16 +14,24 @@ from thinkless_lite.tokens import format_prompt
 GROUP = 4
 
 
+# Every GRPOTrainer method DeGRPOMixin overrides, with the leading parameters it relies on.
+GRPO_HOOKS = {
+    "_generate_and_score_completions": ["inputs"],
+    "_calculate_rewards": ["inputs", "prompts", "completions", "completion_ids_list"],
+    "_get_per_token_logps_and_entropies": ["model", "input_ids", "attention_mask", "logits_to_keep", "batch_size",
+                                           "compute_entropy"],
+    "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
+    "compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
+}
+
+
 def test_trl_is_the_pinned_version_and_the_hooks_we_use_exist():
     """We lean on GRPOTrainer internals: fail loudly when an upgrade moves them."""
     import trl
     from trl import GRPOTrainer
 
     assert trl.__version__ == "1.15.0", "re-check DeGRPOTrainer's hooks before bumping TRL"
-    for hook, params in [("_generate_and_score_completions", ["inputs"]),
-                         ("_calculate_rewards", ["inputs", "prompts", "completions", "completion_ids_list"]),
-                         ("_get_per_token_logps_and_entropies", ["model", "input_ids", "attention_mask", "logits_to_keep"]),
-                         ("_generate_single_turn", ["prompt_ids", "images", "multimodal_fields", "num_generations"])]:
+    for hook, params in GRPO_HOOKS.items():
         signature = inspect.signature(getattr(GRPOTrainer, hook))
         assert list(signature.parameters)[1:1 + len(params)] == params, hook
     source = inspect.getsource(GRPOTrainer._compute_loss)
@@ -32,6 +40,21 @@ def test_trl_is_the_pinned_version_and_the_hooks_we_use_exist():
     # Forced modes: prompts reach _generate_single_turn as token-id lists, and it returns (completion ids, logprobs).
     assert "self._generate_single_turn(\n                prompt_ids, images, multimodal_fields, num_generations" in \
         inspect.getsource(GRPOTrainer._generate)
+
+
+def test_every_trl_method_the_trainers_override_is_pinned():
+    """A new override of a TRL method joins GRPO_HOOKS (and so the signature check above), or this fails."""
+    from transformers import Trainer
+    from trl import GRPOTrainer
+
+    from thinkless_lite.trainers import DeGRPOMixin, PortableSFTTrainer
+
+    overridden = {name for name, value in vars(DeGRPOMixin).items()
+                  if callable(value) and name != "__init__" and hasattr(GRPOTrainer, name)}
+    assert overridden == set(GRPO_HOOKS)
+    sft = {name for name, value in vars(PortableSFTTrainer).items() if callable(value) and name != "__init__"}
+    assert sft == {"compute_loss"}
+    assert list(inspect.signature(Trainer.compute_loss).parameters)[1:] == GRPO_HOOKS["compute_loss"]
 
 
 def assert_same_gradients(got, expected) -> None:
