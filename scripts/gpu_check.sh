@@ -143,8 +143,8 @@ if [ "$MODE" = dry ]; then
   C_SHAPES=(--shapes tiny); D_SHAPES=(--shapes tiny-untied); D_NEEDS=0
 else
   # Shorter than the recipe (prompts up to 256, completions 2,048): prompts of 128 to 256 tokens, completions
-  # of exactly 256, 2 prompts x 8 generations, 2 steps (the first is warm-up).
-  SIZE=(--prompt-len 256 --completion-len 256 --generations 8 --prompts 2 --steps 2)
+  # of exactly 256, 4 prompts x 4 generations (the recipe's), 2 steps (the first is warm-up).
+  SIZE=(--prompt-len 256 --completion-len 256 --generations 4 --prompts 4 --steps 2)
   A_SHAPES=(--shapes tiny-untied); A_BACKENDS=unsloth,hf; B_SHAPES=(--shapes 1.5b)
   C_SHAPES=(--shapes 1.5b); D_SHAPES=(--shapes 7b)
 fi

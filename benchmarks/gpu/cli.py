@@ -73,8 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup-steps", type=int, default=1, help="first steps left out of the medians when more ran")
     p.add_argument("--prompt-len", type=int, default=256, help="longest prompt; the others go down to half of it")
     p.add_argument("--completion-len", type=int, default=1024, help="forced completion length (default 1024)")
-    p.add_argument("--generations", type=int, default=8, help="completions per prompt, the group (default 8)")
-    p.add_argument("--prompts", type=int, default=2, help="prompts per optimizer step (default 2, the recipe's)")
+    p.add_argument("--generations", type=int, default=4, help="completions per prompt, the group (default 4, the recipe's)")
+    p.add_argument("--prompts", type=int, default=4, help="prompts per optimizer step (default 4, the recipe's)")
     p.add_argument("--grad-accum", type=int, default=None,
                    help="micro-batches per step (default: the recipe's rl.gradient_accumulation_steps)")
     p.add_argument("--no-gradient-checkpointing", action="store_true", help="override the recipe's model setting")
