@@ -6,7 +6,7 @@
 
 Every variant starts its RL from the same warm-up (``--warmup``: a run's ``warmup`` folder, copied into each
 variant's run so its adapter and its evaluation after the warm-up are reused, not redone), then is evaluated
-like the quickstart. Variants (the recipe's other settings unchanged):
+like the quickstart. Variants (the recipe's other settings unchanged; all but ``centred`` run uncentred, 2 prompts x 8):
 
   stock     DeGRPO as released: no forced modes, plain group advantages
   balance   + mode-balanced groups (rl.mode_balance=0.5)
@@ -14,6 +14,7 @@ like the quickstart. Variants (the recipe's other settings unchanged):
   both      + both
   low_lr    stock, learning rate / 10
   natural   both, and the control token's natural gradient (rl.control_gradient=natural)
+  centred   both, the mode choice centred (rl.mode_centering=1), 4 prompts x 4 answers per step
   wide      both, 8 prompts x 4 answers per step for 20 steps (the same 640 answers as 2 x 8 for 40)
 
 Writes ``<out>/ablation.md`` (a table: accuracy, think ratio and tokens on the mix, think ratio per level,
@@ -35,16 +36,21 @@ from thinkless_lite.config import load_config
 from thinkless_lite.report import _series
 from thinkless_lite.stages.quickstart import main as quickstart
 
+UNCENTRED = ["rl.mode_centering=0", "rl.prompts_per_step=2", "rl.num_generations=8"]  # the recipe before centring
+
 VARIANTS = {  # control_gradient=exact unless said otherwise
-    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],
-    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],
-    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true", "rl.control_gradient=exact"],
-    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact"],
-    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact"],  # lr / 10
-    "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural"],
+    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],
+    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],
+    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
+    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
+    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],  # lr / 10
+    "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural", *UNCENTRED],
+    # both, the choice centred over 4 prompts x 4 answers a step (the SmolLM2 recipe's default)
+    "centred": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact",
+                "rl.mode_centering=1.0", "rl.prompts_per_step=4", "rl.num_generations=4"],
     # both, with the same 640 completions spread over 8 prompts per step (4 answers each) for 20 steps: each step's
     # gradient then holds every difficulty level, so the shift common to all prompts cancels more
-    "wide": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact",
+    "wide": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact", "rl.mode_centering=0",
              "rl.prompts_per_step=8", "rl.num_generations=4", "rl.max_steps=20", "rl.save_steps=5"],
 }
 
