@@ -398,7 +398,8 @@ def validate(cfg: RunConfig) -> None:
                "model.train_control_rows": (cfg.model.train_control_rows, ("new", "all")),
                "model.dtype": (cfg.model.dtype, ("auto", "float32", "bfloat16", "float16")),
                "warmup.data.source": (cfg.warmup.data.source, ("miniworld", "paired", "generate")),
-               "rl.scale_rewards": (cfg.rl.scale_rewards, ("none", "group", "batch"))}
+               "rl.scale_rewards": (cfg.rl.scale_rewards, ("none", "group", "batch")),
+               "rl.control_gradient": (cfg.rl.control_gradient, ("exact", "natural"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
@@ -406,6 +407,11 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"warmup.data.short_share must be within 0..1; got {cfg.warmup.data.short_share}")
     if cfg.rl.num_generations < 2:
         raise ConfigError("rl.num_generations must be >= 2: group-relative advantages need a group")
+    if not 0.0 <= cfg.rl.mode_centering <= 1.0:
+        raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
+    if cfg.rl.mode_centering > 0 and cfg.rl.mode_balance <= 0:
+        raise ConfigError("rl.mode_centering needs both modes in every group: set rl.mode_balance > 0 too "
+                          "(or rl.mode_centering=0)")
     try:
         for mode in cfg.eval.modes:
             Routing(mode)
