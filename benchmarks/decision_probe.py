@@ -39,6 +39,7 @@ import sys
 from pathlib import Path
 
 import torch
+from outcome import better_mode, expected_reward  # benchmarks/outcome.py
 
 VARIANTS = {
     "stock": dict(prompts=2, samples=4),
@@ -49,15 +50,6 @@ VARIANTS = {
     "most": dict(prompts=4, samples=2, centering=0.75),
     "centred": dict(prompts=4, samples=2, centering=1.0),
 }
-
-
-def mode_rewards(accuracy: dict[int, dict[str, float]], table) -> dict[int, dict[str, float]]:
-    """Expected reward of each mode per level under the reward table."""
-    def expected(mode, acc):
-        right, wrong = ((table.think_correct, table.think_wrong) if mode == "think"
-                        else (table.short_correct, table.short_wrong))
-        return acc * right + (1 - acc) * wrong
-    return {k: {m: expected(m, a) for m, a in modes.items()} for k, modes in accuracy.items()}
 
 
 def forced_accuracy(report_json: Path) -> dict[int, dict[str, float]]:
@@ -140,11 +132,11 @@ def main(argv=None) -> int:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     table = cfg.rl.reward
-    rewards = mode_rewards(accuracy, table)
+    rewards = {k: {m: expected_reward(m, a, table) for m, a in modes.items()} for k, modes in accuracy.items()}
     levels = sorted(accuracy)
     mix = {int(k): float(w) for k, w in cfg.miniworld.difficulty_weights.items()}
     weights = [mix.get(k, 0.0) for k in levels]
-    optimal = {k: max(("think", "short"), key=lambda m: rewards[k][m]) for k in levels}
+    optimal = {k: better_mode(rewards[k]) for k in levels}
 
     loaded = load_model(cfg.model, trainable=True, seed=args.seed)
     model, tok = loaded.model, loaded.tokenizer
@@ -174,8 +166,7 @@ def main(argv=None) -> int:
         """One group: ``samples`` answers in <think>, then as many in <short>, right at the mode's accuracy."""
         out = []
         for name in ("think", "short"):
-            right, wrong = ((table.think_correct, table.think_wrong) if name == "think"
-                            else (table.short_correct, table.short_wrong))
+            right, wrong = expected_reward(name, 1.0, table), expected_reward(name, 0.0, table)
             out += [right if rng.random() < accuracy[k][name] else wrong for _ in range(samples)]
         return out
 

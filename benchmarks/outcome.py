@@ -20,6 +20,18 @@ def final_modes(report: dict, benchmark: str = "miniworld") -> dict:
     return report["final"]["benchmarks"][benchmark]
 
 
+def expected_reward(mode: str, accuracy: float, table) -> float:
+    """A mode's expected reward under ``table`` (a ``RewardTable``) when its answers are right with ``accuracy``."""
+    right, wrong = ((table.think_correct, table.think_wrong) if mode == "think"
+                    else (table.short_correct, table.short_wrong))
+    return accuracy * right + (1 - accuracy) * wrong
+
+
+def better_mode(expected: dict[str, float]) -> str:
+    """The mode with the higher expected reward; a tie goes to the cheaper ``short``."""
+    return "think" if expected["think"] > expected["short"] else "short"
+
+
 def reward_oracle(modes: dict, table, mix: dict) -> dict:
     """The reward-optimal router of a final evaluation: per level, ``think`` or ``short``, whichever has the
     higher expected reward under ``table`` (a ``RewardTable``) given forced think's and forced short's measured
@@ -27,11 +39,9 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
     think, short = modes["think"]["by_difficulty"], modes["short"]["by_difficulty"]
     by_level = {}
     for level in think:
-        expected = {"think": think[level]["accuracy"] * table.think_correct
-                    + (1 - think[level]["accuracy"]) * table.think_wrong,
-                    "short": short[level]["accuracy"] * table.short_correct
-                    + (1 - short[level]["accuracy"]) * table.short_wrong}
-        chosen = "think" if expected["think"] > expected["short"] else "short"
+        expected = {"think": expected_reward("think", think[level]["accuracy"], table),
+                    "short": expected_reward("short", short[level]["accuracy"], table)}
+        chosen = better_mode(expected)
         stats = (think if chosen == "think" else short)[level]
         by_level[level] = {"mode": chosen, "accuracy": stats["accuracy"], "mean_tokens": stats["mean_tokens"],
                            "expected_reward": expected[chosen]}
