@@ -44,6 +44,19 @@ def smollm2_gguf() -> str:
     return str(Path(spec.submodule_search_locations[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
+def warmup_folder(path: str) -> Path:
+    """A finished run's ``warmup`` folder, refused with the fix when it holds no adapter."""
+    warm = Path(path)
+    if not (warm / "adapter" / "adapter_config.json").exists():
+        raise SystemExit(f"{warm} holds no warm-up adapter (adapter/adapter_config.json): pass a run's warmup folder")
+    return warm
+
+
+def reuse_warmup(warm: Path, run_dir: Path) -> None:
+    """Copy a finished warm-up into a run, so the quickstart (``skip_warmup=True``) starts its RL from it."""
+    shutil.copytree(warm, run_dir / "warmup", dirs_exist_ok=True)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="smollm2_135m_cpu")
@@ -58,10 +71,7 @@ def main(argv=None) -> int:
     cfg = load_config(args.config, [f"model.name_or_path={args.model or smollm2_gguf()}", f"seed={args.seed}",
                                     f"output_dir={out}", "name=smollm2", *args.overrides])
     if args.warmup:
-        warm = Path(args.warmup)
-        if not (warm / "adapter" / "adapter_config.json").exists():
-            raise SystemExit(f"{warm} holds no warm-up adapter (adapter/adapter_config.json): pass a run's warmup folder")
-        shutil.copytree(warm, cfg.run_dir / "warmup", dirs_exist_ok=True)
+        reuse_warmup(warmup_folder(args.warmup), cfg.run_dir)
     quickstart(cfg, skip_warmup=bool(args.warmup))
     report = json.loads((cfg.run_dir / "report.json").read_text())
     routing = dict(table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights, think_bounds=THINK_BOUNDS)

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 from outcome import final_modes, reward_oracle  # benchmarks/outcome.py
+from real_model_outcome import reuse_warmup, smollm2_gguf, warmup_folder
 
 from thinkless_lite.config import load_config
 from thinkless_lite.report import _series
@@ -102,17 +102,13 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
-    warm = Path(args.warmup)
-    if not (warm / "adapter" / "adapter_config.json").exists():
-        raise SystemExit(f"{warm} holds no warm-up adapter (adapter/adapter_config.json); pass a run's warmup folder")
+    warm = warmup_folder(args.warmup)
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     unknown = sorted(set(chosen) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     model = args.model
     if model is None and args.config.startswith("smollm2"):
-        from real_model_outcome import smollm2_gguf
-
         model = smollm2_gguf()
     out = Path(args.out)
     results, curves = {}, {}
@@ -124,9 +120,8 @@ def main(argv=None) -> int:
         if name == "low_lr":
             overrides.append(f"rl.learning_rate={base.rl.learning_rate / 10:g}")
         cfg = load_config(args.config, overrides)
-        target = cfg.run_dir / "warmup"
-        if not (target / "adapter" / "adapter_config.json").exists():
-            shutil.copytree(warm, target, dirs_exist_ok=True)
+        if not (cfg.run_dir / "warmup" / "adapter" / "adapter_config.json").exists():
+            reuse_warmup(warm, cfg.run_dir)
         print(f"== {name}: {' '.join(overrides[1:])}", flush=True)
         quickstart(cfg, skip_warmup=True)
         results[name] = json.loads((cfg.run_dir / "report.json").read_text())
