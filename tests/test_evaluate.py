@@ -320,6 +320,35 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
     assert len(list(out.glob("records.stale-*.jsonl"))) == 1
 
 
+def test_records_follow_the_adapter_content_not_its_path(monkeypatch, tmp_path):
+    """A warm-up copied into another run (routing_ablation, real_model_outcome --warmup) keeps its records;
+    an adapter with other weights at the same path does not."""
+    import dataclasses
+    import shutil
+
+    first = tmp_path / "run_a" / "adapter"
+    first.mkdir(parents=True)
+    (first / "adapter_config.json").write_text('{"r": 8}')
+    (first / "adapter_model.safetensors").write_bytes(b"weights-1")
+    fake = FakeGenerate()
+    monkeypatch.setattr(ev, "generate", fake)
+    cfg = _cfg(tmp_path, modes=["think"])
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter_path=str(first)))
+    ev.evaluate(cfg, model=object(), tokenizer=object())
+    assert fake.generated == 6
+
+    copy = tmp_path / "run_b" / "adapter"
+    shutil.copytree(first, copy)
+    moved = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter_path=str(copy)))
+    ev.evaluate(moved, model=object(), tokenizer=object())
+    assert fake.generated == 6, "the same adapter at another path must reuse its records"
+
+    (copy / "adapter_model.safetensors").write_bytes(b"weights-2")
+    ev.evaluate(moved, model=object(), tokenizer=object())
+    assert fake.generated == 12 and len(list((cfg.run_dir / "eval").glob("records.stale-*.jsonl"))) == 1
+    assert ev.adapter_identity("someone/hub-adapter") == "someone/hub-adapter" and ev.adapter_identity(None) is None
+
+
 def test_run_eval_uses_cfg_tau_for_auto_and_checks_data_file(monkeypatch, tmp_path):
     fake = FakeGenerate()
     monkeypatch.setattr(ev, "generate", fake)

@@ -14,6 +14,7 @@ by difficulty, and the think-threshold sweep from forced short to ``tau=0`` (alw
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -233,10 +234,26 @@ def load_eval_items(cfg: RunConfig, name: str) -> list[MathItem]:
     return load_benchmark(name, data_file=cfg.eval.data_file, limit=cfg.eval.limit)
 
 
+def adapter_identity(adapter_path: str | None) -> str | None:
+    """A local adapter by its content (sha256 of its config and weights), so a run folder that was copied or
+    moved keeps its records; a hub id (or nothing) as given."""
+    if not adapter_path or not Path(adapter_path).is_dir():
+        return adapter_path
+    folder = Path(adapter_path)
+    digest = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin"):
+        if (folder / name).is_file():
+            digest.update(name.encode())
+            with open(folder / name, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def _generation_fingerprint(cfg: RunConfig) -> dict:
     """What decides an answer; records made under another fingerprint must not be reused."""
     e, m = cfg.eval, cfg.model
-    return {"model": m.name_or_path, "adapter": m.adapter_path, "max_new_tokens": e.max_new_tokens,
+    return {"model": m.name_or_path, "adapter": adapter_identity(m.adapter_path), "max_new_tokens": e.max_new_tokens,
             "temperature": e.temperature, "top_p": e.top_p, "seed": cfg.seed, "system_prompt": m.system_prompt,
             "chat_template": m.chat_template, "control_tokens": list(m.control_tokens.all),
             "load_in_4bit": m.load_in_4bit, "dtype": m.dtype, "data_file": e.data_file, "per_level": e.per_level,
