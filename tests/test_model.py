@@ -245,3 +245,23 @@ def test_unsloth_patches_an_adapter_loaded_from_a_folder(tiny_model_dir, tmp_pat
         calls.clear()
         load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(folder)}))
     assert [c[0] for c in calls] == ["from_pretrained", "patch_peft_model"] and calls[1][1] == "unsloth"
+
+
+def test_one_end_id_helper_for_a_loaded_model_and_a_base_read_from_disk(mini_base_dir):
+    """The generation path (a model's config) and the base path (config on disk) give the same ids, EOS first."""
+    from types import SimpleNamespace
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from thinkless_lite.model import MINI_BASE_NAME, base_generation_config
+    from thinkless_lite.vocabulary import end_token_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(mini_base_dir)
+    model = AutoModelForCausalLM.from_pretrained(mini_base_dir)
+    from_model = end_token_ids(tokenizer, model.generation_config)
+    assert from_model == end_token_ids(tokenizer, base_generation_config(MINI_BASE_NAME)) == [tokenizer.eos_token_id]
+    assert end_token_ids(tokenizer, SimpleNamespace(eos_token_id=[7, tokenizer.eos_token_id, 7])) == [
+        tokenizer.eos_token_id, 7]
+    assert end_token_ids(SimpleNamespace(eos_token_id=None), SimpleNamespace(eos_token_id=5)) == [5]
+    assert end_token_ids(tokenizer, None) == [tokenizer.eos_token_id]
+    assert base_generation_config("no/such-model") is None

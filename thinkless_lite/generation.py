@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from thinkless_lite.tokens import ControlTokens, Routing, format_prompt, parse_completion
+from thinkless_lite.vocabulary import end_token_ids
 
 
 @dataclass
@@ -113,23 +114,14 @@ def decide(model, tokenizer, prompts: Sequence[str], *, mode: str = "auto", tau:
     return batch, first, p_think.tolist()
 
 
-def end_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends an answer: the tokenizer's EOS and the model's generation-config ones, as TRL uses.
-
-    The tokenizer's alone is not enough: a GGUF tokenizer, or one whose EOS is the document end rather
-    than the chat turn's, would never stop a chat answer.
-    """
-    ids = [tokenizer.eos_token_id]
-    config_ids = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    for token_id in [config_ids] if isinstance(config_ids, int) else (config_ids or []):
-        if token_id not in ids:
-            ids.append(token_id)
-    return [i for i in ids if i is not None]
+def _end_ids(model, tokenizer) -> list[int]:
+    """The ids that end this model's answers (:func:`~thinkless_lite.vocabulary.end_token_ids`)."""
+    return end_token_ids(tokenizer, getattr(model, "generation_config", None))
 
 
 def _generate_kwargs(model, tokenizer, settings: SamplingSettings) -> dict:
     kwargs = {"max_new_tokens": max(settings.max_new_tokens - 1, 1), "pad_token_id": tokenizer.pad_token_id,
-              "eos_token_id": end_token_ids(model, tokenizer), "do_sample": settings.temperature > 0}
+              "eos_token_id": _end_ids(model, tokenizer), "do_sample": settings.temperature > 0}
     if settings.temperature > 0:
         kwargs.update(temperature=settings.temperature, top_p=settings.top_p)
     else:
@@ -156,7 +148,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
-    ends = end_token_ids(model, tokenizer)
+    ends = _end_ids(model, tokenizer)
     was_training = model.training
     model.eval()
     starts = range(0, len(questions), batch_size)
@@ -232,7 +224,7 @@ def _stream(model, tokenizer, question: str, *, mode: str, tau: float | None, se
     yield StreamEvent("decision", text=first_text, mode=chosen, p_think=p_think[0])
     pieces = [first_text]
     count = 1
-    ends = end_token_ids(model, tokenizer)
+    ends = _end_ids(model, tokenizer)
     if int(first[0]) not in ends:
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         input_ids = torch.cat([batch["input_ids"], first[:, None]], dim=1)

@@ -27,8 +27,8 @@ from thinkless_lite.compat import bf16_native, four_bit_layout, plain_4bit_layou
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.control_rows import (expose_output_bias, save_small_adapters, trainable_token_indices,
                                          unfreeze_control_rows)
-from thinkless_lite.vocabulary import (check_control_ids, check_tokenizer, control_token_ids, grow_vocabulary,
-                                       prepare_tokenizer)
+from thinkless_lite.vocabulary import (check_control_ids, check_tokenizer, control_token_ids, end_token_ids,
+                                       grow_vocabulary, prepare_tokenizer)
 
 log = logging.getLogger("thinkless_lite")
 
@@ -169,15 +169,14 @@ def _lora_config(cfg: ModelConfig, token_indices: dict | None):
         trainable_token_indices=token_indices)
 
 
-def generation_end_ids(name_or_path: str) -> list[int]:
-    """The end-of-sequence ids in a base's generation config (none when it has no such file)."""
+def base_generation_config(name_or_path: str):
+    """A base's generation config read from disk (for its end ids); None when it has no such file."""
     from transformers import GenerationConfig
 
     try:
-        ids = GenerationConfig.from_pretrained(resolve_model_path(name_or_path)).eos_token_id
+        return GenerationConfig.from_pretrained(resolve_model_path(name_or_path))
     except (OSError, ValueError):
-        return []
-    return [] if ids is None else [ids] if isinstance(ids, int) else list(ids)
+        return None
 
 
 def base_embedding_rows(name_or_path: str) -> int:
@@ -198,7 +197,7 @@ def load_tokenizer(cfg: ModelConfig):
 
     source = _tokenizer_source(cfg)
     tokenizer = AutoTokenizer.from_pretrained(source)
-    new_ids = prepare_tokenizer(tokenizer, cfg, generation_end_ids(cfg.name_or_path),
+    new_ids = prepare_tokenizer(tokenizer, cfg, end_token_ids(tokenizer, base_generation_config(cfg.name_or_path)),
                                 base_embedding_rows(cfg.name_or_path))
     check_tokenizer(tokenizer, source)
     return tokenizer, new_ids

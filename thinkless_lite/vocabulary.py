@@ -38,6 +38,19 @@ def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = (), 
     return pad_ids + ensure_control_tokens(tokenizer, tokens, base_rows)
 
 
+def end_token_ids(tokenizer, generation_config=None) -> list[int]:
+    """Every id that ends an answer: the tokenizer's EOS first, then the generation config's, each once.
+
+    Both count, as they do for TRL and ``model.generate``: a GGUF tokenizer, or one whose EOS is the
+    document end rather than the chat turn's, would never stop a chat answer alone, and a generation
+    config need not list the tokenizer's EOS. ``generation_config``: a model's, a base's read from disk,
+    or None (the tokenizer's EOS only).
+    """
+    config_ids = getattr(generation_config, "eos_token_id", None)
+    config_ids = [config_ids] if isinstance(config_ids, int) else list(config_ids or [])
+    return [i for i in dict.fromkeys([tokenizer.eos_token_id, *config_ids]) if i is not None]
+
+
 # Pad-like tokens that bases ship unused, most specific first (the list Unsloth's pad repair also uses).
 PAD_CANDIDATES = ("<|finetune_right_pad_id|>", "<|finetune_right_pad|>", "<pad>", "[PAD]", "<PAD>", "<|pad|>",
                   "<|endoftext|>", "<fim_pad>", "<|fim_pad|>", "<｜▁pad▁｜>")

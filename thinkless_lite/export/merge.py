@@ -23,9 +23,9 @@ import torch
 from thinkless_lite.export.folder import ADAPTER_FILES, ExportError, say
 from thinkless_lite.export.inspect import AdapterInfo
 from thinkless_lite.gguf import COMPLETE_MARKER
-from thinkless_lite.model import generation_end_ids
+from thinkless_lite.model import base_generation_config
 from thinkless_lite.tokens import neutralise_chat_template
-from thinkless_lite.vocabulary import grow_vocabulary, token_id_bound
+from thinkless_lite.vocabulary import end_token_ids, grow_vocabulary, token_id_bound
 
 log = logging.getLogger("thinkless_lite")
 
@@ -141,7 +141,7 @@ def write_merged(info: AdapterInfo, tmp: Path, dtype: str) -> dict:
         # promises 16-bit, so the merge (done in fp32) is saved in bf16.
         say("the base is a .gguf conversion (fp32 on disk): saving the merged model in bfloat16")
         merged = merged.to(torch.bfloat16)
-    ends = [i for i in dict.fromkeys([tokenizer.eos_token_id, *generation_end_ids(info.base)]) if i is not None]
+    ends = end_token_ids(tokenizer, base_generation_config(info.base))
     merged.config.pad_token_id = tokenizer.pad_token_id
     merged.config.eos_token_id = ends[0] if len(ends) == 1 else ends
     merged.generation_config.pad_token_id = tokenizer.pad_token_id
