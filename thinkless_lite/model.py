@@ -120,16 +120,20 @@ def _base_tokenizer_source(cfg: ModelConfig) -> str:
     return resolve_model_path(cfg.tokenizer) if cfg.tokenizer else resolve_model_path(cfg.name_or_path)
 
 
-def _load_hf(cfg: ModelConfig, backend: str, dtype: torch.dtype):
+def load_base(name_or_path: str, backend: str, dtype: torch.dtype, *, load_in_4bit: bool = True,
+              double_quant: bool = True):
+    """A base's weights through transformers: NF4 via bitsandbytes on ``hf`` with ``load_in_4bit``, else as
+    stored in ``dtype``, on the GPU when there is one. ``double_quant`` also quantises the 4-bit scales: the
+    student's setting; the warm-up teachers (:mod:`thinkless_lite.teachers`) have always run without it."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs = {"dtype": dtype}
-    if backend == "hf" and cfg.load_in_4bit:
+    if backend == "hf" and load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=double_quant,
             bnb_4bit_compute_dtype=dtype)
         kwargs["device_map"] = {"": torch.cuda.current_device()} if torch.cuda.is_available() else {"": "cpu"}
-    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(cfg.name_or_path), **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model_path(name_or_path), **kwargs)
     if backend == "full" and torch.cuda.is_available():
         model = model.cuda()
     return model
@@ -225,7 +229,10 @@ def load_model(cfg: ModelConfig, *, trainable: bool = True, seed: int = 0) -> Lo
     dtype = compute_dtype(cfg.dtype)
     tokenizer, new_ids = load_tokenizer(cfg)
     torch.manual_seed(seed)
-    model = _load_unsloth(cfg, dtype) if choice.name == "unsloth" else _load_hf(cfg, choice.name, dtype)
+    if choice.name == "unsloth":
+        model = _load_unsloth(cfg, dtype)
+    else:
+        model = load_base(cfg.name_or_path, choice.name, dtype, load_in_4bit=cfg.load_in_4bit)
     grow_vocabulary(model, tokenizer)
     model.config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id

@@ -6,7 +6,8 @@ Stage 1 of the paper distils two teachers into one model: a reasoning model's lo
 * ``miniworld``  the two exact mini-world teachers;
 * ``paired``     a hub dataset or local file with a long and a short column, or one response column
                  whose text already starts with a control token (the paper's public warm-up data);
-* ``generate``   two teacher models the user names, run here (batched, resumable JSONL).
+* ``generate``   two teacher models the user names, run by :mod:`thinkless_lite.teachers` (batched,
+                 resumable JSONL) and read back here.
 
 Every source becomes :class:`TeacherResponse` rows; one builder filters and mixes them.
 """
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from thinkless_lite.jsonl import append_jsonl, read_jsonl
+from thinkless_lite.jsonl import read_jsonl
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens, format_completion, format_prompt, parse_completion
 
 log = logging.getLogger("thinkless_lite")
@@ -154,79 +155,9 @@ def miniworld_responses(world, n_questions: int, seed_offset: int = 0) -> list[T
     return out
 
 
-# ---------------------------------------------------------------- teacher generation (resumable)
+# ---------------------------------------------------------------- teacher files (written by thinkless_lite.teachers)
 
-def generate_teacher_file(model_name: str, questions: Sequence[str], out_path: str | Path, *, role: str,
-                          batch_size: int = 8, max_new_tokens: int = 1024, system_prompt: str | None = None,
-                          instruction: str | None = None, temperature: float = 0.0, seed: int = 0,
-                          backend: str = "auto", progress: bool = True) -> Path:
-    """Run one teacher over ``questions``, appending ``{"index", "role", "question", "response", "truncated"}``
-    lines to a JSONL.
-
-    Resumable: indices already in the file for this role are skipped, so a killed run continues
-    where it stopped. The teacher answers with its own chat template (an R1 template's forced
-    ``<think>`` is kept: that is how the reasoning teacher is meant to be run). ``instruction`` is
-    appended to the question the teacher sees (the short teacher's "answer directly"); the student's
-    examples keep the bare question. ``truncated`` records an answer that hit ``max_new_tokens``
-    before any end-of-sequence token: cut-off answers are dropped when the examples are built.
-    """
-    import torch
-    from tqdm.auto import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from thinkless_lite.generation import end_token_ids
-    from thinkless_lite.model import compute_dtype, resolve_model_path, select_backend
-
-    if role not in ("long", "short"):
-        raise ValueError(f"role must be 'long' or 'short', got {role!r}")
-    out_path = Path(out_path)
-    written = read_teacher_file(out_path)
-    _check_questions(written, questions, out_path)
-    done = {row["index"] for row in written if row.get("role") == role}
-    todo = [i for i in range(len(questions)) if i not in done]
-    if not todo:
-        return out_path
-    path = resolve_model_path(model_name)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    kwargs = {"dtype": compute_dtype("auto")}
-    if select_backend(backend).name != "full" and torch.cuda.is_available():
-        from transformers import BitsAndBytesConfig
-
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=kwargs["dtype"])
-    model = AutoModelForCausalLM.from_pretrained(path, **kwargs).eval()
-    if torch.cuda.is_available() and "quantization_config" not in kwargs:
-        model = model.cuda()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    ends = end_token_ids(model, tokenizer)
-    bar = tqdm(total=len(todo), desc=f"{role} teacher ({Path(str(model_name)).name})", disable=not progress)
-    for start in range(0, len(todo), batch_size):
-        chunk = todo[start:start + batch_size]
-        asked = [questions[i] + (f"\n\n{instruction}" if instruction else "") for i in chunk]
-        prompts = [tokenizer.apply_chat_template(
-            ([{"role": "system", "content": system_prompt}] if system_prompt else [])
-            + [{"role": "user", "content": question}], tokenize=False, add_generation_prompt=True)
-            for question in asked]
-        batch = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=temperature > 0,
-                                 temperature=temperature if temperature > 0 else None, top_p=None, top_k=None,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=ends)
-        new_ids = out[:, batch["input_ids"].shape[1]:]
-        texts = tokenizer.batch_decode(new_ids, skip_special_tokens=True)
-        finished = torch.isin(new_ids, torch.tensor(ends, device=new_ids.device)).any(dim=1).tolist()
-        append_jsonl(out_path, [{"index": index, "role": role, "question": questions[index], "response": text,
-                                 "truncated": not done} for index, text, done in zip(chunk, texts, finished)])
-        bar.update(len(chunk))
-    bar.close()
-    return out_path
-
-
-def _check_questions(rows: Sequence[dict], questions: Sequence[str], path: str | Path) -> None:
+def check_questions(rows: Sequence[dict], questions: Sequence[str], path: str | Path) -> None:
     """Lines record their question: one that disagrees with ``questions`` means the file is another run's."""
     for row in rows:
         i = row["index"]
@@ -253,7 +184,7 @@ def generated_responses(questions: Sequence[str], golds: Sequence[str | None], t
     means the file belongs to another question list: that raises :class:`WarmupDataError`.
     """
     rows = read_teacher_file(teacher_file)
-    _check_questions(rows, questions, teacher_file)
+    check_questions(rows, questions, teacher_file)
     out = []
     seen = set()
     for row in rows:

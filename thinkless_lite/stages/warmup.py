@@ -21,9 +21,10 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
 from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
-from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generate_teacher_file,
-                                        generated_responses, miniworld_responses, responses_from_columns)
+from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generated_responses, miniworld_responses,
+                                        responses_from_columns)
 from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter, select_backend
+from thinkless_lite.teachers import generate_teacher_file
 
 log = logging.getLogger("thinkless_lite")
 
