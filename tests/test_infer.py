@@ -84,3 +84,24 @@ def test_answers_stop_at_the_models_end_token_even_when_the_tokenizer_names_anot
     quirky = generate(loaded.model, loaded.tokenizer, ["1+2", "3*4-5"], mode="think", settings=settings)
     assert [g.num_tokens for g in quirky] == [g.num_tokens for g in right]
     assert all(g.num_tokens < 144 and g.answer for g in right)
+
+
+def test_top_p_samples_only_inside_the_nucleus_and_top_p_1_is_plain_temperature_sampling():
+    from thinkless_lite.generation import _sample
+
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0))
+    probs = torch.softmax(logits / 0.7, dim=-1)
+    sorted_probs, order = probs.sort(dim=-1, descending=True)
+    mass_before = sorted_probs.cumsum(-1) - sorted_probs  # the nucleus: most likely tokens until top_p is reached
+    generator = torch.Generator().manual_seed(1)
+    for top_p in (0.3, 0.8, 0.95):
+        settings = SamplingSettings(temperature=0.7, top_p=top_p)
+        drawn = torch.stack([_sample(logits, settings, generator) for _ in range(300)])
+        for row in range(len(logits)):
+            assert set(drawn[:, row].tolist()) <= set(order[row, mass_before[row] < top_p].tolist())
+        assert any(len(set(drawn[:, row].tolist())) > 1 for row in range(len(logits)))  # still sampling
+    plain, ours = torch.Generator().manual_seed(2), torch.Generator().manual_seed(2)
+    for _ in range(20):
+        expected = torch.multinomial(probs, 1, generator=plain).squeeze(-1)
+        assert torch.equal(_sample(logits, SamplingSettings(temperature=0.7, top_p=1.0), ours), expected)
+    assert torch.equal(_sample(logits, SamplingSettings(temperature=0.0, top_p=0.5), generator), logits.argmax(-1))

@@ -78,15 +78,17 @@ def control_rows_folded(model):
 
 
 def _sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
-    """Greedy at temperature 0, else temperature + nucleus sampling, row-wise."""
+    """Greedy at temperature 0, else temperature + nucleus sampling, row-wise: transformers' own warpers, so the
+    decision step samples as ``model.generate`` samples the rest, but seeded by ``generator``."""
     if settings.temperature <= 0:
         return logits.argmax(dim=-1)
-    probs = torch.softmax(logits.float() / settings.temperature, dim=-1)
-    if settings.top_p < 1.0:
-        sorted_probs, order = probs.sort(dim=-1, descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < settings.top_p
-        sorted_probs = sorted_probs * keep
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    # Imported here: this module is imported before the model loads, and Unsloth must precede transformers.
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(float(settings.temperature))])
+    if settings.top_p < 1.0:  # as generate does: top_p=1 keeps every token
+        warpers.append(TopPLogitsWarper(settings.top_p))
+    probs = torch.softmax(warpers(None, logits.float()), dim=-1)  # the warpers read no input ids
     return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(logits.device)
 
 
