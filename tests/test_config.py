@@ -84,6 +84,7 @@ def test_unknown_key_in_yaml(tmp_path):
     ("rl.scale_rewards=sometimes", "rl.scale_rewards must be one of none, group, batch"),
     ("rl.control_gradient=sideways", "rl.control_gradient must be one of exact, natural"),
     ("rl.mode_centering=1.5", "rl.mode_centering must be within 0..1"),
+    ("rl.control_rows_lr_scale=0", "rl.control_rows_lr_scale must be > 0"),
     ("rl.mode_centering=1", "rl.mode_centering needs both modes in every group"),
     ("miniworld.difficulty_weights={0: 1}", "difficulty_weights has a bad entry"),
     ("rl=3", "expected a mapping"),

@@ -155,6 +155,8 @@ class RLConfig:
         "Share of the batch's common pull on the mode choice removed from every prompt's (needs both modes in "
         "the groups: mode_balance > 0). 1 = the choice learns which prompts to think on, not a shift of all of "
         "them (losses.mode_advantages); 0 = the on-policy gradient."))
+    control_rows_lr_scale: float = field(default=1.0, metadata=_help(
+        "Learning rate of the control-token rows, as a multiple of learning_rate (1 = the same as LoRA's)."))
     within_mode_advantages: bool = field(default=False, metadata=_help(
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))
@@ -409,6 +411,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("rl.num_generations must be >= 2: group-relative advantages need a group")
     if not 0.0 <= cfg.rl.mode_centering <= 1.0:
         raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
+    if cfg.rl.control_rows_lr_scale <= 0:
+        raise ConfigError(f"rl.control_rows_lr_scale must be > 0; got {cfg.rl.control_rows_lr_scale}")
     if cfg.rl.mode_centering > 0 and cfg.rl.mode_balance <= 0:
         raise ConfigError("rl.mode_centering needs both modes in every group: set rl.mode_balance > 0 too "
                           "(or rl.mode_centering=0)")
