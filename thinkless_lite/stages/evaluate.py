@@ -335,8 +335,6 @@ def evaluate(cfg: RunConfig, *, out_dir: str | Path | None = None, model=None, t
 
 def main(cfg: RunConfig) -> dict:
     """``thinkless-lite eval``: evaluate ``cfg.model`` (+ ``model.adapter_path``) as ``cfg.eval`` says."""
-    if cfg.threads:
-        import torch
+    from thinkless_lite.stages.setup import prepare_stage
 
-        torch.set_num_threads(cfg.threads)
-    return evaluate(cfg)
+    return evaluate(cfg, out_dir=prepare_stage(cfg, "eval", backend=False))
