@@ -226,11 +226,10 @@ def tau_sweep(model, tokenizer, items: Sequence[MathItem], taus: Iterable[float]
 
 def load_eval_items(cfg: RunConfig, name: str) -> list[MathItem]:
     """A benchmark's items as the config asks: the mini-world held-out set, or a named benchmark."""
-    from thinkless_lite.data.benchmarks import MINIWORLD, load_benchmark
-    from thinkless_lite.data.miniworld import benchmark_items
+    from thinkless_lite.data.benchmarks import MINIWORLD, load_benchmark, miniworld_items
 
     if name.strip().lower() == MINIWORLD:
-        return benchmark_items(limit=cfg.eval.limit, per_level=cfg.eval.per_level, world=cfg.miniworld)
+        return miniworld_items(cfg, limit=cfg.eval.limit)
     return load_benchmark(name, data_file=cfg.eval.data_file, limit=cfg.eval.limit)
 
 
