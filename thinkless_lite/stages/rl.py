@@ -23,9 +23,10 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
 from thinkless_lite.config import ConfigError, RunConfig, save_resolved, trl_arguments
-from thinkless_lite.model import load_model, precision_flags, save_adapter, select_backend
+from thinkless_lite.model import load_model, precision_flags, save_adapter
 from thinkless_lite.report import plot_rl_curves
 from thinkless_lite.rewards import ThinklessReward
+from thinkless_lite.stages.setup import prepare_stage
 from thinkless_lite.tokens import format_prompt
 
 log = logging.getLogger("thinkless_lite")
@@ -103,12 +104,9 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
 def main(cfg: RunConfig) -> dict:
     """Run DeGRPO; returns the adapter path, steps, wall time and the final training metrics."""
     began = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    stage_dir = cfg.run_dir / "rl"
+    stage_dir = prepare_stage(cfg, "rl")  # imports unsloth, if it will be used, before TRL
     adapter = start_adapter(cfg)
     model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
-    select_backend(cfg.model.backend)  # imports unsloth, if it will be used, before TRL
     checkpoints = stage_dir / "checkpoints"
     args = grpo_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
     items = rl_items(cfg)  # before the model: bad data fails in seconds, not after a multi-GB load
