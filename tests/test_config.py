@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,8 @@ from thinkless_lite.config import ConfigError, load_config, save_resolved, to_di
 from thinkless_lite.cli import build_parser, main
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def differences(written: dict, loaded: dict, prefix: str = "") -> list[str]:
@@ -118,3 +121,11 @@ def test_cli_help_teaches(capsys):
 def test_cli_config_error_exits_2(capsys):
     assert main(["warmup", "--set", "warmup.typo=1"]) == 2
     assert "warmup.typo" in capsys.readouterr().err
+
+
+def test_config_is_the_bottom_of_the_house():
+    """Loading a recipe imports no data layer, reward or grader (grading registers an atexit handler)."""
+    code = ("import sys, thinkless_lite.config; print(sorted(m for m in sys.modules if m.startswith("
+            "('thinkless_lite.data', 'thinkless_lite.rewards', 'thinkless_lite.grading'))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

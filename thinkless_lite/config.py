@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from thinkless_lite.data.miniworld import MiniWorld
-from thinkless_lite.rewards import RewardTable
+from thinkless_lite.settings import MiniWorldConfig, RewardTable
 from thinkless_lite.tokens import ControlTokens, Routing
 
 
@@ -215,7 +214,7 @@ class RunConfig:
     seed: int = field(default=0, metadata=_help("Seed for everything."))
     threads: int | None = field(default=2, metadata=_help("torch CPU threads (null: all cores)."))
     model: ModelConfig = field(default_factory=ModelConfig)
-    miniworld: MiniWorld = field(default_factory=MiniWorld)
+    miniworld: MiniWorldConfig = field(default_factory=MiniWorldConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -325,7 +324,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
         kwargs["trl"] = {**kwargs.get("trl", {}), **passthrough}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorld, RewardTable)
+    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorldConfig)
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from err
 
 
