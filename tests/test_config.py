@@ -44,6 +44,15 @@ def test_overrides_are_typed_and_nested():
     assert load_config(None, ["rl.learning_rate=1e-4"]).rl.learning_rate == 1e-4  # YAML 1.1 reads this as a string
 
 
+def test_typed_values_win_over_overrides_and_are_checked_the_same_way():
+    cfg = load_config(None, ["rl.alpha=0.5", "rl.beta=0.1"], {"rl": {"alpha": 0.25}, "model": {"adapter_path": "a: b"}})
+    assert (cfg.rl.alpha, cfg.rl.beta, cfg.model.adapter_path) == (0.25, 0.1, "a: b")
+    with pytest.raises(ConfigError, match="model.lora_r: expected int"):
+        load_config(None, values={"model": {"lora_r": "8"}})
+    with pytest.raises(ConfigError, match=r"model.lora_rank \(did you mean lora_r\?\)"):
+        load_config(None, values={"model": {"lora_rank": 8}})
+
+
 def test_unknown_key_names_it_and_the_allowed_keys():
     with pytest.raises(ConfigError) as err:
         load_config(None, ["model.lora_rank=8"])
@@ -116,6 +125,29 @@ def test_cli_help_teaches(capsys):
     text = capsys.readouterr().out
     for command in ["quickstart", "warmup", "rl", "eval", "demo", "build-base", "--set rl.alpha"]:
         assert command in text
+
+
+@pytest.mark.parametrize("path", ["runs/a: b/adapter", "runs/run #1/adapter", "runs/k=v #2", "2024"])
+def test_cli_paths_reach_the_config_as_given(path):
+    """--adapter, --out and --data-file are typed values, not --set strings: read as YAML, ': ' made a mapping,
+    ' #' a comment, and '2024' a number."""
+    from thinkless_lite.cli import _load
+
+    args = build_parser().parse_args(["eval", "--adapter", path, "--out", f"{path}/eval", "--data-file", path])
+    cfg = _load(args)
+    assert (cfg.model.adapter_path, cfg.output_dir, cfg.name, cfg.eval.data_file) == (path, path, "eval", path)
+
+
+def test_cli_eval_lists_are_typed():
+    from thinkless_lite.cli import _load
+
+    args = build_parser().parse_args(["eval", "--benchmarks", "miniworld, gsm8k", "--modes", "auto,short",
+                                      "--sweep-tau", "0.5,1", "--tau", "0.25", "--limit", "3"])
+    e = _load(args).eval
+    assert (e.benchmarks, e.modes, e.sweep_tau, e.tau, e.limit) == (["miniworld", "gsm8k"], ["auto", "short"],
+                                                                     [0.5, 1.0], 0.25, 3)
+    with pytest.raises(ConfigError, match="--sweep-tau takes numbers"):
+        _load(build_parser().parse_args(["eval", "--sweep-tau", "0.5,half"]))
 
 
 def test_cli_config_error_exits_2(capsys):

@@ -377,8 +377,11 @@ def _merge(base: dict, extra: dict, cls=None) -> dict:
     return out
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides."""
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict | None = None) -> RunConfig:
+    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides,
+    then ``values``: a nested mapping of already typed settings (``{"model": {"adapter_path": path}}``),
+    checked like the rest but never parsed as YAML, so a path with ``: `` or ``#`` in it stays as given."""
     data: dict = {}
     if name_or_path is not None:
         path = resolve_recipe(name_or_path)
@@ -386,7 +389,8 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    cfg = from_dict(RunConfig, _merge(data, parse_overrides(overrides), RunConfig))
+    merged = _merge(data, parse_overrides(overrides), RunConfig)
+    cfg = from_dict(RunConfig, _merge(merged, values or {}, RunConfig))
     validate(cfg)
     return cfg
 
