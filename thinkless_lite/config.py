@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from thinkless_lite.data.miniworld import MiniWorld
-from thinkless_lite.rewards import RewardTable
+from thinkless_lite.settings import MiniWorldConfig, RewardTable
 from thinkless_lite.tokens import ControlTokens, Routing
 
 
@@ -217,7 +216,7 @@ class RunConfig:
     seed: int = field(default=0, metadata=_help("Seed for everything."))
     threads: int | None = field(default=2, metadata=_help("torch CPU threads (null: all cores)."))
     model: ModelConfig = field(default_factory=ModelConfig)
-    miniworld: MiniWorld = field(default_factory=MiniWorld)
+    miniworld: MiniWorldConfig = field(default_factory=MiniWorldConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -327,7 +326,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
         kwargs["trl"] = {**kwargs.get("trl", {}), **passthrough}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorld, RewardTable)
+    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorldConfig)
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from err
 
 
@@ -380,8 +379,11 @@ def _merge(base: dict, extra: dict, cls=None) -> dict:
     return out
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides."""
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict | None = None) -> RunConfig:
+    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides,
+    then ``values``: a nested mapping of already typed settings (``{"model": {"adapter_path": path}}``),
+    checked like the rest but never parsed as YAML, so a path with ``: `` or ``#`` in it stays as given."""
     data: dict = {}
     if name_or_path is not None:
         path = resolve_recipe(name_or_path)
@@ -389,7 +391,8 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    cfg = from_dict(RunConfig, _merge(data, parse_overrides(overrides), RunConfig))
+    merged = _merge(data, parse_overrides(overrides), RunConfig)
+    cfg = from_dict(RunConfig, _merge(merged, values or {}, RunConfig))
     validate(cfg)
     return cfg
 

@@ -23,6 +23,7 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
 from thinkless_lite.config import ConfigError, RunConfig, save_resolved, trl_arguments
+from thinkless_lite.data.miniworld import MiniWorld
 from thinkless_lite.model import load_model, precision_flags, save_adapter
 from thinkless_lite.report import plot_rl_curves
 from thinkless_lite.rewards import ThinklessReward
@@ -36,7 +37,7 @@ def rl_items(cfg: RunConfig):
     """Training questions with gold answers, from the mini-world, the hub or a local file."""
     data = cfg.rl.data
     if data.source == "miniworld":
-        return cfg.miniworld.sample("train", data.num_examples, seed_offset=1)
+        return MiniWorld.of(cfg.miniworld).sample("train", data.num_examples, seed_offset=1)
     from thinkless_lite.data.files import ColumnMap, load_rows, rows_to_items
     from thinkless_lite.data.golds import GOLD_FORMATS
 
