@@ -13,6 +13,8 @@ like the quickstart. Variants (the recipe's other settings unchanged; all but ``
   within    + within-mode advantages for response tokens (rl.within_mode_advantages=true)
   both      + both
   low_lr    stock, learning rate / 10
+  rows_lr   stock, the control rows at 10x the learning rate of LoRA (rl.control_rows_lr_scale=10)
+  kl        stock, plus a KL term to the warm-up policy (rl.beta=0.1; a frozen copy of the starting adapter)
   natural   both, and the control token's natural gradient (rl.control_gradient=natural)
   centred   both, the mode choice centred (rl.mode_centering=1), 4 prompts x 4 answers per step
   wide      both, 8 prompts x 4 answers per step for 20 steps (the same 640 answers as 2 x 8 for 40)
@@ -44,6 +46,10 @@ VARIANTS = {  # control_gradient=exact unless said otherwise
     "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
     "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
     "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],  # lr / 10
+    "rows_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact",
+                "rl.control_rows_lr_scale=10", *UNCENTRED],
+    "kl": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", "rl.beta=0.1",
+           *UNCENTRED],
     "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural", *UNCENTRED],
     # both, the choice centred over 4 prompts x 4 answers a step (the SmolLM2 recipe's default)
     "centred": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact",

@@ -1,3 +1,5 @@
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -7,7 +9,8 @@ from thinkless_lite.config import ConfigError, load_config, save_resolved, to_di
 from thinkless_lite.cli import build_parser, main
 
 
-RECIPES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "configs").glob("*.yaml"))
 
 
 def differences(written: dict, loaded: dict, prefix: str = "") -> list[str]:
@@ -39,6 +42,15 @@ def test_overrides_are_typed_and_nested():
     assert cfg.rl.alpha == 0.25 and cfg.model.backend == "hf" and cfg.eval.sweep_tau == [0.1, 0.9]
     assert isinstance(load_config(None, ["rl.alpha=1"]).rl.alpha, float)  # an int literal is fine for a float
     assert load_config(None, ["rl.learning_rate=1e-4"]).rl.learning_rate == 1e-4  # YAML 1.1 reads this as a string
+
+
+def test_typed_values_win_over_overrides_and_are_checked_the_same_way():
+    cfg = load_config(None, ["rl.alpha=0.5", "rl.beta=0.1"], {"rl": {"alpha": 0.25}, "model": {"adapter_path": "a: b"}})
+    assert (cfg.rl.alpha, cfg.rl.beta, cfg.model.adapter_path) == (0.25, 0.1, "a: b")
+    with pytest.raises(ConfigError, match="model.lora_r: expected int"):
+        load_config(None, values={"model": {"lora_r": "8"}})
+    with pytest.raises(ConfigError, match=r"model.lora_rank \(did you mean lora_r\?\)"):
+        load_config(None, values={"model": {"lora_rank": 8}})
 
 
 def test_unknown_key_names_it_and_the_allowed_keys():
@@ -84,6 +96,7 @@ def test_unknown_key_in_yaml(tmp_path):
     ("rl.scale_rewards=sometimes", "rl.scale_rewards must be one of none, group, batch"),
     ("rl.control_gradient=sideways", "rl.control_gradient must be one of exact, natural"),
     ("rl.mode_centering=1.5", "rl.mode_centering must be within 0..1"),
+    ("rl.control_rows_lr_scale=0", "rl.control_rows_lr_scale must be > 0"),
     ("rl.mode_centering=1", "rl.mode_centering needs both modes in every group"),
     ("miniworld.difficulty_weights={0: 1}", "difficulty_weights has a bad entry"),
     ("rl=3", "expected a mapping"),
@@ -115,6 +128,37 @@ def test_cli_help_teaches(capsys):
         assert command in text
 
 
+@pytest.mark.parametrize("path", ["runs/a: b/adapter", "runs/run #1/adapter", "runs/k=v #2", "2024"])
+def test_cli_paths_reach_the_config_as_given(path):
+    """--adapter, --out and --data-file are typed values, not --set strings: read as YAML, ': ' made a mapping,
+    ' #' a comment, and '2024' a number."""
+    from thinkless_lite.cli import _load
+
+    args = build_parser().parse_args(["eval", "--adapter", path, "--out", f"{path}/eval", "--data-file", path])
+    cfg = _load(args)
+    assert (cfg.model.adapter_path, cfg.output_dir, cfg.name, cfg.eval.data_file) == (path, path, "eval", path)
+
+
+def test_cli_eval_lists_are_typed():
+    from thinkless_lite.cli import _load
+
+    args = build_parser().parse_args(["eval", "--benchmarks", "miniworld, gsm8k", "--modes", "auto,short",
+                                      "--sweep-tau", "0.5,1", "--tau", "0.25", "--limit", "3"])
+    e = _load(args).eval
+    assert (e.benchmarks, e.modes, e.sweep_tau, e.tau, e.limit) == (["miniworld", "gsm8k"], ["auto", "short"],
+                                                                     [0.5, 1.0], 0.25, 3)
+    with pytest.raises(ConfigError, match="--sweep-tau takes numbers"):
+        _load(build_parser().parse_args(["eval", "--sweep-tau", "0.5,half"]))
+
+
 def test_cli_config_error_exits_2(capsys):
     assert main(["warmup", "--set", "warmup.typo=1"]) == 2
     assert "warmup.typo" in capsys.readouterr().err
+
+
+def test_config_is_the_bottom_of_the_house():
+    """Loading a recipe imports no data layer, reward or grader (grading registers an atexit handler)."""
+    code = ("import sys, thinkless_lite.config; print(sorted(m for m in sys.modules if m.startswith("
+            "('thinkless_lite.data', 'thinkless_lite.rewards', 'thinkless_lite.grading'))))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

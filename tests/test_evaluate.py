@@ -320,6 +320,40 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
     assert len(list(out.glob("records.stale-*.jsonl"))) == 1
 
 
+def test_eval_stage_sets_up_once_and_writes_its_recipe_once(monkeypatch, tmp_path):
+    """``thinkless-lite eval``: the recipe's threads, ``<run>/eval``, and one resolved.yaml holding the recipe."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from thinkless_lite import config, model
+
+    threads, written = [], []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(ev, "save_resolved", lambda c, out: written.append(out) or config.save_resolved(c, out))
+    monkeypatch.setattr(model, "load_model", lambda *a, **k: SimpleNamespace(model=object(), tokenizer=object()))
+    monkeypatch.setattr(ev, "generate", FakeGenerate())
+    cfg = _cfg(tmp_path, modes=["short"])
+    ev.main(cfg)
+    assert threads == [cfg.threads] and written == [cfg.run_dir / "eval"]
+    assert load_config(cfg.run_dir / "eval" / "resolved.yaml") == cfg
+
+
+def test_both_miniworld_paths_give_the_same_items():
+    """The evaluation stage and ``load_benchmark("miniworld")`` read one definition of the held-out set."""
+    from thinkless_lite.data.benchmarks import load_benchmark, miniworld_items
+    from thinkless_lite.data.miniworld import MiniWorld, benchmark_items
+
+    cfg = load_config("mini", ["eval.limit=30"])
+    items = ev.load_eval_items(cfg, "miniworld")
+    assert items == miniworld_items(cfg, limit=30)
+    assert items == benchmark_items(limit=30, per_level=cfg.eval.per_level, world=cfg.miniworld)  # as before
+    assert load_benchmark("miniworld", limit=30) == miniworld_items(limit=30)
+    assert miniworld_items(limit=30) == benchmark_items(limit=30, per_level=50, world=MiniWorld())  # no recipe
+    default = load_config(None, ["eval.per_level=50", "eval.limit=30"])
+    assert ev.load_eval_items(default, "miniworld") == load_benchmark("miniworld", limit=30)
+
+
 def test_records_follow_the_adapter_content_not_its_path(monkeypatch, tmp_path):
     """A warm-up copied into another run (routing_ablation, real_model_outcome --warmup) keeps its records;
     an adapter with other weights at the same path does not."""

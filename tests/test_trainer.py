@@ -22,6 +22,7 @@ GRPO_HOOKS = {
                                            "compute_entropy"],
     "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
     "compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
+    "create_optimizer": [],
 }
 
 
@@ -132,6 +133,26 @@ def test_trainer_loss_equals_degrpo_loss(tiny_model_dir, tmp_path, request, deco
                            decoupled=decoupled)
     grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
     assert_same_gradients(grads_trainer, grads_expected)
+
+
+def test_control_rows_take_their_own_learning_rate_through_the_schedule(tiny_model_dir, tmp_path):
+    trainer, _ = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.001, control_rows_lr_scale=10.0,
+                              grpo_args={"learning_rate": 1e-4, "lr_scheduler_type": "linear", "warmup_steps": 0})
+    trainer.create_optimizer_and_scheduler(num_training_steps=4)
+    rows = {id(p) for n, p in trainer.model.named_parameters() if "trainable_tokens_delta" in n and p.requires_grad}
+    groups = trainer.optimizer.param_groups
+    row_groups = [g for g in groups if {id(p) for p in g["params"]} <= rows]
+    assert rows and {id(p) for g in row_groups for p in g["params"]} == rows  # every row, and nothing else
+    assert {id(p) for g in groups for p in g["params"]} == {id(p) for p in trainer.model.parameters()
+                                                             if p.requires_grad}  # nothing lost or doubled
+    assert all(g["lr"] == pytest.approx(1e-3) for g in row_groups)
+    assert all(g["lr"] == pytest.approx(1e-4) for g in groups if g not in row_groups)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    for group in trainer.optimizer.param_groups:  # linear decay, 3/4 left after one of 4 steps; the ratio kept
+        assert group["lr"] == pytest.approx(7.5e-4 if group in row_groups else 7.5e-5)
+    with pytest.raises(ValueError, match="control_rows_lr_scale must be > 0"):
+        make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.001, control_rows_lr_scale=0.0)
 
 
 def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):

@@ -35,15 +35,19 @@ def _common(parser: argparse.ArgumentParser, out_default: str | None = None) -> 
 
 
 def _load(args) -> RunConfig:
-    overrides = list(args.overrides)
+    """The recipe, its --set overrides, then the typed flags, which win; a flag's value reaches the config
+    as given (a path with ': ' or '#' in it is not read as YAML)."""
+    values: dict = {}
     if getattr(args, "out", None):
         from pathlib import Path
 
         out = Path(args.out)
-        overrides += [f"output_dir={out.parent.as_posix() or '.'}", f"name={out.name}"]
+        values.update(output_dir=out.parent.as_posix() or ".", name=out.name)
     if getattr(args, "adapter", None):
-        overrides.append(f"model.adapter_path={args.adapter}")
-    return load_config(args.config, overrides)
+        values["model"] = {"adapter_path": args.adapter}
+    if args.command == "eval" and (flags := _eval_values(args)):
+        values["eval"] = flags
+    return load_config(args.config, args.overrides, values)
 
 
 EXPORT_HELP = "share a trained adapter: a PEFT-loadable folder or (--merge) a standalone model, a model card, the hub"
@@ -131,20 +135,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _eval_overrides(args) -> list[str]:
-    out = []
+def _comma_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _eval_values(args) -> dict:
+    """The eval section's flags as typed values; comma lists become lists."""
+    out: dict = {}
     if args.benchmarks:
-        out.append(f"eval.benchmarks=[{args.benchmarks}]")
+        out["benchmarks"] = _comma_list(args.benchmarks)
     if args.modes:
-        out.append(f"eval.modes=[{args.modes}]")
+        out["modes"] = _comma_list(args.modes)
     if args.limit is not None:
-        out.append(f"eval.limit={args.limit}")
+        out["limit"] = args.limit
     if args.data_file:
-        out.append(f"eval.data_file={json.dumps(args.data_file)}")
+        out["data_file"] = args.data_file
     if args.tau is not None:
-        out.append(f"eval.tau={args.tau}")
+        out["tau"] = args.tau
     if args.sweep_tau:
-        out.append(f"eval.sweep_tau=[{args.sweep_tau}]")
+        try:
+            out["sweep_tau"] = [float(tau) for tau in _comma_list(args.sweep_tau)]
+        except ValueError:
+            raise ConfigError(f"--sweep-tau takes numbers within 0..1 separated by commas, e.g. 0.1,0.5,0.9; "
+                              f"got {args.sweep_tau!r}") from None
     return out
 
 
@@ -174,8 +187,6 @@ def run(args) -> object:
         return train_base(args.out or MINI_BASE_DIR, cfg)
     if args.command == "export":
         return _export(args)
-    if args.command == "eval":
-        args.overrides = list(args.overrides) + _eval_overrides(args)
     cfg = _load(args)
     # Unsloth must be imported before TRL to patch it; select_backend imports it when it will be used.
     from thinkless_lite.model import select_backend

@@ -25,8 +25,7 @@ from typing import Any, ClassVar
 
 import yaml
 
-from thinkless_lite.data.miniworld import MiniWorld
-from thinkless_lite.rewards import RewardTable
+from thinkless_lite.settings import MiniWorldConfig, RewardTable
 from thinkless_lite.tokens import ControlTokens, Routing
 
 
@@ -155,6 +154,8 @@ class RLConfig:
         "Share of the batch's common pull on the mode choice removed from every prompt's (needs both modes in "
         "the groups: mode_balance > 0). 1 = the choice learns which prompts to think on, not a shift of all of "
         "them (losses.mode_advantages); 0 = the on-policy gradient."))
+    control_rows_lr_scale: float = field(default=1.0, metadata=_help(
+        "Learning rate of the control-token rows, as a multiple of learning_rate (1 = the same as LoRA's)."))
     within_mode_advantages: bool = field(default=False, metadata=_help(
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))
@@ -215,7 +216,7 @@ class RunConfig:
     seed: int = field(default=0, metadata=_help("Seed for everything."))
     threads: int | None = field(default=2, metadata=_help("torch CPU threads (null: all cores)."))
     model: ModelConfig = field(default_factory=ModelConfig)
-    miniworld: MiniWorld = field(default_factory=MiniWorld)
+    miniworld: MiniWorldConfig = field(default_factory=MiniWorldConfig)
     warmup: WarmupConfig = field(default_factory=WarmupConfig)
     rl: RLConfig = field(default_factory=RLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -325,7 +326,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
         kwargs["trl"] = {**kwargs.get("trl", {}), **passthrough}
     try:
         return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorld, RewardTable)
+    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorldConfig)
         raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from err
 
 
@@ -378,8 +379,11 @@ def _merge(base: dict, extra: dict, cls=None) -> dict:
     return out
 
 
-def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides."""
+def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None,
+                values: dict | None = None) -> RunConfig:
+    """A recipe by name or path (None: the defaults, which are the ``mini`` recipe) with dotted overrides,
+    then ``values``: a nested mapping of already typed settings (``{"model": {"adapter_path": path}}``),
+    checked like the rest but never parsed as YAML, so a path with ``: `` or ``#`` in it stays as given."""
     data: dict = {}
     if name_or_path is not None:
         path = resolve_recipe(name_or_path)
@@ -387,7 +391,8 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
             data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    cfg = from_dict(RunConfig, _merge(data, parse_overrides(overrides), RunConfig))
+    merged = _merge(data, parse_overrides(overrides), RunConfig)
+    cfg = from_dict(RunConfig, _merge(merged, values or {}, RunConfig))
     validate(cfg)
     return cfg
 
@@ -409,6 +414,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError("rl.num_generations must be >= 2: group-relative advantages need a group")
     if not 0.0 <= cfg.rl.mode_centering <= 1.0:
         raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
+    if cfg.rl.control_rows_lr_scale <= 0:
+        raise ConfigError(f"rl.control_rows_lr_scale must be > 0; got {cfg.rl.control_rows_lr_scale}")
     if cfg.rl.mode_centering > 0 and cfg.rl.mode_balance <= 0:
         raise ConfigError("rl.mode_centering needs both modes in every group: set rl.mode_balance > 0 too "
                           "(or rl.mode_centering=0)")

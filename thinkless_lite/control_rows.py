@@ -116,6 +116,27 @@ def unfreeze_control_rows(model) -> list[str]:
     return names
 
 
+def scale_control_rows_learning_rate(optimizer, model, scale: float) -> int:
+    """Give the control rows a learning rate of their own: ``scale`` x that of the group they were in.
+
+    The rows are a handful of embedding vectors that decide the mode, beside LoRA matrices that shape every
+    token; one learning rate for both is a choice, not a law. Each row tensor moves out of its optimizer group
+    into a copy of that group (same weight decay and betas) whose ``lr`` is scaled; a scheduler created
+    afterwards keeps the ratio. Returns the number of tensors moved."""
+    rows = {id(p) for name, p in model.named_parameters() if _adapter_of(name) is not None and p.requires_grad}
+    moved = 0
+    for group in list(optimizer.param_groups):
+        mine = [p for p in group["params"] if id(p) in rows]
+        if not mine:
+            continue
+        group["params"] = [p for p in group["params"] if id(p) not in rows]
+        settings = {k: v for k, v in group.items() if k != "params"}
+        optimizer.add_param_group({**settings, "params": mine, "lr": group["lr"] * scale})
+        moved += len(mine)
+    optimizer.param_groups[:] = [g for g in optimizer.param_groups if g["params"]]
+    return moved
+
+
 def frozen_adapter_tensors(model) -> list[str]:
     """Names of the tensors the recipe trains (LoRA weights and control rows of every adapter that will
     train) that are frozen, plus a line for each such adapter whose configured control rows have no

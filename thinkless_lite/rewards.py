@@ -10,18 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from thinkless_lite.grading import extract_answer, grade_answer
+from thinkless_lite.settings import RewardTable
 from thinkless_lite.tokens import SHORT, ControlTokens, parse_completion
-
-
-@dataclass(frozen=True)
-class RewardTable:
-    """Reward per outcome; the defaults are the paper's released values."""
-
-    short_correct: float = 1.0
-    think_correct: float = 0.5
-    short_wrong: float = -1.0
-    think_wrong: float = -1.0
-    format_error: float = -1.0
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from trl import GRPOTrainer, SFTTrainer
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
                                    plain_logps_and_entropies, prepare_for_training, trainer_flavour,
                                    unsloth_loss_inputs)
-from thinkless_lite.control_rows import assert_control_rows_trainable
+from thinkless_lite.control_rows import assert_control_rows_trainable, scale_control_rows_learning_rate
 from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
                                    loss_token_weights, mode_advantages)
@@ -78,7 +78,8 @@ class DeGRPOMixin:
                  recorder: ThinklessReward | None = None, backend: str | None = None,
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
                  within_mode_advantages: bool = False, control_gradient: str = "exact",
-                 mode_centering: float = 0.0, control_tokens: ControlTokens = ControlTokens(), **kwargs):
+                 mode_centering: float = 0.0, control_rows_lr_scale: float = 1.0,
+                 control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -105,6 +106,9 @@ class DeGRPOMixin:
         if mode_centering > 0 and self.mode_balance <= 0:
             raise ValueError("mode_centering needs both modes in the groups: set mode_balance > 0 too")
         self.mode_centering = mode_centering
+        if control_rows_lr_scale <= 0:
+            raise ValueError(f"control_rows_lr_scale must be > 0, got {control_rows_lr_scale}")
+        self.control_rows_lr_scale = control_rows_lr_scale
         vocab = self.processing_class.get_vocab()
         missing = [t for t in (control_tokens.short, control_tokens.think) if t not in vocab]
         if missing:
@@ -170,6 +174,16 @@ class DeGRPOMixin:
         if self.on_unsloth:
             inputs = unsloth_loss_inputs(inputs, self.processing_class.pad_token_id)
         return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
+
+    def create_optimizer(self):
+        """Transformers' optimizer, with the control rows in a group of their own when their learning rate is
+        scaled (``control_rows_lr_scale``; the scheduler, made after this, keeps the ratio)."""
+        optimizer = super().create_optimizer()
+        if self.control_rows_lr_scale != 1.0 and not scale_control_rows_learning_rate(
+                optimizer, self.model, self.control_rows_lr_scale):
+            raise ValueError("control_rows_lr_scale is set but the model trains no control rows "
+                             "(model.train_control_rows, or an adapter without trainable_token_indices)")
+        return optimizer
 
     def current_mode_balance(self) -> float:
         """The share of every group forced to a mode at this step: linear from ``mode_balance`` to

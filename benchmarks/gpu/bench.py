@@ -12,11 +12,10 @@ batches the loss saw mixed different left padding.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from benchmarks.gpu.common import median
-from benchmarks.gpu.inputs import make_prompts, varied_reward
-from benchmarks.gpu.loading import Clock, describe_trainer, load, run_config
+from benchmarks.gpu.inputs import make_prompts
+from benchmarks.gpu.loading import start_trainer
 
 
 def _summary(steps: list[dict], spec: dict) -> tuple[list[dict], dict]:
@@ -30,25 +29,13 @@ def _summary(steps: list[dict], spec: dict) -> tuple[list[dict], dict]:
 
 
 def run(spec: dict, record: dict) -> None:
-    from datasets import Dataset
-    from transformers import TrainerCallback, set_seed
+    from transformers import TrainerCallback
 
-    from thinkless_lite.stages.rl import grpo_config
-    from thinkless_lite.trainers import (
-        DeGRPOTrainer,  # after select_backend: Unsloth's GRPOTrainer on unsloth
-    )
+    def prompts_of(tokenizer):
+        return make_prompts(tokenizer, spec["steps"] + 1, spec["prompts"], spec["prompt_len"], spec["seed"])
 
-    clock = Clock()
-    cfg = run_config(spec)
-    set_seed(spec["seed"])
-    loaded = load(cfg, clock, record)
-    prompts = make_prompts(loaded.tokenizer, spec["steps"] + 1, spec["prompts"], spec["prompt_len"], spec["seed"])
-    args = grpo_config(cfg, Path(spec["work_dir"]) / "trainer")
-    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_reward], args=args,
-                            train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                            processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
-                            drop_uniform_groups=cfg.rl.drop_uniform_groups, backend=loaded.backend.name)
-    describe_trainer(trainer, record)
+    clock, cfg, loaded, trainer = start_trainer(spec, record, prompts_of)
+    args = trainer.args
     record["grpo"] = {k: getattr(args, k) for k in ("per_device_train_batch_size", "gradient_accumulation_steps",
                                                      "steps_per_generation", "generation_batch_size", "beta",
                                                      "loss_type", "bf16", "fp16", "temperature", "learning_rate")}

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import platform
 import time
+from pathlib import Path
 
 from benchmarks.gpu.common import GB
 
@@ -93,6 +94,29 @@ def load(cfg, clock: Clock, record: dict):
                   gradient_checkpointing=bool(getattr(loaded.model, "is_gradient_checkpointing", False)))
     record["control_rows"] = control_rows(loaded.model)
     return loaded
+
+
+def start_trainer(spec: dict, record: dict, prompts_of):
+    """What both GPU jobs start with: the spec's run config, its seed, the model (timed into ``record``) and a
+    DeGRPO trainer on ``prompts_of(tokenizer)`` with the varied test reward. Returns (clock, cfg, loaded, trainer)."""
+    from datasets import Dataset
+    from transformers import set_seed
+
+    from benchmarks.gpu.inputs import varied_reward
+    from thinkless_lite.stages.rl import grpo_config
+    from thinkless_lite.trainers import DeGRPOTrainer  # after select_backend: Unsloth's GRPOTrainer on unsloth
+
+    clock = Clock()
+    cfg = run_config(spec)
+    set_seed(spec["seed"])
+    loaded = load(cfg, clock, record)
+    dataset = Dataset.from_list([{"prompt": p} for p in prompts_of(loaded.tokenizer)])
+    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_reward],
+                            args=grpo_config(cfg, Path(spec["work_dir"]) / "trainer"), train_dataset=dataset,
+                            processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
+                            drop_uniform_groups=cfg.rl.drop_uniform_groups, backend=loaded.backend.name)
+    describe_trainer(trainer, record)
+    return clock, cfg, loaded, trainer
 
 
 def control_rows(model) -> dict:

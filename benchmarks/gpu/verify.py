@@ -17,9 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.gpu.common import canonical_name
-from benchmarks.gpu.inputs import loss_check_batch, varied_reward
+from benchmarks.gpu.inputs import loss_check_batch
 from benchmarks.gpu.report import compare_grads
-from benchmarks.gpu.loading import Clock, describe_trainer, load, run_config
+from benchmarks.gpu.loading import start_trainer
 
 
 def set_deterministic_adapter(model, std: float = 0.02) -> int:
@@ -58,25 +58,11 @@ def accumulated(trainer, model, inputs: dict, advantages, micro_batches: int, gr
 
 def run(spec: dict, record: dict) -> None:
     import torch
-    from datasets import Dataset
-    from transformers import set_seed
 
     from thinkless_lite.compat import plain_logps_and_entropies
     from thinkless_lite.losses import degrpo_loss
-    from thinkless_lite.stages.rl import grpo_config
-    from thinkless_lite.trainers import (
-        DeGRPOTrainer,  # after select_backend: Unsloth's GRPOTrainer on unsloth
-    )
 
-    clock = Clock()
-    cfg = run_config(spec)
-    set_seed(spec["seed"])
-    loaded = load(cfg, clock, record)
-    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_reward],
-                            args=grpo_config(cfg, Path(spec["work_dir"]) / "trainer"),
-                            train_dataset=Dataset.from_list([{"prompt": "a b c"}]), processing_class=loaded.tokenizer,
-                            alpha=cfg.rl.alpha, decoupled=True, backend=loaded.backend.name)
-    describe_trainer(trainer, record)
+    clock, cfg, loaded, trainer = start_trainer(spec, record, lambda tokenizer: ["a b c"])
     model = trainer.model
     record["adapter_parameters"] = set_deterministic_adapter(model)  # after the trainer's own dtype casts
     batch = loss_check_batch(loaded.tokenizer.pad_token_id, spec["prompts"] * spec["generations"],

@@ -13,7 +13,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from thinkless_lite.data.files import (ColumnMap, DataSourceError, HubUnreachableError, SkipReport, column_names,
                                        load_rows, read_rows, rows_to_items)
@@ -21,6 +21,9 @@ from thinkless_lite.data.golds import (GoldNormalizer, default_gold, float_to_in
                                        parse_difficulty, strip_leading_zeros)
 from thinkless_lite.data.items import MathItem
 from thinkless_lite.grading import last_boxed
+
+if TYPE_CHECKING:
+    from thinkless_lite.config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -216,6 +219,20 @@ def _read_spec_rows(spec: BenchmarkSpec, data_file: Any, offline: bool | None):
     return rows, where
 
 
+def miniworld_items(cfg: RunConfig | None = None, *, limit: int | None = None) -> list[MathItem]:
+    """The mini-world's held-out evaluation set, defined here only, so every path evaluates the same questions.
+
+    With a recipe: its world (``cfg.miniworld``) and ``cfg.eval.per_level``, as the evaluation stage uses.
+    Without one (``load_benchmark("miniworld")``): the default ``MiniWorld()`` at 50 questions per level.
+    ``limit`` keeps the first items, which still span every level.
+    """
+    from thinkless_lite.data.miniworld import benchmark_items  # lazy: written separately
+
+    if cfg is None:
+        return benchmark_items(limit=limit, per_level=50)
+    return benchmark_items(limit=limit, per_level=cfg.eval.per_level, world=cfg.miniworld)
+
+
 def load_benchmark_with_report(
     name: str,
     *,
@@ -225,9 +242,7 @@ def load_benchmark_with_report(
 ) -> tuple[list[MathItem], SkipReport]:
     """Like :func:`load_benchmark`, also returning the :class:`SkipReport`."""
     if _canonical(name) == MINIWORLD:
-        from thinkless_lite.data import miniworld  # lazy: written separately
-
-        items = list(miniworld.benchmark_items(limit=limit))
+        items = miniworld_items(limit=limit)
         return items, SkipReport(source=MINIWORLD, total=len(items), kept=len(items))
     spec = get_spec(name)
     rows, origin = _read_spec_rows(spec, data_file, offline)

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from thinkless_lite.data.miniworld import MiniWorld
 from thinkless_lite.jsonl import read_jsonl
+from thinkless_lite.settings import MiniWorldConfig
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens, format_completion, format_prompt, parse_completion
 
 log = logging.getLogger("thinkless_lite")
@@ -144,8 +146,10 @@ def responses_from_columns(rows: Sequence[dict], *, question_column: str, answer
     return out
 
 
-def miniworld_responses(world, n_questions: int, seed_offset: int = 0) -> list[TeacherResponse]:
-    """Both exact mini-world teachers answer ``n_questions`` training questions."""
+def miniworld_responses(world: MiniWorldConfig, n_questions: int, seed_offset: int = 0) -> list[TeacherResponse]:
+    """Both exact mini-world teachers answer ``n_questions`` training questions of ``world`` (a recipe's
+    ``miniworld`` section or a :class:`MiniWorld`)."""
+    world = MiniWorld.of(world)
     out = []
     for item in world.sample("train", n_questions, seed_offset=seed_offset):
         reasoning, answer = world.long_solution(item.question)

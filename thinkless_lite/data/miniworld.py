@@ -25,20 +25,14 @@ from __future__ import annotations
 
 import hashlib
 import random
-from dataclasses import dataclass, field
+from dataclasses import fields
 from typing import Sequence
 
 from thinkless_lite.data.items import MathItem
+from thinkless_lite.settings import MiniWorldConfig
 
 OPERATORS = ("+", "-", "*")
 SPLITS = ("train", "test")
-TASKS = ("chain", "addition")
-# Default mix leans easy, like GSM8K for a reasoning model (the paper thinks on 13% of GSM8K).
-# Token arithmetic: forced think costs 53 + 8k tokens, a direct answer 2k + 5 (7 at k=1), and only k=1
-# is reliably answerable directly; with 70% of items at k=1 a perfectly routed model needs ~46% of
-# forced-think tokens, at 60% it would need ~55%.
-DEFAULT_DIFFICULTY_WEIGHTS = {1: 0.7, 2: 0.05, 3: 0.05, 4: 0.04, 5: 0.04, 6: 0.04, 7: 0.04, 8: 0.04}
-
 
 def apply(op: str, left: int, right: int) -> int:
     if op == "+":
@@ -140,38 +134,16 @@ def split_of(expression: str, test_fraction: float) -> str:
     return "test" if int.from_bytes(digest[:4], "big") / 2**32 < test_fraction else "train"
 
 
-@dataclass(frozen=True)
-class MiniWorld:
-    """The task family and its settings; also the recipe's ``miniworld`` section."""
+class MiniWorld(MiniWorldConfig):
+    """The task generator and its two exact teachers: the settings of a recipe's ``miniworld`` section
+    (``MiniWorld.of(cfg.miniworld)``) or given directly (``MiniWorld(task="addition")``)."""
 
-    task: str = field(default="chain", metadata={"help": "chain (single-digit operations mod 10, the shipped base's "
-                                                         "world) | addition (two k-digit numbers, for real pretrained models)."})
-    difficulty_weights: dict = field(default_factory=lambda: dict(DEFAULT_DIFFICULTY_WEIGHTS), metadata={
-        "help": "Difficulty k -> sampling weight. The default leans easy, like GSM8K."})
-    test_fraction: float = field(default=0.2, metadata={"help": "Share of questions (by hash) held out for testing."})
-    seed: int = field(default=0, metadata={"help": "Seed of the task sampler."})
-
-    def __post_init__(self):
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}, got {self.task!r}")
-        if not self.difficulty_weights:
-            raise ValueError("difficulty_weights is empty; give e.g. {1: 0.5, 4: 0.5}")
-        weights = {}
-        for k, w in self.difficulty_weights.items():
-            try:
-                level, weight = int(k), float(w)
-            except (TypeError, ValueError):
-                level, weight = 0, -1.0
-            if level < 1 or weight < 0:
-                raise ValueError(f"difficulty_weights has a bad entry {k}: {w} (levels are integers >= 1, weights >= 0)")
-            weights[level] = weight
-        object.__setattr__(self, "difficulty_weights", weights)  # "3" (YAML, JSON) and 3 are the same level
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-
-    @property
-    def levels(self) -> list[int]:
-        return sorted(int(k) for k in self.difficulty_weights)
+    @classmethod
+    def of(cls, settings: MiniWorldConfig) -> MiniWorld:
+        """The generator for ``settings`` (itself when it already is one)."""
+        if isinstance(settings, cls):
+            return settings
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(settings)})
 
     def _draw_expression(self, rng: random.Random, k: int) -> str:
         if self.task == "addition":
@@ -226,7 +198,8 @@ class MiniWorld:
         return rows
 
 
-def benchmark_items(limit: int | None = None, *, per_level: int = 50, world: MiniWorld | None = None) -> list[MathItem]:
+def benchmark_items(limit: int | None = None, *, per_level: int = 50,
+                    world: MiniWorldConfig | None = None) -> list[MathItem]:
     """The held-out evaluation set: ``per_level`` distinct test questions at every difficulty level.
 
     Distinct, because easy levels are small (k=1 of the chain task has about 60 test expressions): drawn
@@ -234,7 +207,7 @@ def benchmark_items(limit: int | None = None, *, per_level: int = 50, world: Min
     test questions than ``per_level`` contributes all it has. Items cycle over levels, so any ``limit``
     still spans them.
     """
-    world = world or MiniWorld()
+    world = MiniWorld.of(world or MiniWorldConfig())
     by_level = []
     for k in world.levels:
         rng = random.Random(f"{world.seed}:test:benchmark:{k}")

@@ -226,11 +226,10 @@ def tau_sweep(model, tokenizer, items: Sequence[MathItem], taus: Iterable[float]
 
 def load_eval_items(cfg: RunConfig, name: str) -> list[MathItem]:
     """A benchmark's items as the config asks: the mini-world held-out set, or a named benchmark."""
-    from thinkless_lite.data.benchmarks import MINIWORLD, load_benchmark
-    from thinkless_lite.data.miniworld import benchmark_items
+    from thinkless_lite.data.benchmarks import MINIWORLD, load_benchmark, miniworld_items
 
     if name.strip().lower() == MINIWORLD:
-        return benchmark_items(limit=cfg.eval.limit, per_level=cfg.eval.per_level, world=cfg.miniworld)
+        return miniworld_items(cfg, limit=cfg.eval.limit)
     return load_benchmark(name, data_file=cfg.eval.data_file, limit=cfg.eval.limit)
 
 
@@ -335,8 +334,6 @@ def evaluate(cfg: RunConfig, *, out_dir: str | Path | None = None, model=None, t
 
 def main(cfg: RunConfig) -> dict:
     """``thinkless-lite eval``: evaluate ``cfg.model`` (+ ``model.adapter_path``) as ``cfg.eval`` says."""
-    if cfg.threads:
-        import torch
+    from thinkless_lite.stages.setup import prepare_stage
 
-        torch.set_num_threads(cfg.threads)
-    return evaluate(cfg)
+    return evaluate(cfg, out_dir=prepare_stage(cfg, "eval", backend=False))

@@ -23,15 +23,12 @@ def _with_adapter(cfg: RunConfig, adapter) -> RunConfig:
 
 def main(cfg: RunConfig, *, skip_warmup: bool = False) -> dict:
     """Run every stage; returns the report's paths, the wall time and the final evaluation per mode."""
-    import torch
-
     from thinkless_lite.stages import rl, warmup
     from thinkless_lite.stages.evaluate import evaluate
+    from thinkless_lite.stages.setup import prepare_stage
 
     began = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = cfg.run_dir
+    out = prepare_stage(cfg, backend=False)  # each stage chooses its backend itself
     save_resolved(cfg, out)
     timings = {}
 

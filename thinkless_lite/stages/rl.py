@@ -23,9 +23,11 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
 from thinkless_lite.config import ConfigError, RunConfig, save_resolved, trl_arguments
-from thinkless_lite.model import load_model, precision_flags, save_adapter, select_backend
+from thinkless_lite.data.miniworld import MiniWorld
+from thinkless_lite.model import load_model, precision_flags, save_adapter
 from thinkless_lite.report import plot_rl_curves
 from thinkless_lite.rewards import ThinklessReward
+from thinkless_lite.stages.setup import prepare_stage
 from thinkless_lite.tokens import format_prompt
 
 log = logging.getLogger("thinkless_lite")
@@ -35,7 +37,7 @@ def rl_items(cfg: RunConfig):
     """Training questions with gold answers, from the mini-world, the hub or a local file."""
     data = cfg.rl.data
     if data.source == "miniworld":
-        return cfg.miniworld.sample("train", data.num_examples, seed_offset=1)
+        return MiniWorld.of(cfg.miniworld).sample("train", data.num_examples, seed_offset=1)
     from thinkless_lite.data.files import ColumnMap, load_rows, rows_to_items
     from thinkless_lite.data.golds import GOLD_FORMATS
 
@@ -96,19 +98,16 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
         drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
         mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
         within_mode_advantages=cfg.rl.within_mode_advantages, control_gradient=cfg.rl.control_gradient,
-        mode_centering=cfg.rl.mode_centering,
+        mode_centering=cfg.rl.mode_centering, control_rows_lr_scale=cfg.rl.control_rows_lr_scale,
         control_tokens=tokens, callbacks=list(callbacks))
 
 
 def main(cfg: RunConfig) -> dict:
     """Run DeGRPO; returns the adapter path, steps, wall time and the final training metrics."""
     began = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    stage_dir = cfg.run_dir / "rl"
+    stage_dir = prepare_stage(cfg, "rl")  # imports unsloth, if it will be used, before TRL
     adapter = start_adapter(cfg)
     model_cfg = dataclasses.replace(cfg.model, adapter_path=adapter)
-    select_backend(cfg.model.backend)  # imports unsloth, if it will be used, before TRL
     checkpoints = stage_dir / "checkpoints"
     args = grpo_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
     items = rl_items(cfg)  # before the model: bad data fails in seconds, not after a multi-GB load

@@ -15,15 +15,14 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
 from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
 from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generated_responses, miniworld_responses,
                                         responses_from_columns)
-from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter, select_backend
+from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter
+from thinkless_lite.stages.setup import prepare_stage
 from thinkless_lite.teachers import generate_teacher_file
 
 log = logging.getLogger("thinkless_lite")
@@ -97,10 +96,7 @@ def main(cfg: RunConfig) -> dict:
     from datasets import Dataset
 
     began = time.time()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    stage_dir = cfg.run_dir / "warmup"
-    select_backend(cfg.model.backend)  # imports unsloth, if it will be used, before TRL
+    stage_dir = prepare_stage(cfg, "warmup")  # imports unsloth, if it will be used, before TRL
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
     stage_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,29 @@
+"""The set-up every stage starts with, written once: torch threads, then the model backend, then the stage folder.
+
+Seeds are not set here: each stage seeds where it loads its model (``load_model(seed=cfg.seed)``) and TRL
+seeds its own trainer, after the data is built. ``resolved.yaml`` is not written here either: a stage
+writes it once its inputs are checked, so a start that fails on bad input leaves the run as it was.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from thinkless_lite.config import RunConfig
+from thinkless_lite.model import select_backend
+
+
+def prepare_stage(cfg: RunConfig, name: str = "", *, backend: bool = True) -> Path:
+    """Set up a stage and return its folder, ``<run>/<name>`` (the run folder itself without a name).
+
+    ``backend``: choose the model backend now, which imports Unsloth (when it will be used) before the
+    stage imports TRL; the training stages need that, evaluation and the quickstart leave it to the stages
+    and ``load_model``. The folder is not created: a stage creates it once its inputs are checked.
+    """
+    if cfg.threads:  # None keeps torch's default, all cores
+        torch.set_num_threads(cfg.threads)
+    if backend:
+        select_backend(cfg.model.backend)
+    return cfg.run_dir / name
