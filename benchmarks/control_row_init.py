@@ -25,6 +25,8 @@ from pathlib import Path
 
 import torch
 
+from thinkless_lite.mini_base import completion_batch
+
 WORDS = {"<short>": "short", "<think>": "think", "</think>": "/think"}
 
 
@@ -44,25 +46,11 @@ def examples(tokenizer, split: str, n: int, seed: int):
     return rows
 
 
-def batch_of(tokenizer, rows):
-    ids, labels = [], []
-    for prompt, completion in rows:
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        c = tokenizer(completion, add_special_tokens=False)["input_ids"]
-        ids.append(p + c)
-        labels.append([-100] * len(p) + c)
-    width = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    return (torch.tensor([x + [pad] * (width - len(x)) for x in ids]),
-            torch.tensor([x + [-100] * (width - len(x)) for x in labels]),
-            torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in ids]))
-
-
 @torch.no_grad()
 def held_out_losses(model, tokenizer, rows) -> tuple[float, float]:
     """(control-token NLL, whole-completion NLL per token) on ``rows``."""
     model.eval()
-    ids, labels, attention = batch_of(tokenizer, rows)
+    ids, labels, attention = completion_batch(tokenizer, rows)
     logits = model(input_ids=ids, attention_mask=attention).logits[:, :-1].float()
     targets = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
@@ -115,7 +103,7 @@ def run(path: str, how: str, steps: int) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     model.train()
     for step in range(steps):
-        ids, labels, attention = batch_of(tokenizer, train[8 * step:8 * step + 8])
+        ids, labels, attention = completion_batch(tokenizer, train[8 * step:8 * step + 8])
         model(input_ids=ids, attention_mask=attention, labels=labels).loss.backward()
         optimizer.step()
         optimizer.zero_grad()

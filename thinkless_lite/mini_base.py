@@ -102,11 +102,10 @@ def build_model(tokenizer, cfg: BaseTrainingConfig):
 
 def _long_form_batch(world, tokenizer, rng: random.Random, batch_size: int, device="cpu", max_level: int | None = None):
     """Prompt tokens masked with -100: the base learns to write solutions, not questions."""
-    import torch
     from thinkless_lite.data.miniworld import long_solution
 
     levels = [k for k in world.levels if max_level is None or k <= max_level]
-    ids, labels = [], []
+    rows = []
     for _ in range(batch_size):
         expression = world._draw_expression(rng, rng.choice(levels))
         while _split(expression, world) != "train":
@@ -114,7 +113,17 @@ def _long_form_batch(world, tokenizer, rng: random.Random, batch_size: int, devi
         reasoning, answer = long_solution(expression)
         prompt = tokenizer.apply_chat_template([{"role": "user", "content": expression}], tokenize=False,
                                                add_generation_prompt=True)  # ends with <think>
-        completion = f"{reasoning}</think>{answer}<|im_end|>"
+        rows.append((prompt, f"{reasoning}</think>{answer}<|im_end|>"))
+    return completion_batch(tokenizer, rows, device)
+
+
+def completion_batch(tokenizer, rows, device="cpu"):
+    """(prompt, completion) text pairs -> right-padded (input ids, labels, attention mask), the prompt's labels
+    -100 so that only the completion is learned."""
+    import torch
+
+    ids, labels = [], []
+    for prompt, completion in rows:
         p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
         c = tokenizer(completion, add_special_tokens=False)["input_ids"]
         ids.append(p + c)
@@ -123,7 +132,7 @@ def _long_form_batch(world, tokenizer, rng: random.Random, batch_size: int, devi
     pad = tokenizer.pad_token_id
     input_ids = torch.tensor([x + [pad] * (width - len(x)) for x in ids], device=device)
     label_ids = torch.tensor([x + [-100] * (width - len(x)) for x in labels], device=device)
-    attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long()
+    attention = (torch.arange(width)[None, :] < torch.tensor([len(x) for x in ids])[:, None]).long().to(device)
     return input_ids, label_ids, attention
 
 
