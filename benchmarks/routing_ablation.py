@@ -1,6 +1,6 @@
 """What makes a real model learn *when* to think? DeGRPO variants from one warm-up adapter, side by side.
 
-    python benchmarks/routing_ablation.py --warmup runs/real_seed0/smollm2/warmup     # SmolLM2, ~1.5 h on 2 cores
+    python benchmarks/routing_ablation.py --warmup runs/real_model/smollm2/warmup --set rl.max_steps=20   # ~15-25 min a variant
     python benchmarks/routing_ablation.py --warmup DIR --only stock,balance --set rl.max_steps=20
     python benchmarks/routing_ablation.py --config mini --warmup runs/quickstart/warmup --out runs/ablation_mini
     python benchmarks/routing_ablation.py --collect runs/ablation/stock runs/other/kl --out runs/ablation_all
