@@ -41,24 +41,27 @@ from thinkless_lite.stages.quickstart import main as quickstart
 
 UNCENTRED = ["rl.mode_centering=0", "rl.prompts_per_step=2", "rl.num_generations=8"]  # the recipe before centring
 
-VARIANTS = {  # control_gradient=exact unless said otherwise
-    "stock": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],
-    "balance": ["rl.mode_balance=0.5", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],
-    "within": ["rl.mode_balance=0", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
-    "both": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact", *UNCENTRED],
-    "low_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", *UNCENTRED],  # lr / 10
-    "rows_lr": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact",
-                "rl.control_rows_lr_scale=10", *UNCENTRED],
-    "kl": ["rl.mode_balance=0", "rl.within_mode_advantages=false", "rl.control_gradient=exact", "rl.beta=0.1",
-           *UNCENTRED],
-    "natural": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=natural", *UNCENTRED],
+def degrpo(balance: float = 0, within: bool = False, gradient: str = "exact") -> list[str]:
+    """The three settings every variant states: forced share, within-mode advantages, control gradient."""
+    return [f"rl.mode_balance={balance}", f"rl.within_mode_advantages={str(within).lower()}",
+            f"rl.control_gradient={gradient}"]
+
+
+VARIANTS = {
+    "stock": [*degrpo(), *UNCENTRED],
+    "balance": [*degrpo(balance=0.5), *UNCENTRED],
+    "within": [*degrpo(within=True), *UNCENTRED],
+    "both": [*degrpo(0.5, True), *UNCENTRED],
+    "low_lr": [*degrpo(), *UNCENTRED],  # the recipe's learning rate / 10, set in main
+    "rows_lr": [*degrpo(), "rl.control_rows_lr_scale=10", *UNCENTRED],
+    "kl": [*degrpo(), "rl.beta=0.1", *UNCENTRED],
+    "natural": [*degrpo(0.5, True, "natural"), *UNCENTRED],
     # both, the choice centred over 4 prompts x 4 answers a step (the SmolLM2 recipe's default)
-    "centred": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact",
-                "rl.mode_centering=1.0", "rl.prompts_per_step=4", "rl.num_generations=4"],
+    "centred": [*degrpo(0.5, True), "rl.mode_centering=1.0", "rl.prompts_per_step=4", "rl.num_generations=4"],
     # both, with the same 640 completions spread over 8 prompts per step (4 answers each) for 20 steps: each step's
     # gradient then holds every difficulty level, so the shift common to all prompts cancels more
-    "wide": ["rl.mode_balance=0.5", "rl.within_mode_advantages=true", "rl.control_gradient=exact", "rl.mode_centering=0",
-             "rl.prompts_per_step=8", "rl.num_generations=4", "rl.max_steps=20", "rl.save_steps=5"],
+    "wide": [*degrpo(0.5, True), "rl.mode_centering=0", "rl.prompts_per_step=8", "rl.num_generations=4",
+             "rl.max_steps=20", "rl.save_steps=5"],
 }
 
 

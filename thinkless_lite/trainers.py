@@ -5,9 +5,9 @@ DeGRPO:
 
 Generation, vLLM, Unsloth's patched trainer, accelerate, checkpointing and logging all stay TRL's.
 The loss itself comes from one hook, ``_generate_and_score_completions``, which hands TRL's loss per-token
-advantages of shape (B, T) (TRL's ``_compute_loss`` accepts them); four more overrides, each pinned by
-``tests/test_trainer.py``, force modes while generating, keep the rewards, batch the log-probs by length
-and bridge Unsloth. With TRL's token-sum ``dapo``
+advantages of shape (B, T) (TRL's ``_compute_loss`` accepts them); five more overrides, each pinned by
+``tests/test_trainer.py``, force modes while generating, keep the rewards, batch the log-probs by length,
+bridge Unsloth and give the control rows their own learning rate. With TRL's token-sum ``dapo``
 aggregation, whose normaliser spans the whole generation batch on every process, per-token weights
 from :func:`thinkless_lite.losses.loss_token_weights` make the stock clipped surrogate equal to
 :func:`thinkless_lite.losses.degrpo_loss` exactly (the surrogate is positively homogeneous in A).
