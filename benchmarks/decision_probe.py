@@ -115,7 +115,6 @@ def main(argv=None) -> int:
         Path(args.adapter).parent / "eval" / "report.json")
 
     from thinkless_lite.config import load_config
-    from thinkless_lite.control_rows import TRAINABLE_ROWS_PARAM
     from thinkless_lite.losses import SHORT_MODE, THINK_MODE, mode_advantages
     from thinkless_lite.model import load_model
     from thinkless_lite.stages.rl import rl_items

@@ -273,8 +273,8 @@ def main(argv=None) -> int:
           flush=True)
     trainer.train()
 
-    print(f"\n| step | seconds | generation | scoring | train | optimizer | other | floor | ratio | "
-          f"decode tokens real/processed | train tokens real/processed |")
+    print("\n| step | seconds | generation | scoring | train | optimizer | other | floor | ratio | "
+          "decode tokens real/processed | train tokens real/processed |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     totals = defaultdict(float)
     for index, row in enumerate(clock.rows, 1):

@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,10 +74,64 @@ def test_trainer_sections_take_trls_own_fields_and_name_a_typo_before_any_model_
     assert args.per_device_train_batch_size == cfg.rl.prompts_per_step * cfg.rl.num_generations
     typo = load_config(None, ["rl.alpah=0.1"])  # not a DeGRPO key: kept for TRL, which has no such field
     with pytest.raises(ConfigError) as err:
-        trl_arguments(typo.rl, tmp_path, {}, {})
+        trl_arguments(typo.rl, tmp_path)
     assert "rl.alpah (did you mean alpha?)" in str(err.value) and "any field of TRL's GRPOConfig" in str(err.value)
     with pytest.raises(ConfigError, match=r"warmup.learning_rat \(did you mean learning_rate\?\)"):
-        trl_arguments(load_config(None, ["warmup.learning_rat=0.1"]).warmup, tmp_path, {}, {})
+        trl_arguments(load_config(None, ["warmup.learning_rat=0.1"]).warmup, tmp_path)
+
+
+def test_trl_fields_are_typed_by_trls_own_classes(tmp_path):
+    """TRL's annotations decide: int|None takes null, a logger list takes one name, an int is no str."""
+    from thinkless_lite.config import trl_arguments
+
+    cfg = load_config(None, ["rl.save_total_limit=null", "rl.report_to=wandb", "rl.max_grad_norm=2",
+                             "warmup.logging_steps=0.5"])
+    args = trl_arguments(cfg.rl, tmp_path)
+    assert args["save_total_limit"] is None and args["report_to"] == "wandb"
+    assert trl_arguments(cfg.warmup, tmp_path)["logging_steps"] == 0.5  # TRL: a share of all steps when < 1
+    assert args["max_grad_norm"] == 2.0 and isinstance(args["max_grad_norm"], float)  # TRL's field is a float
+    for override, message in [("rl.max_steps=ten", "rl.max_steps: expected int, got 'ten' (str); see TRL's GRPOConfig"),
+                              ("rl.temperature=[1]", "rl.temperature: expected float, got [1]"),
+                              ("rl.use_vllm=maybe", "rl.use_vllm: expected bool, got 'maybe'")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            trl_arguments(load_config(None, [override]).rl, tmp_path)
+    with pytest.raises(ConfigError, match=re.escape("warmup.max_steps: expected int, got 2.5")):
+        trl_arguments(load_config(None, ["warmup.max_steps=2.5"]).warmup, tmp_path)
+
+
+def test_trl_fields_are_not_declared_again_and_their_defaults_are_trls_fields():
+    """Our sections declare only our own keys; the defaults they pick for TRL's are names TRL has."""
+    from dataclasses import fields
+
+    from trl import GRPOConfig, SFTConfig
+
+    from thinkless_lite.config import RLConfig, WarmupConfig
+
+    for section, trl_class in [(WarmupConfig, SFTConfig), (RLConfig, GRPOConfig)]:
+        ours = {f.name for f in fields(section)} - {"trl"}
+        theirs = {f.name for f in fields(trl_class)}
+        assert ours and not ours & theirs, ours & theirs
+        assert set(section.TRL_DEFAULTS) <= theirs, set(section.TRL_DEFAULTS) - theirs
+
+
+def test_trl_fields_read_and_change_like_the_sections_own():
+    cfg = load_config(None, ["rl.max_steps=7", "rl.weight_decay=0.1"])
+    assert (cfg.rl.max_steps, cfg.rl.weight_decay, cfg.rl.learning_rate) == (7, 0.1, 1e-4)  # recipe, recipe, default
+    changed = cfg.rl.updated(alpha=0.5, max_steps=3, optim="sgd")
+    assert (changed.alpha, changed.max_steps, changed.optim, changed.weight_decay) == (0.5, 3, "sgd", 0.1)
+    assert cfg.rl.max_steps == 7 and "optim" not in cfg.rl.trl  # a copy: the original is untouched
+    assert "alpha" not in changed.trl and changed.trl["max_steps"] == 3
+    with pytest.raises(AttributeError, match="sets no TRL field of that name"):
+        cfg.rl.top_k
+
+
+def test_numbers_in_exponent_form_are_numbers_in_recipes_and_overrides(tmp_path):
+    """YAML 1.1 reads ``1e-4`` as a string; recipes and --set read it as the number it is, as YAML 1.2 does."""
+    path = tmp_path / "lr.yaml"
+    path.write_text("warmup:\n  learning_rate: 5e-4\nrl:\n  alpha: 1e-3\n  max_steps: 10\n", encoding="utf-8")
+    cfg = load_config(path, ["rl.learning_rate=3E-5"])
+    assert (cfg.warmup.learning_rate, cfg.rl.alpha, cfg.rl.learning_rate, cfg.rl.max_steps) == (5e-4, 1e-3, 3e-5, 10)
+    assert isinstance(cfg.rl.max_steps, int) and isinstance(cfg.rl.alpha, float)
 
 
 def test_unknown_key_in_yaml(tmp_path):

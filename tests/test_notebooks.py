@@ -214,7 +214,8 @@ def test_overrides_from_parameters_survive_the_config_loader():
     assert cfg.rl.data.source == "agentica-org/DeepScaleR-Preview-Dataset"
     assert cfg.eval.modes == ["auto", "short"]
     assert cfg.miniworld.difficulty_weights[8] == 0.5 and "8" not in cfg.miniworld.difficulty_weights
-    assert cfg.rl.trl == {"weight_decay": 0.0, "optim": "adamw_torch"}  # TRL's own GRPOConfig fields, passed on
+    assert (cfg.rl.weight_decay, cfg.rl.optim) == (0.0, "adamw_torch")  # TRL's own GRPOConfig fields, passed on
+    assert {k: cfg.rl.trl[k] for k in ("weight_decay", "optim")} == {"weight_decay": 0.0, "optim": "adamw_torch"}
 
 
 def test_compare_adapters_sees_a_change_and_its_absence(tmp_path):

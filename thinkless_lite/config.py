@@ -4,33 +4,32 @@ Recipes ship with the package (``configs/`` in the repository, ``thinkless_lite.
 and are addressed by name (``--config mini``) or by path. The dataclass defaults *are* the ``mini``
 recipe, so ``load_config()`` and ``load_config("mini")`` are the same run.
 
-Trainer settings use TRL's own names: every key of ``warmup`` is a field of TRL's ``SFTConfig`` unless
-it is one of thinkless_lite's (``data``), and every key of ``rl`` a field of ``GRPOConfig`` unless it
-is DeGRPO's (``data``, ``reward``, ``alpha``, ``decoupled``, ``drop_uniform_groups``,
-``prompts_per_step``). The TRL fields a recipe usually sets are typed here; any other one (vLLM,
-logging, schedulers, ...) may be given too and is checked against TRL's class when the stage starts,
-before a model loads. Unknown or mistyped keys are errors that name the key and the allowed ones,
-because a typo should never silently fall back to a default during a two-hour Colab run.
+Trainer settings are TRL's own: every key of ``warmup`` is a field of TRL's ``SFTConfig`` unless it is
+one of thinkless_lite's (``data``), and every key of ``rl`` a field of ``GRPOConfig`` unless it is one of
+DeGRPO's (the fields of :class:`RLConfig`). TRL's fields are not declared again here: a section keeps
+them in its ``trl`` mapping, over the few defaults the pipeline picks for them (``TRL_DEFAULTS``), they
+read like the section's own (``cfg.rl.learning_rate``), and their names and types are checked against
+TRL's class itself by :func:`trl_arguments` when the stage starts, before a model loads (TRL cannot be
+imported while the config loads: Unsloth, when used, must be imported first). Unknown or mistyped keys
+are errors that name the key and the allowed ones, because a typo should never silently fall back to a
+default during a two-hour Colab run.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-import difflib
-import types
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import yaml
 
+from thinkless_lite.parsing import (ConfigError, from_dict, merge, parse_overrides, read_yaml, typed,
+                                    unknown_keys_error)
 from thinkless_lite.settings import MiniWorldConfig, RewardTable
 from thinkless_lite.tokens import ControlTokens, Routing
-
-
-class ConfigError(ValueError):
-    """A recipe or override that cannot be used as written; the message says how to fix it."""
 
 
 def _help(text: str) -> dict:
@@ -101,22 +100,46 @@ class WarmupDataConfig:
 
 
 @dataclass
-class WarmupConfig:
-    """Stage 1. Keys are TRL ``SFTConfig`` fields (these typed ones, or any other), plus ``data``."""
+class TrainerSection:
+    """A stage section that is TRL's config class (``TRL_CONFIG``) plus thinkless_lite's own keys.
+
+    TRL's fields live in ``trl``: the recipe's values over ``TRL_DEFAULTS``, the pipeline's picks for the
+    mini recipe (names, types and documentation are TRL's). They read as attributes, ``cfg.rl.max_steps``,
+    and :meth:`updated` sets either kind, so callers need not know which class owns a key.
+    """
+
+    TRL_CONFIG: ClassVar[str] = ""
+    TRL_DEFAULTS: ClassVar[dict] = {}
+    trl: dict = field(default_factory=dict, metadata=_help("TRL config fields of this section (written beside its own keys)."))
+
+    def __post_init__(self):
+        self.trl = {**copy.deepcopy(self.TRL_DEFAULTS), **self.trl}
+
+    def __getattr__(self, name: str):
+        trl = self.__dict__.get("trl")  # only reached when the section has no such attribute of its own
+        if trl is not None and name in trl:
+            return trl[name]
+        raise AttributeError(f"{type(self).__name__} has no key {name!r} and the recipe sets no TRL field of that "
+                             f"name (unset {self.TRL_CONFIG or 'TRL'} fields take TRL's default when the stage starts)")
+
+    def updated(self, **changes):
+        """A copy with ``changes`` applied: the section's own keys as fields, any other as a TRL field."""
+        own = {f.name for f in fields(self)} - {"trl"}
+        trl = {**self.trl, **{k: v for k, v in changes.items() if k not in own}}
+        return dataclasses.replace(self, trl=trl, **{k: v for k, v in changes.items() if k in own})
+
+
+@dataclass
+class WarmupConfig(TrainerSection):
+    """Stage 1: TRL's ``SFTConfig`` plus ``data``."""
 
     TRL_CONFIG: ClassVar[str] = "SFTConfig"
+    # Direct answers are a few tokens of each example, so the warm-up takes a high adapter lr and many steps.
+    TRL_DEFAULTS: ClassVar[dict] = dict(
+        max_steps=200, num_train_epochs=1.0, learning_rate=2e-3, per_device_train_batch_size=32,
+        gradient_accumulation_steps=1, warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10,
+        save_steps=50, save_total_limit=2)
     data: WarmupDataConfig = field(default_factory=WarmupDataConfig)
-    max_steps: int = field(default=200, metadata=_help("Optimizer steps (-1: use num_train_epochs)."))
-    num_train_epochs: float = field(default=1.0, metadata=_help("Epochs when max_steps is -1."))
-    learning_rate: float = field(default=2e-3, metadata=_help("Peak learning rate of the adapter."))
-    per_device_train_batch_size: int = field(default=32, metadata=_help("Sequences per device step."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Steps accumulated per update."))
-    warmup_steps: float = field(default=0.05, metadata=_help("Linear LR warm-up: steps, or a share of all steps when < 1."))
-    lr_scheduler_type: str = field(default="cosine", metadata=_help("Transformers scheduler name."))
-    logging_steps: int = field(default=10, metadata=_help("Log every N steps."))
-    save_steps: int = field(default=50, metadata=_help("Checkpoint every N steps (resume restarts from the last one)."))
-    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
-    trl: dict = field(default_factory=dict, metadata=_help("Other SFTConfig fields given in this section (collected here)."))
 
 
 @dataclass
@@ -131,10 +154,17 @@ class RLDataConfig:
 
 
 @dataclass
-class RLConfig:
-    """Stage 2. Keys are TRL ``GRPOConfig`` fields (these typed ones, or any other), plus DeGRPO's own."""
+class RLConfig(TrainerSection):
+    """Stage 2: TRL's ``GRPOConfig`` plus DeGRPO's own keys (these fields)."""
 
     TRL_CONFIG: ClassVar[str] = "GRPOConfig"
+    # scale_rewards none and temperature 0.6 are the release's; beta 0 skips the reference forward pass (with
+    # beta > 0 the reference is a frozen copy of the adapter RL starts from, control rows included); report_to
+    # takes TRL's loggers (tensorboard, wandb, trackio).
+    TRL_DEFAULTS: ClassVar[dict] = dict(
+        beta=0.0, epsilon=0.2, scale_rewards="none", num_generations=8, temperature=0.6, top_p=1.0,
+        max_completion_length=144, max_steps=60, learning_rate=1e-4, gradient_accumulation_steps=1,
+        logging_steps=1, save_steps=20, save_total_limit=2, report_to=[])
     data: RLDataConfig = field(default_factory=RLDataConfig)
     reward: RewardTable = field(default_factory=RewardTable)
     decoupled: bool = field(default=True, metadata=_help("DeGRPO (True) or vanilla GRPO token averaging (False)."))
@@ -160,23 +190,6 @@ class RLConfig:
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
-    beta: float = field(default=0.0, metadata=_help(
-        "KL weight to the reference: a frozen copy of the adapter RL starts from (the warm-up), control rows included "
-        "(0 disables it and saves a forward pass)."))
-    epsilon: float = field(default=0.2, metadata=_help("PPO clip range."))
-    scale_rewards: str = field(default="none", metadata=_help("none (released) | group | batch: divide advantages by that std."))
-    num_generations: int = field(default=8, metadata=_help("Samples per prompt (the group)."))
-    temperature: float = field(default=0.6, metadata=_help("Sampling temperature."))
-    top_p: float = field(default=1.0, metadata=_help("Nucleus sampling."))
-    max_completion_length: int = field(default=144, metadata=_help("Token budget per completion."))
-    max_steps: int = field(default=60, metadata=_help("Optimizer steps."))
-    learning_rate: float = field(default=1e-4, metadata=_help("Adapter learning rate."))
-    gradient_accumulation_steps: int = field(default=1, metadata=_help("Micro-batches per update."))
-    logging_steps: int = field(default=1, metadata=_help("Log every N steps."))
-    save_steps: int = field(default=20, metadata=_help("Checkpoint every N steps."))
-    save_total_limit: int = field(default=2, metadata=_help("Checkpoints kept."))
-    report_to: list = field(default_factory=list, metadata=_help("TRL/transformers loggers: tensorboard, wandb, trackio."))
-    trl: dict = field(default_factory=dict, metadata=_help("Other GRPOConfig fields given in this section (collected here)."))
 
 
 @dataclass
@@ -256,127 +269,23 @@ def resolve_recipe(name_or_path: str | Path) -> Path:
 
 # ---------------------------------------------------------------- loading and validation
 
-def _type_ok(value: Any, annotation: Any) -> bool:
-    origin = typing.get_origin(annotation)
-    if origin in (typing.Union, types.UnionType):
-        return any(_type_ok(value, a) for a in typing.get_args(annotation))
-    if annotation is type(None):
-        return value is None
-    if annotation is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if annotation is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if annotation in (str, bool, list, dict):
-        return isinstance(value, annotation)
-    return True
-
-
-def _coerce_float(value: Any, annotation: Any) -> Any:
-    """YAML 1.1 reads ``1e-4`` (no dot) as a string; for a float setting, take it as the number it is."""
-    if (annotation is float or float in typing.get_args(annotation)) and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
-
-
-def _unknown(keys: list[str], allowed: list[str], where: str, trl_class: str | None = None,
-             trl_fields: list[str] = ()) -> ConfigError:
-    """An error naming each unknown key, the closest allowed one, and the keys a section takes."""
-    hints = [f"{where}{key}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
-        key, [*allowed, *trl_fields], 1)) else "") for key in keys]
-    section = where.rstrip(".")
-    also = f", or any field of TRL's {trl_class}" if trl_class else ""
-    return ConfigError(f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(hints)}; allowed keys"
-                       f"{' in ' + section if section else ''}: {', '.join(sorted(allowed))}{also}")
-
-
-def from_dict(cls, data: dict | None, where: str = ""):
-    """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
-
-    A section with a ``TRL_CONFIG`` collects keys it does not declare into its ``trl`` mapping; they are
-    checked against TRL's class by :func:`trl_arguments` when the stage starts.
-    """
-    data = {} if data is None else data
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
-    by_name = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(data) - set(by_name))
-    passthrough = {}
-    if unknown and getattr(cls, "TRL_CONFIG", None):
-        passthrough, unknown = {k: data[k] for k in unknown}, []
-    if unknown:
-        raise _unknown(unknown, list(by_name), where)
-    kwargs: dict = {}
-    hints = typing.get_type_hints(cls)
-    for name, value in data.items():
-        if name not in by_name:
-            continue
-        annotation = hints[name]
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = from_dict(annotation, value, f"{where}{name}.")
-            continue
-        value = _coerce_float(value, annotation)
-        if not _type_ok(value, annotation):
-            raise ConfigError(f"{where}{name}: expected {getattr(annotation, '__name__', annotation)}, got {value!r} "
-                              f"({type(value).__name__}); help: {by_name[name].metadata.get('help', '')}")
-        kwargs[name] = float(value) if annotation is float else value
-    if passthrough:
-        kwargs["trl"] = {**kwargs.get("trl", {}), **passthrough}
-    try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # a section's own checks (MiniWorldConfig)
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {err}") from err
-
-
-def trl_arguments(section, output_dir: str | Path, defaults: dict, fixed: dict) -> dict:
+def trl_arguments(section: TrainerSection, output_dir: str | Path, defaults: dict | None = None) -> dict:
     """Keyword arguments for TRL's config class of ``section`` (SFTConfig or GRPOConfig): the stage's
-    ``defaults``, overridden by the section's typed TRL fields and then its collected ``trl`` ones, and
-    last what the pipeline needs (``fixed``: e.g. completion-only loss, token-sum aggregation). Keys TRL
-    does not have are a ConfigError naming the closest match. Imports TRL: call it after the backend is
-    chosen (``import unsloth`` first), and before a model loads, so a typo costs seconds."""
+    ``defaults`` under the section's TRL fields, each checked against that class's own fields and types (a
+    name it lacks is a ConfigError naming the closest match). Imports TRL: call it after the backend is
+    chosen (``import unsloth`` first) and before a model loads, so a typo costs seconds."""
     import trl
 
     trl_class = getattr(trl, section.TRL_CONFIG)
-    allowed = {f.name for f in fields(trl_class)}
-    declared = {f.name: getattr(section, f.name) for f in fields(section) if f.name in allowed}
-    unknown = sorted(set(section.trl) - allowed)
+    hints = typing.get_type_hints(trl_class)
+    where = "warmup." if section.TRL_CONFIG == "SFTConfig" else "rl."
+    unknown = sorted(set(section.trl) - set(hints))
     if unknown:
-        where = "warmup." if section.TRL_CONFIG == "SFTConfig" else "rl."
         ours = [f.name for f in fields(section) if f.name != "trl"]
-        raise _unknown(unknown, ours, where, section.TRL_CONFIG, sorted(allowed))
-    return {**defaults, **declared, **section.trl, **fixed, "output_dir": str(output_dir)}
-
-
-def parse_overrides(overrides: list[str] | None) -> dict:
-    """``["rl.alpha=0.01", "model.backend=hf"]`` -> nested dict; values are parsed as YAML scalars."""
-    data: dict = {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} must look like section.key=value, e.g. rl.alpha=0.01")
-        *sections, last = key.strip().split(".")
-        node = data
-        for section in sections:
-            node = node.setdefault(section, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {section!r} is not a section")
-        node[last] = yaml.safe_load(raw)
-    return data
-
-
-def _merge(base: dict, extra: dict, cls=None) -> dict:
-    """Overrides win; sections merge key by key, but a dict-valued setting is replaced whole."""
-    hints = typing.get_type_hints(cls) if cls is not None else {}
-    out = dict(base)
-    for key, value in extra.items():
-        section = hints.get(key)
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and dataclasses.is_dataclass(section):
-            out[key] = _merge(out[key], value, section)
-        else:
-            out[key] = value
-    return out
+        raise unknown_keys_error(unknown, ours, where, section.TRL_CONFIG, sorted(hints))
+    checked = {name: typed(value, hints[name], f"{where}{name}", f"see TRL's {section.TRL_CONFIG}.{name}")
+               for name, value in section.trl.items()}
+    return {**(defaults or {}), **checked, "output_dir": str(output_dir)}
 
 
 def load_config(name_or_path: str | Path | None = None, overrides: list[str] | None = None,
@@ -388,11 +297,11 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
     if name_or_path is not None:
         path = resolve_recipe(name_or_path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            data = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
-    merged = _merge(data, parse_overrides(overrides), RunConfig)
-    cfg = from_dict(RunConfig, _merge(merged, values or {}, RunConfig))
+    merged = merge(data, parse_overrides(overrides), RunConfig)
+    cfg = from_dict(RunConfig, merge(merged, values or {}, RunConfig))
     validate(cfg)
     return cfg
 
@@ -410,8 +319,10 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     if not 0.0 <= cfg.warmup.data.short_share <= 1.0:
         raise ConfigError(f"warmup.data.short_share must be within 0..1; got {cfg.warmup.data.short_share}")
-    if cfg.rl.num_generations < 2:
-        raise ConfigError("rl.num_generations must be >= 2: group-relative advantages need a group")
+    generations = cfg.rl.num_generations
+    if not isinstance(generations, int) or isinstance(generations, bool) or generations < 2:
+        raise ConfigError(f"rl.num_generations must be a whole number >= 2: group-relative advantages need a group; "
+                          f"got {generations!r}")
     if not 0.0 <= cfg.rl.mode_centering <= 1.0:
         raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
     if cfg.rl.control_rows_lr_scale <= 0:
@@ -429,7 +340,12 @@ def validate(cfg: RunConfig) -> None:
 
 
 def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+    """The config as a recipe would write it: a trainer section's TRL fields beside its own keys."""
+    out = {f.name: to_dict(value) if dataclasses.is_dataclass(value := getattr(cfg, f.name)) else copy.deepcopy(value)
+           for f in fields(cfg)}
+    if isinstance(cfg, TrainerSection):
+        out.update(out.pop("trl"))
+    return out
 
 
 def save_resolved(cfg: RunConfig, folder: str | Path) -> Path:

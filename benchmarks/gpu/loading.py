@@ -71,13 +71,11 @@ def run_config(spec: dict):
     # min_new_tokens = max_completion_length: EOS cannot end a completion early, every one is exactly C tokens.
     overrides = {"generation_kwargs": {"min_new_tokens": c}, "save_strategy": "no", "logging_steps": 1,
                  "shuffle_dataset": False, "disable_tqdm": True}
-    rl = dataclasses.replace(
-        cfg.rl, num_generations=spec["generations"], prompts_per_step=spec["prompts"], max_completion_length=c,
-        gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], save_steps=10**6,
-        report_to=[], trl={**cfg.rl.trl, **overrides})
+    rl = cfg.rl.updated(num_generations=spec["generations"], prompts_per_step=spec["prompts"], max_completion_length=c,
+                        gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], save_steps=10**6,
+                        report_to=[], **overrides)
     if spec["task"] == "verify":
-        rl = dataclasses.replace(rl, beta=0.0, gradient_accumulation_steps=1, alpha=spec["verify_alpha"],
-                                 decoupled=True)
+        rl = rl.updated(beta=0.0, gradient_accumulation_steps=1, alpha=spec["verify_alpha"], decoupled=True)
     return dataclasses.replace(cfg, model=model, rl=rl, output_dir=spec["work_dir"], name="run", seed=spec["seed"])
 
 

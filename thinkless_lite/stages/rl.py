@@ -65,20 +65,20 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
 
     from trl import GRPOConfig
 
-    rl = cfg.rl
-    generation_batch = rl.prompts_per_step * rl.num_generations
-    launched = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-    world = int(os.environ.get("WORLD_SIZE", launched))
-    if generation_batch % (world * rl.gradient_accumulation_steps):
-        raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
-                          f"processes x rl.gradient_accumulation_steps ({world} x {rl.gradient_accumulation_steps})")
     defaults = dict(seed=cfg.seed, data_seed=cfg.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=0,
                     log_completions=False, disable_tqdm=False, dataloader_num_workers=0, max_grad_norm=1.0,
                     **precision_flags(cfg.model.dtype))
-    fixed = dict(per_device_train_batch_size=generation_batch // (world * rl.gradient_accumulation_steps),
-                 loss_type="dapo", gradient_checkpointing=False)  # checkpointing is the model backend's
-    args = trl_arguments(rl, output_dir, defaults, fixed)
-    args["report_to"] = args["report_to"] or "none"
+    args = trl_arguments(cfg.rl, output_dir, defaults)
+    generation_batch = cfg.rl.prompts_per_step * args["num_generations"]
+    launched = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    world = int(os.environ.get("WORLD_SIZE", launched))
+    accumulation = args.get("gradient_accumulation_steps", 1)
+    if generation_batch % (world * accumulation):
+        raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
+                          f"processes x rl.gradient_accumulation_steps ({world} x {accumulation})")
+    args.update(per_device_train_batch_size=generation_batch // (world * accumulation),
+                loss_type="dapo", gradient_checkpointing=False)  # checkpointing is the model backend's
+    args["report_to"] = args.get("report_to") or "none"
     return GRPOConfig(**args)
 
 

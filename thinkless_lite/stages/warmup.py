@@ -72,7 +72,7 @@ def sft_config(cfg: RunConfig, output_dir: Path):
     # Completion-only loss is the warm-up's point; checkpointing is set up by the model backend, not twice.
     fixed = dict(completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
                  gradient_checkpointing=False)
-    return SFTConfig(**trl_arguments(cfg.warmup, output_dir, defaults, fixed))
+    return SFTConfig(**{**trl_arguments(cfg.warmup, output_dir, defaults), **fixed})
 
 
 def run_loss(rows: list[dict], *, resumed: bool, trainer_loss: float) -> float:
