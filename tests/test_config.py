@@ -175,6 +175,18 @@ def test_resolved_config_round_trips(tmp_path):
     assert load_config(path).rl.max_steps == 7
 
 
+def test_a_resolved_yaml_of_earlier_versions_still_loads(tmp_path):
+    """Before TRL's fields moved into ``trl``, resolved.yaml wrote them beside an empty ``trl`` mapping;
+    export and inspect read old run folders, so that layout loads to the same config."""
+    old = tmp_path / "resolved.yaml"
+    old.write_text("rl:\n  alpha: 0.5\n  max_steps: 7\n  learning_rate: 0.001\n  trl: {weight_decay: 0.1}\n"
+                   "warmup:\n  max_steps: 9\n  trl: {}\n", encoding="utf-8")
+    cfg = load_config(old)
+    assert cfg == load_config(None, ["rl.alpha=0.5", "rl.max_steps=7", "rl.learning_rate=0.001",
+                                     "rl.weight_decay=0.1", "warmup.max_steps=9"])
+    assert "trl" not in to_dict(cfg)["rl"] and to_dict(cfg)["rl"]["weight_decay"] == 0.1
+
+
 def test_cli_help_teaches(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--help"])
