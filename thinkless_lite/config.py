@@ -278,11 +278,12 @@ def trl_arguments(section: TrainerSection, output_dir: str | Path, defaults: dic
 
     trl_class = getattr(trl, section.TRL_CONFIG)
     hints = typing.get_type_hints(trl_class)
+    theirs = sorted(f.name for f in fields(trl_class) if f.init)
     where = "warmup." if section.TRL_CONFIG == "SFTConfig" else "rl."
-    unknown = sorted(set(section.trl) - set(hints))
+    unknown = sorted(set(section.trl) - set(theirs))
     if unknown:
         ours = [f.name for f in fields(section) if f.name != "trl"]
-        raise unknown_keys_error(unknown, ours, where, section.TRL_CONFIG, sorted(hints))
+        raise unknown_keys_error(unknown, ours, where, section.TRL_CONFIG, theirs)
     checked = {name: typed(value, hints[name], f"{where}{name}", f"see TRL's {section.TRL_CONFIG}.{name}")
                for name, value in section.trl.items()}
     return {**(defaults or {}), **checked, "output_dir": str(output_dir)}

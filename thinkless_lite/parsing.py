@@ -62,7 +62,7 @@ def typed(value: Any, annotation: Any, key: str, help_text: str) -> Any:
 
 
 def unknown_keys_error(keys: list[str], allowed: list[str], where: str, trl_class: str | None = None,
-             trl_fields: list[str] = ()) -> ConfigError:
+                       trl_fields: list[str] = ()) -> ConfigError:
     """An error naming each unknown key, the closest allowed one, and the keys a section takes."""
     hints = [f"{where}{key}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
         key, [*allowed, *trl_fields], 1)) else "") for key in keys]
