@@ -110,6 +110,7 @@ class TrainerSection:
 
     TRL_CONFIG: ClassVar[str] = ""
     TRL_DEFAULTS: ClassVar[dict] = {}
+    EXTRA_KEYS: ClassVar[str] = "trl"  # parsing.from_dict collects the keys the section does not declare here
     trl: dict = field(default_factory=dict, metadata=_help("TRL config fields of this section (written beside its own keys)."))
 
     def __post_init__(self):
@@ -283,7 +284,7 @@ def trl_arguments(section: TrainerSection, output_dir: str | Path, defaults: dic
     unknown = sorted(set(section.trl) - set(theirs))
     if unknown:
         ours = [f.name for f in fields(section) if f.name != "trl"]
-        raise unknown_keys_error(unknown, ours, where, section.TRL_CONFIG, theirs)
+        raise unknown_keys_error(unknown, ours, where, also=f"TRL's {section.TRL_CONFIG}", also_keys=theirs)
     checked = {name: typed(value, hints[name], f"{where}{name}", f"see TRL's {section.TRL_CONFIG}.{name}")
                for name, value in section.trl.items()}
     return {**(defaults or {}), **checked, "output_dir": str(output_dir)}

@@ -61,30 +61,32 @@ def typed(value: Any, annotation: Any, key: str, help_text: str) -> Any:
     return float(value) if annotation is float else value
 
 
-def unknown_keys_error(keys: list[str], allowed: list[str], where: str, trl_class: str | None = None,
-                       trl_fields: list[str] = ()) -> ConfigError:
-    """An error naming each unknown key, the closest allowed one, and the keys a section takes."""
+def unknown_keys_error(keys: list[str], allowed: list[str], where: str, *, also: str | None = None,
+                       also_keys: list[str] = ()) -> ConfigError:
+    """An error naming each unknown key, the closest allowed one, and the keys a section takes; ``also`` names
+    what else the section takes (e.g. "TRL's GRPOConfig"), whose ``also_keys`` count for the closest match."""
     hints = [f"{where}{key}" + (f" (did you mean {close[0]}?)" if (close := difflib.get_close_matches(
-        key, [*allowed, *trl_fields], 1)) else "") for key in keys]
+        key, [*allowed, *also_keys], 1)) else "") for key in keys]
     section = where.rstrip(".")
-    also = f", or any field of TRL's {trl_class}" if trl_class else ""
+    also_text = f", or any field of {also}" if also else ""
     return ConfigError(f"unknown key{'s' if len(keys) > 1 else ''} {', '.join(hints)}; allowed keys"
-                       f"{' in ' + section if section else ''}: {', '.join(sorted(allowed))}{also}")
+                       f"{' in ' + section if section else ''}: {', '.join(sorted(allowed))}{also_text}")
 
 
 def from_dict(cls, data: dict | None, where: str = ""):
     """Build dataclass ``cls`` from a mapping; unknown keys and wrong types raise ConfigError.
 
-    A trainer section collects the keys it does not declare into its ``trl`` mapping: TRL's fields, checked
-    against TRL's class by :func:`trl_arguments` when the stage starts.
+    A class that names one of its fields in ``EXTRA_KEYS`` collects the keys it does not declare into that
+    mapping instead (``config.TrainerSection``: TRL's fields, checked against TRL when the stage starts).
     """
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping of keys, got {type(data).__name__}")
     by_name = {f.name: f for f in fields(cls)}
     unknown = sorted(set(data) - set(by_name))
+    extra_field = getattr(cls, "EXTRA_KEYS", None)
     passthrough = {}
-    if unknown and getattr(cls, "TRL_CONFIG", ""):  # a trainer section (config.TrainerSection)
+    if unknown and extra_field:
         passthrough, unknown = {k: data[k] for k in unknown}, []
     if unknown:
         raise unknown_keys_error(unknown, list(by_name), where)
@@ -99,7 +101,7 @@ def from_dict(cls, data: dict | None, where: str = ""):
             continue
         kwargs[name] = typed(value, annotation, f"{where}{name}", f"help: {by_name[name].metadata.get('help', '')}")
     if passthrough:
-        kwargs["trl"] = {**kwargs.get("trl", {}), **passthrough}
+        kwargs[extra_field] = {**kwargs.get(extra_field, {}), **passthrough}
     try:
         return cls(**kwargs)
     except (ValueError, TypeError) as err:  # a section's own checks (MiniWorldConfig)

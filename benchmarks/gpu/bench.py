@@ -12,7 +12,6 @@ batches the loss saw mixed different left padding.
 
 from __future__ import annotations
 
-
 from benchmarks.gpu.common import median
 from benchmarks.gpu.inputs import make_prompts
 from benchmarks.gpu.loading import start_trainer

@@ -72,13 +72,13 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
     generation_batch = cfg.rl.prompts_per_step * args["num_generations"]
     launched = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     world = int(os.environ.get("WORLD_SIZE", launched))
-    accumulation = args.get("gradient_accumulation_steps", 1)
+    accumulation = args["gradient_accumulation_steps"]  # always set: RLConfig.TRL_DEFAULTS
     if generation_batch % (world * accumulation):
         raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
                           f"processes x rl.gradient_accumulation_steps ({world} x {accumulation})")
     args.update(per_device_train_batch_size=generation_batch // (world * accumulation),
                 loss_type="dapo", gradient_checkpointing=False)  # checkpointing is the model backend's
-    args["report_to"] = args.get("report_to") or "none"
+    args["report_to"] = args["report_to"] or "none"
     return GRPOConfig(**args)
 
 
