@@ -1,33 +1,42 @@
-"""Can the mode choice learn difficulty at all? The control-token term of DeGRPO alone, on a bandit, in minutes.
+"""Does the mode choice make the decision the reward asks for? The control-token term of DeGRPO alone, in minutes.
 
-    python benchmarks/decision_probe.py --adapter runs/warm/seed0/warmup/adapter          # every variant, ~10 min
-    python benchmarks/decision_probe.py --adapter DIR --only stock,centred --steps 60
-    python benchmarks/decision_probe.py --config mini --adapter runs/mini/warmup/adapter \\
-        --accuracy 1:1.0/0.95,2:1.0/0.6,3:1.0/0.3,4:0.95/0.1
+    python benchmarks/decision_probe.py --config mini --adapter runs/quickstart/warmup/adapter --only recipe \
+        --accuracy 1:1.0/1.0,2:1.0/0.95,3:1.0/0.9,4:0.95/0.85 --steps 150          # short pays everywhere
+    python benchmarks/decision_probe.py --adapter runs/real_model/smollm2/warmup/adapter   # every variant
+    python benchmarks/decision_probe.py --config mini --adapter DIR --only recipe --set rl.reward.think_correct=0.9
 
-A DeGRPO run spends most of its time writing answers; whether the first token can learn *when* to think is a
+A DeGRPO run spends most of its time writing answers; whether the first token learns *when* to think is a
 question about the control term alone. This probe keeps only that term: each step draws prompts from the
 recipe's mix, reads P(<short>) and P(<think>) at each prompt's decision point (one forward over the prompts,
-no generation), draws ``--samples`` answers per mode and prompt, right with that mode's accuracy at that level
-(the forced-mode accuracies measured after the warm-up: the adapter's ``../eval/report.json``, or
-``--accuracy``), and takes the two-mode gradient the trainer takes with ``rl.mode_balance``
-(:func:`thinkless_lite.losses.mode_advantages`, its control column). LoRA and the control rows move under
-AdamW as in training. A routing that cannot emerge here, with the true mode rewards and nothing else moving
-the weights, will not emerge in a full run.
+no generation), forms each prompt's group as the trainer does (``rl.mode_balance`` forced to each mode, the
+rest sampled from the policy at the sampling temperature), rewards each answer as right with its mode's
+accuracy at that level (the forced-mode accuracies measured after the warm-up: the adapter's
+``../eval/report.json``, or ``--accuracy``) under the recipe's reward table, and applies the variant's
+:class:`thinkless_lite.losses.ModeChoiceRule`: the control advantages through the loss, LoRA and the control rows
+under AdamW, then the threshold held and stepped after the optimizer step, as the trainer does. A routing that
+cannot emerge here, with the true mode rewards and nothing else moving the weights, will not emerge in a full run.
 
 Variants (each from the same adapter, restored in between; ``--only`` picks some):
 
-  stock      the exact on-policy gradient, 2 prompts x 8 answers a step (the recipe's old shape)
-  wide       the same, 4 prompts x 4
-  natural    the natural gradient (rl.control_gradient=natural), 4 x 4
-  low_lr     stock at a tenth of the learning rate
-  half       4 x 4, half of the batch's shared pull removed (rl.mode_centering=0.5)
-  most       4 x 4, three quarters removed (0.75)
-  centred    4 x 4, all of it removed (rl.mode_centering=1, the SmolLM2 recipe's setting)
+  recipe     the recipe's own rule and shape as shipped (rl.mode_*, rl.prompts_per_step x rl.num_generations)
+  stock      the on-policy gradient (no centring, no threshold), 2 prompts x 8 answers, half forced
+  centred    centring alone, no threshold (the recipes before the threshold), 4 x 4, half forced
+  natural    the recipe's rule with the natural ranking gradient (rl.control_gradient=natural)
 
-Writes ``<out>/decision_probe.md`` (P(think) per level at the end, against the reward-optimal choice) and
-``<out>/decision_probe.png`` (P(think) per level over steps, one panel per variant). Not a test; numbers as
-measured.
+Scenarios worth running (``--accuracy``, think/short accuracy per level; the oracle follows the reward table):
+  short pays everywhere   1:1.0/1.0,2:1.0/0.95,3:1.0/0.9,4:0.95/0.85
+  think pays everywhere   1:1.0/0.7,2:1.0/0.5,3:1.0/0.3,4:1.0/0.1
+  the warm-up's own       (no --accuracy: the adapter's ../eval/report.json)
+  SmolLM2, think pays     1:1.0/0.7,2:1.0/0.5,3:0.95/0.2
+The oracle thinks where thinking's expected reward beats a direct answer's by >= 0.05 and answers directly where
+the reverse holds; levels closer than that may go either way. ``--set rl.reward.think_correct=0.9`` moves the
+oracle and the probe alike.
+
+Writes ``<out>/decision_probe.md`` (P(think) per level at the end, against the oracle) and
+``<out>/decision_probe.png`` (P(think) per level over steps, one panel per variant); the last line printed is
+JSON: ``{"oracle": {level: mode}, "variants": {name: {"p_think": {level: p}, "agrees": bool}}, "agrees": bool}``.
+P(think) is the model's probability of ``<think>`` over the two control tokens at temperature 1, as evaluation,
+the tau dial and the demo read it. Not a test; numbers as measured.
 """
 
 from __future__ import annotations
@@ -39,17 +48,22 @@ import sys
 from pathlib import Path
 
 import torch
-from outcome import better_mode, expected_reward  # benchmarks/outcome.py
+from outcome import expected_reward  # benchmarks/outcome.py
+
+MARGIN = 0.05  # the oracle's decision needs one mode to pay this much more
 
 VARIANTS = {
-    "stock": dict(prompts=2, samples=4),
-    "wide": dict(prompts=4, samples=2),
-    "natural": dict(prompts=4, samples=2, control_gradient="natural"),
-    "low_lr": dict(prompts=2, samples=4, lr_scale=0.1),
-    "half": dict(prompts=4, samples=2, centering=0.5),
-    "most": dict(prompts=4, samples=2, centering=0.75),
-    "centred": dict(prompts=4, samples=2, centering=1.0),
+    "recipe": {},
+    "stock": dict(prompts=2, generations=8, balance=0.5, centering=0.0, threshold_lr=0.0),
+    "centred": dict(prompts=4, generations=4, balance=0.5, centering=1.0, threshold_lr=0.0),
+    "natural": dict(control_gradient="natural"),
 }
+
+
+def oracle(rewards: dict[int, dict[str, float]]) -> dict[int, str | None]:
+    """Per level the mode that pays by at least ``MARGIN``; None where neither does."""
+    gap = {k: r["think"] - r["short"] for k, r in rewards.items()}
+    return {k: "think" if g >= MARGIN else "short" if g <= -MARGIN else None for k, g in gap.items()}
 
 
 def forced_accuracy(report_json: Path) -> dict[int, dict[str, float]]:
@@ -115,7 +129,8 @@ def main(argv=None) -> int:
         Path(args.adapter).parent / "eval" / "report.json")
 
     from thinkless_lite.config import load_config
-    from thinkless_lite.losses import SHORT_MODE, THINK_MODE, mode_advantages
+    from thinkless_lite.control_rows import decision_rows
+    from thinkless_lite.losses import SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, shift_log_odds_
     from thinkless_lite.model import load_model
     from thinkless_lite.stages.rl import rl_items
     from thinkless_lite.tokens import format_prompt
@@ -135,86 +150,110 @@ def main(argv=None) -> int:
     levels = sorted(accuracy)
     mix = {int(k): float(w) for k, w in cfg.miniworld.difficulty_weights.items()}
     weights = [mix.get(k, 0.0) for k in levels]
-    optimal = {k: better_mode(rewards[k]) for k in levels}
+    optimal = oracle(rewards)
 
     loaded = load_model(cfg.model, trainable=True, seed=args.seed)
     model, tok = loaded.model, loaded.tokenizer
     tok.padding_side = "left"
     ids = [loaded.control_ids["short"], loaded.control_ids["think"]]
+    rows = decision_rows(model, ids[1], ids[0])
     items = rl_items(cfg)
     pool = {k: [format_prompt(tok, it.question, cfg.model.system_prompt) for it in items if int(it.difficulty) == k]
             for k in levels}
     watch = {k: pool[k][:8] for k in levels}
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
     start = {n: p.detach().clone() for n, p in trainable.items()}
+    seen: list[torch.Tensor] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda _m, a: seen.append(a[0][:, -1].detach()))
 
     def decision(prompts):
+        """(B, 2) logits of <short>, <think> at temperature 1; the head's input states land in ``seen``."""
+        seen.clear()
         batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-        logits = model(**batch, logits_to_keep=1).logits[:, -1].float() / cfg.rl.temperature
-        return torch.log_softmax(logits, dim=-1)[:, ids]  # (B, 2): log P(short), log P(think)
+        return model(**batch, logits_to_keep=1).logits[:, -1][:, ids].float()
 
     @torch.no_grad()
     def read(step):
         model.eval()
-        p = {k: decision(v).exp()[:, 1].mean().item() for k, v in watch.items()}
+        p = {k: torch.softmax(decision(v), -1)[:, 1].mean().item() for k, v in watch.items()}
         model.train()
         print(f"  step {step:3d}  P(think) " + "  ".join(f"k={k}: {v:.2f}" for k, v in p.items()), flush=True)
         return {"step": step, "p_think": p}
 
-    def answer_rewards(k):
-        """One group: ``samples`` answers in <think>, then as many in <short>, right at the mode's accuracy."""
-        out = []
-        for name in ("think", "short"):
-            right, wrong = expected_reward(name, 1.0, table), expected_reward(name, 0.0, table)
-            out += [right if rng.random() < accuracy[k][name] else wrong for _ in range(samples)]
-        return out
+    def answer_reward(k, mode):
+        name = "think" if mode == THINK_MODE else "short"
+        return expected_reward(name, 1.0 if rng.random() < accuracy[k][name] else 0.0, table)
 
     curves, finals = {}, {}
     for name in chosen:
         v = VARIANTS[name]
-        print(f"== {name}: {v}", flush=True)
+        rule = ModeChoiceRule.of(cfg.rl)
+        rule = ModeChoiceRule(within_mode=rule.within_mode, control_gradient=v.get("control_gradient", rule.control_gradient),
+                              centering=v.get("centering", rule.centering),
+                              threshold_lr=v.get("threshold_lr", rule.threshold_lr))
+        prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.num_generations)
+        pattern = forced_modes(G, v.get("balance", cfg.rl.mode_balance))
+        print(f"== {name}: {prompts} prompts x {G} answers, forced {pattern}, {rule}", flush=True)
         with torch.no_grad():
             for n, p in trainable.items():
                 p.copy_(start[n])
         torch.manual_seed(args.seed)
         rng = random.Random(args.seed)
-        samples, G = v["samples"], 2 * v["samples"]
-        lr = (args.lr or cfg.rl.learning_rate) * v.get("lr_scale", 1.0)
+        lr = args.lr or cfg.rl.learning_rate
         optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
-        group_modes = torch.tensor([THINK_MODE] * samples + [SHORT_MODE] * samples)
-        rows = [read(0)]
+        curve = [read(0)]
         for step in range(1, args.steps + 1):
-            chosen_levels = rng.choices(levels, weights=weights, k=v["prompts"])
-            logp = decision([rng.choice(pool[k]) for k in chosen_levels])
-            p = logp.detach().exp()
-            group_rewards = torch.tensor([r for k in chosen_levels for r in answer_rewards(k)])
-            control, _ = mode_advantages(group_rewards, group_modes.repeat(len(chosen_levels)),
-                                         p[:, 0].repeat_interleave(G), p[:, 1].repeat_interleave(G), G,
-                                         control_gradient=v.get("control_gradient", "exact"),
-                                         centering=v.get("centering", 0.0))
-            member_logp = logp[:, (group_modes == THINK_MODE).long()]  # (P, G): each member's mode's log-prob
-            loss = -(control.view(len(chosen_levels), G) * member_logp).mean()
+            chosen_levels = rng.choices(levels, weights=weights, k=prompts)
+            texts = [rng.choice(pool[k]) for k in chosen_levels]
+            logits = decision(texts)
+            logp = torch.log_softmax(logits / cfg.rl.temperature, dim=-1)  # the sampling policy, two modes
+            q = logp.detach().exp()
+            modes = torch.tensor([m if m is not None else (THINK_MODE if rng.random() < q[i, 1].item() else SHORT_MODE)
+                                  for i in range(prompts) for m in pattern])
+            group_rewards = torch.tensor([answer_reward(k, m.item()) for k, m in
+                                          zip([k for k in chosen_levels for _ in range(G)], modes)])
+            grouped = group_rewards.view(prompts, G)
+            kept = (grouped.amax(1) != grouped.amin(1)).repeat_interleave(G)
+            control, _, shift = rule.advantages(group_rewards, modes, q[:, 0].repeat_interleave(G),
+                                                q[:, 1].repeat_interleave(G), G, kept=kept)
+            target = (logits[:, 1] - logits[:, 0]).detach().mean().item() + shift
+            member_logp = logp.repeat_interleave(G, dim=0).gather(1, (modes == THINK_MODE).long()[:, None])[:, 0]
+            loss = -(control * kept.float() * member_logp).sum() / kept.sum().clamp(min=1)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if rule.threshold_lr > 0:  # as the trainer's hold_threshold: the batch's mean log-odds onto the target
+                with torch.no_grad():
+                    model.eval()
+                    now = decision(texts)
+                    model.train()
+                    shift_log_odds_(rows[0], rows[1], seen[-1], target - (now[:, 1] - now[:, 0]).mean().item())
             if step % args.every == 0 or step == args.steps:
-                rows.append(read(step))
-        curves[name], finals[name] = rows, rows[-1]["p_think"]
+                curve.append(read(step))
+        curves[name], finals[name] = curve, curve[-1]["p_think"]
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    header = ("| variant | " + " | ".join(f"P(think) k={k} ({optimal[k]} pays)" for k in levels)
+
+    def agrees(p):
+        return all(optimal[k] is None or (p[k] > 0.5) == (optimal[k] == "think") for k in levels)
+
+    shown = {k: optimal[k] or "either" for k in levels}
+    header = ("| variant | " + " | ".join(f"P(think) k={k} ({shown[k]} pays)" for k in levels)
               + " | routed as the reward says |\n|---|" + "---|" * (len(levels) + 1))
     lines = [header]
     for name, p in finals.items():
-        routed = all((p[k] >= 0.5) == (optimal[k] == "think") for k in levels)
-        lines.append(f"| {name} | " + " | ".join(f"{p[k]:.2f}" for k in levels) + f" | {'yes' if routed else 'no'} |")
+        lines.append(f"| {name} | " + " | ".join(f"{p[k]:.2f}" for k in levels) + f" | {'yes' if agrees(p) else 'no'} |")
     why = "  ".join(f"k={k}: think {rewards[k]['think']:+.2f} / short {rewards[k]['short']:+.2f}" for k in levels)
     text = (f"Control term alone, from {args.adapter}, recipe {args.config}, {args.steps} steps, seed {args.seed}; "
             f"expected reward per mode: {why}\n\n" + "\n".join(lines))
     (out / "decision_probe.md").write_text(text + "\n")
-    plot(curves, optimal, out / "decision_probe.png")
+    plot(curves, shown, out / "decision_probe.png")
     print("\n" + text + f"\n\nwritten: {out / 'decision_probe.md'}, {out / 'decision_probe.png'}")
+    verdict = {name: {"p_think": {str(k): round(p[k], 4) for k in levels}, "agrees": agrees(p)}
+               for name, p in finals.items()}
+    print(json.dumps({"oracle": {str(k): optimal[k] for k in levels}, "variants": verdict,
+                      "agrees": all(v["agrees"] for v in verdict.values())}))
     return 0
 
 

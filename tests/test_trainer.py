@@ -305,3 +305,47 @@ def test_length_grouped_micro_batches_give_the_padded_loss_and_gradients(tiny_mo
     assert padded.abs() > 1e-3
     assert torch.allclose(grouped, padded, atol=1e-6, rtol=1e-5), (grouped.item(), padded.item())
     assert_same_gradients(grouped_grads, padded_grads)
+
+
+def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_evaluation_reads(tiny_model_dir,
+                                                                                              tmp_path):
+    """One real step with the recipe's rule: after the optimizer step the batch's mean log-odds sit exactly on the
+    threshold's target (where they were plus ``mode_threshold_lr`` x the Fisher-weighted reward gap), whatever
+    the ranking's step did to them; the control advantages are the centred ones over the groups the loss keeps;
+    the logged P(<think>) is evaluation's (``generation.decide``: two control tokens, temperature 1)."""
+    from thinkless_lite.generation import decide
+    from thinkless_lite.losses import informative_groups, threshold_step
+
+    torch.manual_seed(0)
+    trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, mode_balance=0.5,
+                                    within_mode_advantages=True, mode_centering=1.0, mode_threshold_lr=1.0,
+                                    grpo_args={"learning_rate": 5e-2}.items())
+    prompts = list(dataset["prompt"])
+    trainer.model.eval()
+    batch, _, before = decide(trainer.model, trainer.processing_class, prompts)
+    point = trainer._decision_point(batch["input_ids"], batch["attention_mask"])
+    assert torch.sigmoid(point.log_odds)[point.inverse].tolist() == pytest.approx(before, abs=1e-5)
+    seen = {}
+    original = trainer.mode_rule.advantages
+
+    def spy(rewards, modes, p_short, p_think, group_size, kept=None):
+        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept)
+        seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift)
+        return control, response, shift
+
+    object.__setattr__(trainer, "mode_rule", type("Spy", (), {"advantages": staticmethod(spy), "threshold_lr": 1.0})())
+    trainer.train()
+    keep = informative_groups(seen["rewards"], GROUP)
+    assert torch.equal(seen["kept"].cpu(), keep)
+    assert seen["shift"] == pytest.approx(threshold_step(seen["rewards"], seen["modes"], seen["p_short"],
+                                                         seen["p_think"], GROUP, kept=keep))
+    assert seen["shift"] != 0.0
+
+    trainer.model.eval()
+    after = torch.tensor(decide(trainer.model, trainer.processing_class, prompts)[2])
+    mean_before = torch.logit(torch.tensor(before, dtype=torch.float64)).mean().item()
+    mean_after = torch.logit(after.double()).mean().item()
+    # Within the logits' own rounding (the tiny base computes in bfloat16: steps of ~2e-3 at these values).
+    assert mean_after == pytest.approx(mean_before + seen["shift"], abs=1e-2)
+    assert abs(seen["shift"]) > 0.1
+    assert trainer._threshold["held"] != 0.0  # the ranking's step had moved the mean, and the hold undid it

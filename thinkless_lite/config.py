@@ -172,22 +172,32 @@ class RLConfig(TrainerSection):
     alpha: float = field(default=1.0, metadata=_help(
         "Weight of the control-token term. Scale it with 1/completion length: the paper's 0.001 suits ~1-4k-token answers."))
     drop_uniform_groups: bool = field(default=True, metadata=_help("Drop groups whose rewards are all equal (no signal)."))
-    mode_balance: float = field(default=0.0, metadata=_help(
+    # The mode choice (losses.ModeChoiceRule): both modes in every group; the centred pulls rank the prompts and
+    # the threshold moves all of them alike until the batch's mean pull is zero (the reward-optimal cut).
+    mode_balance: float = field(default=0.5, metadata=_help(
         "Share of every group forced to a mode, half <think> and half <short> (their answers are the model's own); "
         "the control token then takes the exact two-mode expectation of its gradient, so the mode choice stays "
-        "unbiased. Keeps both modes sampled, so a collapse to one mode is not absorbing. 0 = off."))
+        "unbiased. Keeps both modes sampled, so a collapse to one mode is not absorbing. 0 = off (and then "
+        "mode_centering and mode_threshold_lr must be 0 too)."))
     mode_balance_end: float | None = field(default=None, metadata=_help(
-        "Share forced at the last step (linear from mode_balance); unset = constant."))
+        "Share forced at the last step (linear from mode_balance); unset = constant. Every share on the way must "
+        "force at least one answer of each mode (>= 2/num_generations)."))
     control_gradient: str = field(default="exact", metadata=_help(
         "With both modes in a group: exact (the on-policy two-mode expectation) or natural (divided by the "
-        "choice's Fisher information, so it does not vanish once P(think) saturates; losses.mode_advantages)."))
-    mode_centering: float = field(default=0.0, metadata=_help(
-        "Share of the batch's common pull on the mode choice removed from every prompt's (needs both modes in "
-        "the groups: mode_balance > 0). 1 = the choice learns which prompts to think on, not a shift of all of "
-        "them (losses.mode_advantages); 0 = the on-policy gradient."))
+        "choice's Fisher information; losses.mode_advantages). The threshold always takes the natural step."))
+    mode_centering: float = field(default=1.0, metadata=_help(
+        "Share of the batch's mean pull on the mode choice removed from every prompt's: 1 = the loss only ranks "
+        "the prompts (which to think on) and mode_threshold_lr decides where the ranking is cut; 0 = the "
+        "on-policy gradient, whose shared pull moves every prompt at once (losses.mode_advantages)."))
+    mode_threshold_lr: float = field(default=1.0, metadata=_help(
+        "Step size of the threshold, in log-odds per unit of reward gap: after every optimizer step the batch's "
+        "mean log P(think) - log P(short) is put back where the last one left it plus this x the Fisher-weighted "
+        "mean of the groups' reward gaps (think - short), by moving the two control rows (losses.ModeChoiceRule). "
+        "Stops where thinking and answering directly pay alike at the cut. 0 = no threshold (the mean log-odds "
+        "then drifts with the ranking)."))
     control_rows_lr_scale: float = field(default=1.0, metadata=_help(
         "Learning rate of the control-token rows, as a multiple of learning_rate (1 = the same as LoRA's)."))
-    within_mode_advantages: bool = field(default=False, metadata=_help(
+    within_mode_advantages: bool = field(default=True, metadata=_help(
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
@@ -308,6 +318,30 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
     return cfg
 
 
+def mode_balance_at(section, step: int) -> float:
+    """The share of every group forced to a mode at ``step``: linear from ``mode_balance`` to ``mode_balance_end``
+    over ``max_steps`` (the trainer reads it from here)."""
+    end = section.mode_balance if section.mode_balance_end is None else section.mode_balance_end
+    progress = min(step / max(section.max_steps or 0, 1), 1.0)
+    return section.mode_balance + (end - section.mode_balance) * progress
+
+
+def _check_mode_balance_schedule(section, generations: int) -> None:
+    """Every share the schedule reaches must force one answer of each mode or none: one that rounds to no pair
+    mid-run would stop the run there. (A max_steps of the wrong type is TRL's check, at the stage's start.)"""
+    if not isinstance(section.max_steps, int):
+        return
+    for step in range(max(section.max_steps, 1) + 1):
+        share = mode_balance_at(section, step)
+        if not 0.0 <= share <= 1.0:
+            raise ConfigError(f"rl.mode_balance and rl.mode_balance_end must be within 0..1; got {share:g} at "
+                              f"step {step}")
+        if share > 0 and int(share * generations + 1e-9) // 2 < 1:
+            where = "rl.mode_balance" if step == 0 else f"rl.mode_balance_end (the share reaches {share:.3g} at step {step})"
+            raise ConfigError(f"{where} forces no answer of each mode in groups of rl.num_generations={generations}: "
+                              f"every share must be 0 or at least {2 / generations:.3g}")
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     choices = {"model.backend": (cfg.model.backend, ("auto", "unsloth", "hf", "full")),
@@ -329,9 +363,13 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
     if cfg.rl.control_rows_lr_scale <= 0:
         raise ConfigError(f"rl.control_rows_lr_scale must be > 0; got {cfg.rl.control_rows_lr_scale}")
-    if cfg.rl.mode_centering > 0 and cfg.rl.mode_balance <= 0:
-        raise ConfigError("rl.mode_centering needs both modes in every group: set rl.mode_balance > 0 too "
-                          "(or rl.mode_centering=0)")
+    if cfg.rl.mode_threshold_lr < 0:
+        raise ConfigError(f"rl.mode_threshold_lr must be >= 0; got {cfg.rl.mode_threshold_lr}")
+    for key in ("mode_centering", "mode_threshold_lr"):
+        if getattr(cfg.rl, key) > 0 and cfg.rl.mode_balance <= 0:
+            raise ConfigError(f"rl.{key} needs both modes in every group: set rl.mode_balance > 0 too "
+                              f"(or rl.{key}=0)")
+    _check_mode_balance_schedule(cfg.rl, generations)
     try:
         for mode in cfg.eval.modes:
             Routing(mode)

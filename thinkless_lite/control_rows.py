@@ -171,3 +171,28 @@ def assert_control_rows_trainable(model) -> None:
             f"{len(frozen)} tensor(s) the recipe trains are frozen (requires_grad=False): {shown}. Something after "
             "PEFT froze them (Unsloth's prepare_model_for_training does, for control rows: load through "
             "thinkless_lite.model.load_model, which calls unfreeze_control_rows, or call it yourself).")
+
+
+def decision_rows(model, think_id: int, short_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained output rows of ``<think>`` and ``<short>``: the tensors whose difference, dotted with the
+    decision point's state, is the log-odds of the mode choice (``rl.mode_threshold_lr`` moves them).
+
+    Under an adapter they are PEFT's trainable-token rows of the output head (shared with the input embedding
+    when the head is tied), so a shift is saved with the adapter and merged by the export; with full fine-tuning,
+    the head's own rows. Anything else raises, naming the fix: a shift the adapter does not save would be lost.
+    """
+    from peft.tuners.trainable_tokens.layer import TrainableTokensLayer
+
+    head = model.get_output_embeddings()
+    layers = [m for m in head.modules() if isinstance(m, TrainableTokensLayer)] if head is not None else []
+    for layer in layers:
+        adapter = next((a for a in layer.token_indices if a in _trainable_adapters(model)), None)
+        indices = layer.token_indices.get(adapter, [])
+        if adapter is not None and think_id in indices and short_id in indices:
+            delta = layer.trainable_tokens_delta[adapter]
+            return delta[indices.index(think_id)], delta[indices.index(short_id)]
+    weight = getattr(head, "weight", None)
+    if not layers and weight is not None and weight.requires_grad:
+        return weight[think_id], weight[short_id]
+    raise ValueError("rl.mode_threshold_lr moves the output rows of <think> and <short>, but this model does not "
+                     "train both (set model.train_control_rows to new or all, or rl.mode_threshold_lr=0)")

@@ -20,6 +20,8 @@ Layout everywhere: ``(B, T)`` tensors over completion tokens, column 0 being the
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -168,9 +170,72 @@ def forced_modes(group_size: int, balance: float) -> list[int | None]:
     return [THINK_MODE] * each + [SHORT_MODE] * each + [None] * (group_size - 2 * each)
 
 
+@dataclass(frozen=True)
+class _ModeGroups:
+    """A batch of groups seen per mode: each ``(N, G)`` or ``(N, 1)`` (one value per group)."""
+
+    rewards: torch.Tensor
+    modes: torch.Tensor
+    is_short: torch.Tensor
+    is_think: torch.Tensor
+    n_short: torch.Tensor
+    n_think: torch.Tensor
+    mean_short: torch.Tensor   # the group's mean reward in each mode
+    mean_think: torch.Tensor
+    p_think: torch.Tensor      # the sampling policy's P(<think>) at the group's prompt
+    q_short: torch.Tensor      # the two probabilities renormalised over the two modes
+    q_think: torch.Tensor
+    both: torch.Tensor         # the group holds both modes
+
+
+def _mode_groups(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
+                 group_size: int) -> _ModeGroups:
+    grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
+    modes = modes.view_as(grouped)
+    p_short, p_think = p_short.view_as(grouped).to(grouped.dtype), p_think.view_as(grouped).to(grouped.dtype)
+    is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype), (modes == THINK_MODE).to(grouped.dtype)
+    n_short, n_think = is_short.sum(1, keepdim=True), is_think.sum(1, keepdim=True)
+    total = (p_short[:, :1] + p_think[:, :1]).clamp(min=1e-12)
+    return _ModeGroups(rewards=grouped, modes=modes, is_short=is_short, is_think=is_think, n_short=n_short,
+                       n_think=n_think, mean_short=(grouped * is_short).sum(1, keepdim=True) / n_short.clamp(min=1),
+                       mean_think=(grouped * is_think).sum(1, keepdim=True) / n_think.clamp(min=1),
+                       p_think=p_think[:, :1], q_short=p_short[:, :1] / total, q_think=p_think[:, :1] / total,
+                       both=(n_short > 0) & (n_think > 0))
+
+
+def _kept_groups(kept: torch.Tensor | None, n_groups: int, group_size: int, device) -> torch.Tensor:
+    """``(N, 1)`` bool: the groups the loss keeps (``kept`` per sample, as :func:`informative_groups` gives it)."""
+    if kept is None:
+        return torch.ones(n_groups, 1, dtype=torch.bool, device=device)
+    return kept.to(device).bool().view(n_groups, group_size)[:, :1]
+
+
+def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
+                   group_size: int, kept: torch.Tensor | None = None) -> float:
+    """How far the batch asks every prompt's log-odds ``log pi(think) - log pi(short)`` to move together: the
+    threshold half of the mode choice (the ranking half is :func:`mode_advantages` with ``centering=1``).
+
+    A shift ``b`` shared by every prompt changes the expected reward of the mix by
+    ``b * sum_g q_t q_s (rbar_t - rbar_s)`` (the exact on-policy gradient, summed over the groups holding both
+    modes); this returns that sum over its Fisher information ``sum_g q_t q_s``, i.e. the Fisher-weighted mean
+    of the groups' reward gaps ``rbar_t - rbar_s``: the natural gradient of the one scalar. Its zero is the
+    on-policy one (the shift that maximises the mix's expected reward given the ranking), so where it stops
+    moving the centred ranking pulls are the on-policy pulls; unlike the plain gradient it does not vanish when
+    every prompt's choice has saturated, so a warm-up that left ``<short>`` everywhere can still cross to
+    ``<think>`` where thinking pays. 0 when no kept group holds both modes. ``q`` = the two probabilities
+    renormalised; ``kept`` per sample (False: a group the loss drops).
+    """
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size)
+    use = g.both & _kept_groups(kept, g.both.shape[0], group_size, g.both.device)
+    fisher = (g.q_short * g.q_think)[use]
+    if fisher.numel() == 0 or fisher.sum() <= 0:
+        return 0.0
+    return ((fisher * (g.mean_think - g.mean_short)[use]).sum() / fisher.sum()).item()
+
+
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                     group_size: int, within_mode: bool = False, control_gradient: str = "exact",
-                    centering: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    centering: float = 0.0, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -193,23 +258,19 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
 
     ``control_gradient="natural"`` divides each such group's control term by the Fisher information of its
     two-mode choice, ``q_s q_t`` (``q`` = the two probabilities renormalised): every member in mode c gets
-    ``A_i = G (rbar_c - rbar_other) / n_c``, so the group pushes the logit difference
-    ``log pi(short) - log pi(think)`` towards its better mode by ``rbar_s - rbar_t`` however sure the
-    policy already is. The exact gradient carries the factor ``q_s q_t``, which vanishes as the choice
-    saturates: once a blind shift has taken P(think) near 0 on every prompt, the prompts where thinking pays
-    can no longer pull it back. The natural one is the same direction per prompt, not the on-policy gradient
-    of the mix (it is its Fisher-preconditioned version, prompt by prompt).
+    ``A_i = G (rbar_c - rbar_other) / n_c``, so the group pushes the log-odds towards its better mode by
+    ``rbar_t - rbar_s`` however sure the policy already is.
 
     Both forms pull each group's log-odds ``log pi(think) - log pi(short)`` by one number, its *pull*
     (``pi(think) (rbar_t - V)``, or ``rbar_t - rbar_s`` for the natural form); think members carry ``+G pull / n_t``,
-    short members ``-G pull / n_s``. ``centering`` in [0, 1] removes that share of the batch's mean pull (over
-    the groups holding both modes) from every group's pull. Why: at the decision point every prompt looks
-    alike to the model (the chat template's last tokens), so a pull shared by the batch moves the choice of
-    *every* prompt at once, long before a pull that differs between prompts can teach it to tell them apart.
-    With the easy prompts in the majority that common pull is a blind shift to ``<short>`` on every level,
-    hard ones included (``benchmarks/decision_probe.py`` shows it in minutes). Centred, the batch pulls
-    hard prompts towards thinking *relative to* easy ones: the choice learns difficulty instead of a
-    bias. ``centering=1`` is no longer the on-policy gradient of the mix (its shared part is gone); 0 is.
+    short members ``-G pull / n_s``. ``centering`` in [0, 1] removes that share of the batch's mean pull, taken
+    over the groups the loss keeps that hold both modes (``kept`` per sample, False for a group the trainer
+    drops), from each of those groups' pulls; with 1 they sum to zero. Why: at the decision point every prompt
+    looks alike to the model, so a pull the batch shares moves the choice of *every* prompt at once and drags
+    the ranking (which prompts to think on) before a pull that differs between prompts can teach it. Centred,
+    the batch only ranks its prompts; *where* the ranking is cut is :func:`threshold_step`'s job, taken by a
+    shift of the control rows that moves every prompt alike (the trainer's ``mode_threshold_lr``). Centring
+    alone leaves the batch's mean log-odds where the warm-up left it (no pull reaches it).
 
     Response tokens. ``within_mode=False``: the plain group advantage (as GRPO). ``True``: reward minus the
     mean of the same mode's answers in the group, so that a thinking answer is not pushed down merely for
@@ -217,29 +278,22 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     inside each mode and only the control term chooses the mode. An answer alone in its mode gets 0; one
     without a control token gets the plain group advantage.
     """
-    grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
-    modes = modes.view_as(grouped)
-    p_short, p_think = p_short.view_as(grouped).to(grouped.dtype), p_think.view_as(grouped).to(grouped.dtype)
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size)
+    grouped, modes, is_short, is_think, both = g.rewards, g.modes, g.is_short, g.is_think, g.both
+    n_short, n_think, mean_short, mean_think = g.n_short, g.n_think, g.mean_short, g.mean_think
     plain = grouped - grouped.mean(dim=1, keepdim=True)
-
-    is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype), (modes == THINK_MODE).to(grouped.dtype)
-    n_short, n_think = is_short.sum(1, keepdim=True), is_think.sum(1, keepdim=True)
-    mean_short = (grouped * is_short).sum(1, keepdim=True) / n_short.clamp(min=1)
-    mean_think = (grouped * is_think).sum(1, keepdim=True) / n_think.clamp(min=1)
-    both = (n_short > 0) & (n_think > 0)
-
-    pi_short, pi_think = p_short[:, :1], p_think[:, :1]
-    value = (pi_short * mean_short + pi_think * mean_think) / (pi_short + pi_think).clamp(min=1e-12)
+    value = g.q_short * mean_short + g.q_think * mean_think
     if control_gradient == "exact":
-        pull = pi_think * (mean_think - value)  # = -pi_short * (mean_short - value): V is their weighted mean
+        pull = g.p_think * (mean_think - value)  # = pi(think) q_s (rbar_t - rbar_s): V is their weighted mean
     elif control_gradient == "natural":
         pull = mean_think - mean_short
     else:
         raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
     if not 0.0 <= centering <= 1.0:
         raise ValueError(f"centering must be in [0, 1], got {centering}")
-    if centering > 0 and both.any():
-        pull = pull - centering * pull[both].mean()
+    centred = both & _kept_groups(kept, both.shape[0], group_size, both.device)
+    if centering > 0 and centred.any():
+        pull = torch.where(centred, pull - centering * pull[centred].mean(), pull)
     two_mode = (group_size * pull * (is_think / n_think.clamp(min=1) - is_short / n_short.clamp(min=1))
                 + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
     control = torch.where(both, two_mode, plain)
@@ -250,3 +304,77 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     else:
         response = plain
     return control.reshape(-1), response.reshape(-1)
+
+
+def common_direction(hidden: torch.Tensor) -> torch.Tensor:
+    """A vector ``u`` with ``h . u = 1`` for every row ``h`` of ``hidden`` (``(n, d)``: the decision-point states
+    of a batch's prompts): ``mean(h)`` with the directions the prompts differ in projected out, over its
+    projection. Moving the rows of ``<think>``/``<short>`` along it shifts the log-odds of all of them by the
+    same amount, so a shift meant for every prompt does not also re-rank them (the states share a large common
+    part but not all of it: along ``mean(h)`` alone, prompts would move in proportion to their overlap with
+    it). Falls back to ``mean(h) / |mean(h)|^2`` when the differences span the mean (more prompts than
+    dimensions)."""
+    hidden = hidden.to(torch.float32).reshape(-1, hidden.shape[-1])
+    mean = hidden.mean(0)
+    spread = (hidden - mean).T  # (d, n)
+    if hidden.shape[0] > 1:
+        basis, r = torch.linalg.qr(spread)
+        basis = basis[:, r.diagonal().abs() > 1e-6 * max(r.diagonal().abs().max().item(), 1e-30)]
+        own = mean - basis @ (basis.T @ mean)
+    else:
+        own = mean
+    reach = mean @ own
+    if reach <= 1e-6 * mean.pow(2).sum():
+        own, reach = mean, mean.pow(2).sum().clamp(min=1e-12)
+    return own / reach
+
+
+@torch.no_grad()
+def shift_log_odds_(think_row: torch.Tensor, short_row: torch.Tensor, hidden: torch.Tensor, amount: float) -> None:
+    """Move the output rows of ``<think>`` and ``<short>`` (in place) so that the log-odds
+    ``h . (think_row - short_row)`` of every prompt whose decision-point state ``h`` is a row of ``hidden`` grow
+    by exactly ``amount``, half on each row (along :func:`common_direction`). Prompts like them move by almost
+    the same. The shift lives in the weights, so sampling, P(<think>), evaluation, the demo and both exports see
+    it without knowing it exists."""
+    if amount == 0.0:
+        return
+    step = 0.5 * amount * common_direction(hidden)
+    think_row.add_(step.to(think_row))
+    short_row.sub_(step.to(short_row))
+
+
+@dataclass(frozen=True)
+class ModeChoiceRule:
+    """How the control token learns, in one place: the trainer, ``benchmarks/decision_probe.py`` and the bandit
+    test (``tests/test_decision_rule.py``) all call :meth:`advantages`.
+
+    The choice is split in two. The *ranking* (which prompts to think on) takes the centred pulls of
+    :func:`mode_advantages` through the loss, so LoRA and the control rows learn what tells prompts apart; the
+    *threshold* (where the ranking is cut) takes :func:`threshold_step` times ``threshold_lr`` as a shift of the
+    log-odds of every prompt alike (:func:`shift_log_odds_`), after the optimizer step. Where the threshold
+    stops moving the batch's mean pull is zero and the centred pulls equal the on-policy ones, so the fixed
+    points are the on-policy gradient's: the reward-optimal routing, whatever the reward table. ``centering=0``
+    with ``threshold_lr=0`` is the plain on-policy gradient (stock DeGRPO with mode-balanced groups).
+    """
+
+    within_mode: bool = True
+    control_gradient: str = "exact"
+    centering: float = 1.0
+    threshold_lr: float = 0.5
+
+    @classmethod
+    def of(cls, section) -> "ModeChoiceRule":
+        """The rule an RL config section (``cfg.rl``) asks for."""
+        return cls(within_mode=section.within_mode_advantages, control_gradient=section.control_gradient,
+                   centering=section.mode_centering, threshold_lr=section.mode_threshold_lr)
+
+    def advantages(self, rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
+                   group_size: int, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """(control advantages, response advantages, threshold shift of the log-odds), per
+        :func:`mode_advantages` and :func:`threshold_step`."""
+        control, response = mode_advantages(rewards, modes, p_short, p_think, group_size,
+                                            within_mode=self.within_mode, control_gradient=self.control_gradient,
+                                            centering=self.centering, kept=kept)
+        shift = self.threshold_lr * threshold_step(rewards, modes, p_short, p_think, group_size, kept=kept) \
+            if self.threshold_lr > 0 else 0.0
+        return control, response, shift

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import torch
+from transformers import TrainerCallback
 from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
@@ -38,8 +40,9 @@ from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_ad
                                    unsloth_loss_inputs)
 from thinkless_lite.control_rows import assert_control_rows_trainable, scale_control_rows_learning_rate
 from thinkless_lite.generation import control_rows_folded
-from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, informative_groups,
-                                   loss_token_weights, mode_advantages)
+from thinkless_lite.control_rows import decision_rows
+from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, informative_groups,
+                                   loss_token_weights, shift_log_odds_)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
 from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
@@ -78,7 +81,7 @@ class DeGRPOMixin:
                  recorder: ThinklessReward | None = None, backend: str | None = None,
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
                  within_mode_advantages: bool = False, control_gradient: str = "exact",
-                 mode_centering: float = 0.0, control_rows_lr_scale: float = 1.0,
+                 mode_centering: float = 0.0, mode_threshold_lr: float = 0.0, control_rows_lr_scale: float = 1.0,
                  control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
@@ -97,15 +100,20 @@ class DeGRPOMixin:
         self.mode_balance_end = mode_balance if mode_balance_end is None else mode_balance_end
         for balance in (self.mode_balance, self.mode_balance_end):
             forced_modes(self.num_generations, balance)  # a share that forces nothing fails here, not mid-run
-        self.within_mode_advantages = within_mode_advantages
         if control_gradient not in ("exact", "natural"):
             raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
-        self.control_gradient = control_gradient
         if not 0.0 <= mode_centering <= 1.0:
             raise ValueError(f"mode_centering must be in [0, 1], got {mode_centering}")
-        if mode_centering > 0 and self.mode_balance <= 0:
-            raise ValueError("mode_centering needs both modes in the groups: set mode_balance > 0 too")
-        self.mode_centering = mode_centering
+        if mode_threshold_lr < 0:
+            raise ValueError(f"mode_threshold_lr must be >= 0, got {mode_threshold_lr}")
+        if (mode_centering > 0 or mode_threshold_lr > 0) and self.mode_balance <= 0:
+            raise ValueError("mode_centering and mode_threshold_lr need both modes in the groups: set mode_balance > 0")
+        self.within_mode_advantages = within_mode_advantages
+        self.mode_rule = ModeChoiceRule(within_mode=within_mode_advantages, control_gradient=control_gradient,
+                                        centering=mode_centering, threshold_lr=mode_threshold_lr)
+        self._threshold: dict | None = None  # the batch's prompts and where its mean log-odds must be after a step
+        if mode_threshold_lr > 0:
+            self.add_callback(ThresholdCallback(self))
         if control_rows_lr_scale <= 0:
             raise ValueError(f"control_rows_lr_scale must be > 0, got {control_rows_lr_scale}")
         self.control_rows_lr_scale = control_rows_lr_scale
@@ -116,6 +124,9 @@ class DeGRPOMixin:
                              "thinkless_lite.load_model, which adds them")
         self.mode_ids = {SHORT_MODE: vocab[control_tokens.short], THINK_MODE: vocab[control_tokens.think]}
         self._forced: list[int | None] = []
+        if mode_threshold_lr > 0:
+            decision_rows(self.accelerator.unwrap_model(self.model), self.mode_ids[THINK_MODE],
+                          self.mode_ids[SHORT_MODE])  # fails here, naming the fix, if the rows are not trained
 
     def _never_sample_padding(self) -> None:
         """The pad token is padding, never content: it is kept out of sampling (TRL's documented
@@ -243,19 +254,24 @@ class DeGRPOMixin:
         return [pattern[(start + i) % self.num_generations] for i in range(local_rows)]
 
     @torch.no_grad()
-    def _decision_probabilities(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> torch.Tensor:
-        """``(B, 2)``: the policy's probability of ``<short>`` and ``<think>`` right after each prompt, at the
-        sampling temperature (one forward over the distinct prompts, in eval mode, no dropout)."""
+    def _decision_point(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> "DecisionPoint":
+        """One forward over the distinct prompts, in eval mode (no dropout): the policy's probabilities of
+        ``<short>``/``<think>`` at the sampling temperature over the whole vocabulary (what sampling draws from),
+        the log-odds ``log p(think) - log p(short)`` at temperature 1 (what evaluation and the demo read), and the
+        states the output head saw (``(U, d)``, to shift the log-odds along)."""
         unique, first, inverse = distinct_rows(prompt_ids)
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         # Unsloth's log-prob code leaves its models returning hidden states in place of logits; not here.
         hidden_flag = os.environ.pop("UNSLOTH_RETURN_HIDDEN_STATES", None)
+        seen: list[torch.Tensor] = []
+        hook = model.get_output_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
         model.eval()
         try:
             with control_rows_folded(model):
                 logits = model(input_ids=unique, attention_mask=prompt_mask[first], logits_to_keep=1).logits[:, -1]
         finally:
+            hook.remove()
             model.train(was_training)
             if hidden_flag is not None:
                 os.environ["UNSLOTH_RETURN_HIDDEN_STATES"] = hidden_flag
@@ -264,7 +280,35 @@ class DeGRPOMixin:
             raise RuntimeError(f"the model's forward returned {logits.shape[-1]} columns, not its vocabulary's "
                                "logits: cannot read P(<short>) and P(<think>)")
         probs = torch.softmax(logits.float() / self.temperature, dim=-1)[:, ids]
-        return probs[inverse]
+        pair = logits[:, ids].float()
+        hidden = seen[-1][:, -1].float() if seen else None
+        return DecisionPoint(probs=probs[inverse], log_odds=(pair[:, 1] - pair[:, 0]), hidden=hidden,
+                             inverse=inverse, prompts=(unique, prompt_mask[first]))
+
+    @torch.no_grad()
+    def hold_threshold(self) -> None:
+        """After an optimizer step: put the batch's mean log-odds where the threshold step put it.
+
+        The step moved the ranking (LoRA and rows, by the centred pulls) and with it, since every prompt looks
+        alike at the decision point, the log-odds of all prompts by a common amount; that common amount is the
+        threshold's alone (:class:`thinkless_lite.losses.ModeChoiceRule`). One forward over the batch's prompts
+        measures where their mean went, and the output rows of the two control tokens move it back onto the
+        target, along the direction that shifts every one of those prompts alike
+        (:func:`thinkless_lite.losses.shift_log_odds_`). Gathered over processes, so every replica moves alike."""
+        if self._threshold is None:
+            return
+        ids, mask = self._threshold["prompts"]
+        now = self._decision_point(ids, mask)
+        if now.hidden is None:
+            raise RuntimeError("the output head was not called on the decision point's states (a backend computing "
+                               "logits without it?): rl.mode_threshold_lr needs them; set it to 0")
+        log_odds = self.accelerator.gather(now.log_odds)
+        hidden = self.accelerator.gather(now.hidden)
+        amount = self._threshold["target"] - log_odds.mean().item()
+        think_row, short_row = decision_rows(self.accelerator.unwrap_model(self.model), self.mode_ids[THINK_MODE],
+                                             self.mode_ids[SHORT_MODE])
+        shift_log_odds_(think_row, short_row, hidden, amount)
+        self._threshold["held"] += amount
 
     def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
         rewards = super()._calculate_rewards(inputs, prompts, completions, completion_ids_list)
@@ -294,30 +338,40 @@ class DeGRPOMixin:
         modes = torch.full_like(first, NO_MODE)
         modes[first == self.mode_ids[SHORT_MODE]] = SHORT_MODE
         modes[first == self.mode_ids[THINK_MODE]] = THINK_MODE
-        probs = self._decision_probabilities(out["prompt_ids"], out["prompt_mask"])
+        decision = self._decision_point(out["prompt_ids"], out["prompt_mask"])
+        probs = decision.probs
         forced = torch.tensor([mode is not None for mode in (self._forced or [None] * local)], device=device)
         difficulty = torch.tensor([float(x.get("difficulty") or 0) for x in inputs], device=device)
+        p_choice = torch.sigmoid(decision.log_odds)[decision.inverse]  # P(<think>) as evaluation reads it
         rows = self.accelerator.gather(torch.stack([modes.float(), probs[:, 0], probs[:, 1], forced.float(),
-                                                    difficulty], dim=1))
-        all_modes, p_short, p_think, all_forced, all_difficulty = rows.unbind(1)
+                                                    difficulty, p_choice], dim=1))
+        all_modes, p_short, p_think, all_forced, all_difficulty, all_p_choice = rows.unbind(1)
+        shift = 0.0
         if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
-            control, response = mode_advantages(rewards.to(device), all_modes.long(), p_short, p_think,
-                                                self.num_generations, within_mode=self.within_mode_advantages,
-                                                control_gradient=self.control_gradient,
-                                                centering=self.mode_centering)
+            control, response, shift = self.mode_rule.advantages(
+                rewards.to(device), all_modes.long(), p_short, p_think, self.num_generations,
+                kept=keep_all.to(device) if self.drop_uniform_groups else None)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         else:
             advantages = out["advantages"].reshape(-1, 1)
         out["advantages"] = advantages * weights
-        self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, p_think)
+        if self.mode_rule.threshold_lr > 0 and self.model.training:
+            held_before = self._threshold["held"] if self._threshold is not None else float("nan")
+            mean_log_odds = self.accelerator.gather(decision.log_odds).mean().item()
+            self._threshold = {"prompts": decision.prompts, "target": mean_log_odds + shift, "step": shift,
+                               "held": 0.0, "held_before": held_before}
+        self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, all_p_choice)
         return out
 
     def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor,
                         forced: torch.Tensor, difficulty: torch.Tensor, p_think: torch.Tensor) -> None:
         """What users watch, in TRL's metrics (and so in ``metrics.jsonl``): the think ratio of the answers the
         policy chose (forced ones left out), accuracy and tokens per mode (forced ones in: they measure the
-        mode), the policy's mean P(<think>), group health; and per difficulty level ``think_ratio/k<level>``,
+        mode), the policy's mean P(<think>) (over the two control tokens at temperature 1: what evaluation, the
+        tau dial and the demo read), group health, the threshold's step and the drift it held (``threshold_step``,
+        ``threshold_hold``, one step late: measured after the optimizer step); and per difficulty level
+        ``think_ratio/k<level>``,
         ``p_think/k<level>``, ``accuracy_think/k<level>``, ``accuracy_short/k<level>``."""
         if self.recorder is None or not self.recorder.last_outcomes:
             return
@@ -351,6 +405,9 @@ class DeGRPOMixin:
         metrics["groups_all_correct"].append((groups.min(1).values == 1).float().mean().item())
         metrics["groups_all_wrong"].append((groups.max(1).values == 0).float().mean().item())
         metrics["groups_dropped"].append(1.0 - keep_all.float().view(-1, self.num_generations)[:, 0].mean().item())
+        if self._threshold is not None:
+            metrics["threshold_step"].append(self._threshold["step"])
+            metrics["threshold_hold"].append(self._threshold["held_before"])
         difficulty, p_think = difficulty.to(device), p_think.to(device)
         for level in sorted({int(v) for v in difficulty.tolist()}):
             at = (difficulty == level).float()
@@ -384,6 +441,27 @@ def check_trainer_flavour(trainer_class: type, backend: str | None) -> None:
         raise RuntimeError(f"the model uses the {backend} backend, but unsloth was imported and rewrote TRL's "
                            "GRPOTrainer, which works only with Unsloth models: use model.backend=unsloth (or auto), "
                            "or run without importing unsloth.")
+
+
+@dataclass
+class DecisionPoint:
+    """What the policy does right after each prompt of a batch (see ``DeGRPOMixin._decision_point``)."""
+
+    probs: torch.Tensor             # (B, 2): P(<short>), P(<think>) at the sampling temperature, full vocabulary
+    log_odds: torch.Tensor          # (U,): logit(<think>) - logit(<short>) per distinct prompt, temperature 1
+    hidden: torch.Tensor | None     # (U, d): the states the output head read
+    inverse: torch.Tensor           # (B,): which distinct prompt each row is
+    prompts: tuple[torch.Tensor, torch.Tensor]  # the distinct prompts' ids and mask
+
+
+class ThresholdCallback(TrainerCallback):
+    """Transformers' documented hook right after ``optimizer.step()``: the threshold is held there."""
+
+    def __init__(self, trainer: DeGRPOMixin):
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.trainer.hold_threshold()
 
 
 class DeGRPOTrainer(DeGRPOMixin, GRPOTrainer):

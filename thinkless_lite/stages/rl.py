@@ -98,7 +98,8 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
         drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
         mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
         within_mode_advantages=cfg.rl.within_mode_advantages, control_gradient=cfg.rl.control_gradient,
-        mode_centering=cfg.rl.mode_centering, control_rows_lr_scale=cfg.rl.control_rows_lr_scale,
+        mode_centering=cfg.rl.mode_centering, mode_threshold_lr=cfg.rl.mode_threshold_lr,
+        control_rows_lr_scale=cfg.rl.control_rows_lr_scale,
         control_tokens=tokens, callbacks=list(callbacks))
 
 
