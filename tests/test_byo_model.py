@@ -220,7 +220,8 @@ def test_sanity_check_refuses_a_character_level_tokenizer_and_model_tokenizer_fi
     from thinkless_lite.gguf import gguf_to_hf
     from thinkless_lite.model import MINI_BASE_NAME, load_tokenizer
 
-    with pytest.raises(ConfigError, match="splits ordinary text into characters.*model.tokenizer"):
+    with pytest.raises(ConfigError, match="splits ordinary text into characters.*rebuilt from the file for "
+                                          "SentencePiece.*Gemma.*GPT-2 BPE.*Set model.tokenizer"):
         quiet(load_tokenizer, model_cfg(byo["chars"]))
     # the same weights, the tokenizer taken from elsewhere (same ids): accepted
     tokenizer, _ = quiet(load_tokenizer, model_cfg(byo["chars"], tokenizer=str(gguf_to_hf(byo["gguf"]))))
