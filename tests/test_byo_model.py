@@ -220,12 +220,32 @@ def test_sanity_check_refuses_a_character_level_tokenizer_and_model_tokenizer_fi
     from thinkless_lite.gguf import gguf_to_hf
     from thinkless_lite.model import MINI_BASE_NAME, load_tokenizer
 
-    with pytest.raises(ConfigError, match="splits ordinary text into characters.*model.tokenizer"):
+    with pytest.raises(ConfigError, match="splits ordinary text into characters.*rebuilt from the file for "
+                                          "SentencePiece.*Gemma.*GPT-2 BPE.*Set model.tokenizer"):
         quiet(load_tokenizer, model_cfg(byo["chars"]))
     # the same weights, the tokenizer taken from elsewhere (same ids): accepted
     tokenizer, _ = quiet(load_tokenizer, model_cfg(byo["chars"], tokenizer=str(gguf_to_hf(byo["gguf"]))))
     assert len(tokenizer(SAMPLE, add_special_tokens=False)["input_ids"]) < 0.5 * len(SAMPLE)
     quiet(load_tokenizer, ModelConfig(name_or_path=MINI_BASE_NAME))  # character level by design: accepted
+
+
+def test_a_start_refused_by_the_tokenizer_check_leaves_no_folder_behind(byo, tmp_path):
+    """Issue 33: the refusal came after the warm-up had made ``<run>/warmup/``; the run folder is left as it was."""
+    from thinkless_lite import cli
+
+    def start(output_dir):
+        return quiet(cli.main, ["warmup", "--config", "smollm2_135m_cpu", "--set",
+                                f"model.name_or_path={byo['chars']}", "--set", f"output_dir={output_dir}",
+                                "--set", "name=run"])
+
+    assert start(tmp_path / "new") == 2
+    assert not (tmp_path / "new").exists()  # nothing created: not the run folder, not warmup/
+    earlier = tmp_path / "old" / "run" / "eval"
+    earlier.mkdir(parents=True)
+    (earlier / "report.md").write_text("earlier\n")
+    assert start(tmp_path / "old") == 2
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted((tmp_path / "old").rglob("*"))] == \
+        ["old/run", "old/run/eval", "old/run/eval/report.md"]
 
 
 def test_chat_markers_in_the_vocabulary_that_are_not_single_tokens_are_refused():

@@ -1,18 +1,22 @@
 """A ``.gguf`` file as a base model: converted once to a cached Hugging Face folder, then loaded like any other.
 
 transformers reads GGUF (with the ``gguf`` package) by dequantising it to plain weights, which takes
-tens of seconds and has two quirks we fix once, at conversion:
+tens of seconds and has quirks we fix once, at conversion:
 
 * the tokenizer comes back with ``eos`` = ``bos`` (``<|im_start|>`` on SmolLM2) and no pad, although the
   file's own metadata (``tokenizer.ggml.eos_token_id``, seen in the model config) names the turn end;
 * ``save_pretrained`` refuses a model still marked as GGUF-quantised, although its weights are plain;
 * the tokenizer drops what the file says about BOS (``tokenizer.ggml.add_bos_token``) and, for some
   families, leaves the file's control tokens (``token_type`` CONTROL / USER_DEFINED) as plain vocabulary
-  entries that text never encodes to, so a chat marker becomes a dozen character tokens.
+  entries that text never encodes to, so a chat marker becomes a dozen character tokens;
+* a SentencePiece file (``tokenizer.ggml.model = llama``: Llama 2, Mistral, Gemma) comes back as a Unigram
+  model (Gemma: text splits into characters) or with merges found by a list search (Llama: minutes on a
+  32k vocabulary), so :func:`sentencepiece_tokenizer` rebuilds it from the file's own pieces and scores.
 
-What the conversion cannot repair (a tokenizer rebuilt at character level, seen on a Gemma-family file) is
-caught by :func:`thinkless_lite.vocabulary.check_tokenizer` at load time; ``model.tokenizer`` then takes the
-tokenizer from the model's original folder or hub id.
+GPT-2 BPE files (``gpt2``: Llama 3, Qwen, SmolLM2) keep transformers' tokenizer, which reads their merges.
+What the conversion cannot repair (another tokenizer model, a BPE file without merges) is caught by
+:func:`thinkless_lite.vocabulary.check_tokenizer` at load time; ``model.tokenizer`` then takes the tokenizer
+from the model's original folder or hub id.
 
 The folder lands in ``$THINKLESS_LITE_CACHE`` (default ``~/.cache/thinkless_lite``) under ``gguf/``,
 keyed by the file's name, size and modification time; a half-written conversion is never used.
@@ -31,8 +35,8 @@ log = logging.getLogger("thinkless_lite")
 CACHE_ENV = "THINKLESS_LITE_CACHE"
 COMPLETE_MARKER = "conversion_complete"
 # Bumped when the conversion itself changes, so a folder converted by older code is redone (2: BOS policy
-# and control tokens from the file's metadata).
-CONVERSION_VERSION = 2
+# and control tokens from the file's metadata; 3: SentencePiece tokenizers rebuilt from the file).
+CONVERSION_VERSION = 3
 
 
 def is_gguf(name_or_path: str | os.PathLike) -> bool:
@@ -69,13 +73,15 @@ def gguf_to_hf(gguf_path: str | os.PathLike) -> Path:
                           "package, which is not installed: pip install 'thinkless-lite[gguf]' (or pip install "
                           "gguf==0.19.0), then run again") from None
     import torch
+    from gguf import GGUFReader
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a Hugging Face folder (once): %s", source, target)
-    tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    fields = GGUFReader(str(source)).fields  # one parse for both uses: a 256k vocabulary takes tens of seconds
+    tokenizer = sentencepiece_tokenizer(fields) or AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(source.parent, gguf_file=source.name, dtype=torch.float32)
     fix_gguf_tokenizer(tokenizer, model.config)
-    apply_gguf_tokenizer_metadata(tokenizer, read_tokenizer_metadata(source))
+    apply_gguf_tokenizer_metadata(tokenizer, read_tokenizer_metadata(fields))
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -100,16 +106,66 @@ def fix_gguf_tokenizer(tokenizer, config) -> None:
 
 
 # GGUF token types (gguf.TokenType): CONTROL marks special tokens, USER_DEFINED added ones.
-CONTROL, USER_DEFINED = 3, 4
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, BYTE = 1, 2, 3, 4, 6
+SENTENCEPIECE = "llama"  # tokenizer.ggml.model of a SentencePiece vocabulary
 
 
-def read_tokenizer_metadata(gguf_path: str | os.PathLike) -> dict:
-    """What the file says about its tokenizer that transformers' reader drops: ``add_bos_token``,
-    ``add_eos_token`` (when present) and the tokens typed CONTROL / USER_DEFINED, as (text, id, special)."""
-    from gguf import GGUFReader
+def sentencepiece_tokenizer(fields):
+    """The file's own SentencePiece tokenizer as a fast tokenizer, or None when its tokenizer model is another
+    (``fields``: a ``gguf.GGUFReader``'s).
 
-    reader = GGUFReader(str(gguf_path))
-    fields = reader.fields
+    SentencePiece BPE repeatedly merges the adjacent pair whose merged piece scores highest, with byte
+    fallback for what no piece covers: that is a ``tokenizers`` BPE whose merges are every split of a normal
+    piece into two pieces, ranked by the merged piece's score (transformers' ``generate_merges``, as its
+    SentencePiece converters use). Spaces become ``▁``; the file's space prefix goes before the text and
+    after each control or user-defined token, as llama.cpp does. Control tokens are special, user-defined
+    ones plain added tokens (SentencePiece's own rule); BOS/EOS/UNK/PAD, the BOS policy and the chat template
+    are the file's.
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import generate_merges
+
+    def value(key, default=None):
+        field = fields.get(key)
+        return default if field is None else field.contents()
+
+    if value("tokenizer.ggml.model") != SENTENCEPIECE or "tokenizer.ggml.scores" not in fields:
+        return None
+    tokens, scores = value("tokenizer.ggml.tokens"), value("tokenizer.ggml.scores")
+    types = value("tokenizer.ggml.token_type", [NORMAL] * len(tokens))
+    vocab: dict[str, int] = {}
+    for token_id, text in enumerate(tokens):
+        vocab.setdefault(text, token_id)  # a duplicate string keeps its first id (a hole, as transformers leaves)
+    normal = {text: score for text, score, kind in zip(tokens, scores, types) if kind == NORMAL}
+    merges = generate_merges(vocab, normal, skip_tokens=[t for t in vocab if t not in normal])
+    ids = {"bos": value("tokenizer.ggml.bos_token_id"), "eos": value("tokenizer.ggml.eos_token_id"),
+           "unk": value("tokenizer.ggml.unknown_token_id"), "pad": value("tokenizer.ggml.padding_token_id")}
+    special = {name: tokens[i] for name, i in ids.items() if i is not None and 0 <= i < len(tokens)}
+    backend = Tokenizer(models.BPE(vocab, merges, unk_token=special.get("unk"), fuse_unk=True,
+                                   byte_fallback=BYTE in types))
+    prefix = bool(value("tokenizer.ggml.add_space_prefix", True))  # llama.cpp's default for SentencePiece
+    space = "\u2581"
+    backend.normalizer = normalizers.Sequence(([normalizers.Prepend(space)] if prefix else [])
+                                              + [normalizers.Replace(" ", space)])
+    backend.decoder = decoders.Sequence([decoders.Replace(space, " "), decoders.ByteFallback(), decoders.Fuse()]
+                                        + ([decoders.Strip(" ", 1, 0)] if prefix else []))
+    backend.add_special_tokens([AddedToken(text, special=True, normalized=False)
+                                for text, kind in zip(tokens, types) if kind in (CONTROL, UNKNOWN)])
+    backend.add_tokens([AddedToken(text, special=False, normalized=False)
+                        for text, kind in zip(tokens, types) if kind == USER_DEFINED])
+    chat_template = value("tokenizer.chat_template")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, **{f"{name}_token": text for name, text in special.items()},
+        add_bos_token=bool(value("tokenizer.ggml.add_bos_token", True)),
+        add_eos_token=bool(value("tokenizer.ggml.add_eos_token", False)), clean_up_tokenization_spaces=False,
+        **({"chat_template": chat_template} if chat_template else {}))
+
+
+def read_tokenizer_metadata(fields) -> dict:
+    """What the file (``fields``: a ``gguf.GGUFReader``'s) says about its tokenizer that transformers' reader drops:
+    ``add_bos_token``, ``add_eos_token`` (when present) and the tokens typed CONTROL / USER_DEFINED, as
+    (text, id, special)."""
     out: dict = {}
     for key in ("add_bos_token", "add_eos_token"):
         field = fields.get(f"tokenizer.ggml.{key}")

@@ -234,8 +234,10 @@ def check_tokenizer(tokenizer, source: str) -> None:
         raise ConfigError(
             f"the tokenizer from {source} splits ordinary text into characters ({len(ids)} tokens for "
             f"{len(SANITY_SAMPLE)} characters of {SANITY_SAMPLE[:30]!r}...) although its vocabulary holds whole words "
-            f"({', '.join(whole[:4])}): it is not the tokenizer the model was trained with (a tokenizer converted "
-            "from a .gguf can lose its merges or scores). Set model.tokenizer to the model's original tokenizer "
+            f"({', '.join(whole[:4])}): it is not the tokenizer the model was trained with. A .gguf's tokenizer is "
+            "rebuilt from the file for SentencePiece (tokenizer.ggml.model=llama: Llama 2, Mistral, Gemma) and read "
+            "with its merges for GPT-2 BPE (gpt2: Llama 3, Qwen, SmolLM2); other tokenizer models, or a file that "
+            "lacks its merges or scores, need the original. Set model.tokenizer to the model's original tokenizer "
             "(a folder or hub id with the same token ids)")
     rendered = tokenizer.apply_chat_template(SAMPLE_MESSAGES, tokenize=False, add_generation_prompt=True)
     broken, unknown = [], []

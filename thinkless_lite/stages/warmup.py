@@ -99,10 +99,10 @@ def main(cfg: RunConfig) -> dict:
     stage_dir = prepare_stage(cfg, "warmup")  # imports unsloth, if it will be used, before TRL
     checkpoints = stage_dir / "checkpoints"
     args = sft_config(cfg, checkpoints)  # a TRL key typo fails here, in seconds
-    stage_dir.mkdir(parents=True, exist_ok=True)
     # Data first (it needs only the tokenizer): a bad column mapping fails before any model loads, and
     # teacher models never share memory with the student.
-    tokenizer, _ = load_tokenizer(cfg.model)
+    tokenizer, _ = load_tokenizer(cfg.model)  # a refused tokenizer fails before the stage's folder exists
+    stage_dir.mkdir(parents=True, exist_ok=True)
     responses = teacher_responses(cfg, stage_dir)
     data = cfg.warmup.data
     examples, report = build_sft_examples(
