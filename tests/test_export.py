@@ -455,7 +455,7 @@ def test_bad_input_is_a_clear_error_that_touches_nothing(case, mini_run, tmp_pat
     make, message = BAD[case]
     adapter, out = make(root, work / "rl" / "adapter")
     before = tree(root)
-    assert cli_main(["export", "--adapter", str(adapter), "--out", str(out), "--merge"]) == 1
+    assert cli_main(["export", "--adapter", str(adapter), "--out", str(out), "--merge"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err, err
     assert tree(root) == before
@@ -463,7 +463,7 @@ def test_bad_input_is_a_clear_error_that_touches_nothing(case, mini_run, tmp_pat
 
 def test_an_existing_export_is_replaced_only_when_asked(adapter_export, mini_run, capsys):
     out = Path(adapter_export["out"])
-    assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out)]) == 1
+    assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out)]) == 2
     assert "pass --overwrite to replace it" in capsys.readouterr().err
     assert cli_main(["export", "--adapter", str(mini_run["adapter"]), "--out", str(out), "--overwrite"]) == 0
     printed = capsys.readouterr().out

@@ -47,6 +47,8 @@ def _load(args) -> RunConfig:
         values["model"] = {"adapter_path": args.adapter}
     if args.command == "eval" and (flags := _eval_values(args)):
         values["eval"] = flags
+    if args.command == "demo" and (flags := _demo_values(args)):
+        values["demo"] = flags
     return load_config(args.config, args.overrides, values)
 
 
@@ -161,6 +163,28 @@ def _eval_values(args) -> dict:
     return out
 
 
+def _demo_values(args) -> dict:
+    """The demo section's flags, so that the config checks them with the recipe's values."""
+    flags = {"host": args.host, "port": args.port, "share": True if args.share else None}
+    return {key: value for key, value in flags.items() if value is not None}
+
+
+def _build_base(args) -> dict:
+    """Regenerate the tiny base; bad flags fail before minutes of pretraining, not after."""
+    from pathlib import Path
+
+    from thinkless_lite.mini_base import MINI_BASE_DIR, BaseTrainingConfig, train_base
+
+    if args.steps is not None and args.steps < 1:
+        raise ConfigError(f"build-base --steps must be a whole number >= 1 (pretraining steps; default 1500); "
+                          f"got {args.steps}")
+    out = Path(args.out or MINI_BASE_DIR)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"build-base --out {out} is a file; give a folder to write the model to")
+    cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps is not None else {}))
+    return train_base(out, cfg)
+
+
 def _export(args) -> dict:
     """Export (and push), or push a finished export given by --out. Raises ExportError on bad input."""
     from thinkless_lite.export import ExportError, export, push_existing
@@ -181,10 +205,7 @@ def _export(args) -> dict:
 
 def run(args) -> object:
     if args.command == "build-base":
-        from thinkless_lite.mini_base import MINI_BASE_DIR, BaseTrainingConfig, train_base
-
-        cfg = BaseTrainingConfig(**({"steps": args.steps} if args.steps else {}))
-        return train_base(args.out or MINI_BASE_DIR, cfg)
+        return _build_base(args)
     if args.command == "export":
         return _export(args)
     cfg = _load(args)
@@ -211,19 +232,25 @@ def run(args) -> object:
     if args.command == "demo":
         from thinkless_lite.demo import app
 
-        return app.main(cfg, adapter_path=cfg.model.adapter_path, host=args.host, port=args.port,
-                        share=True if args.share else None)
+        return app.main(cfg, adapter_path=cfg.model.adapter_path)
     raise AssertionError(args.command)
 
 
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    """Failures whose message already tells the user the fix: no traceback for those."""
+def _exit_code(err: Exception) -> int | None:
+    """2 for input the user can fix before running again (the message says how), 1 for a failure the input
+    could not predict (an unreachable hub, a NaN loss, a failed push), None for a bug (a traceback)."""
+    if isinstance(err, ConfigError):  # first: the other classes' modules import transformers (seconds)
+        return 2
     from thinkless_lite.callbacks import NonFiniteLossError
+    from thinkless_lite.data.files import DataSourceError, HubUnreachableError
     from thinkless_lite.data.hybrid import WarmupDataError
-    from thinkless_lite.data.files import DataSourceError
-    from thinkless_lite.export import ExportError
+    from thinkless_lite.export import ExportError, ExportRunError
 
-    return (DataSourceError, WarmupDataError, NonFiniteLossError, ExportError)
+    if isinstance(err, (HubUnreachableError, NonFiniteLossError, ExportRunError)):
+        return 1
+    if isinstance(err, (DataSourceError, WarmupDataError, ExportError)):
+        return 2
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -231,14 +258,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         result = run(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
     except Exception as err:
-        if not isinstance(err, _expected_errors()):
+        code = _exit_code(err)
+        if code is None:
             raise
-        print(f"error: {err}", file=sys.stderr)  # bad data or a NaN loss: the message says what to do
-        return 1
+        print(f"{'config error' if isinstance(err, ConfigError) else 'error'}: {err}", file=sys.stderr)
+        return code
     if isinstance(result, dict):
         print(json.dumps(result, indent=2, default=str))
     return 0

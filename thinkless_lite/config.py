@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -311,7 +313,11 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
         try:
             data = read_yaml(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+            raise ConfigError(f"{path}: not valid YAML{_yaml_problem(err)}; fix the file (e.g. an unclosed "
+                              "bracket or quote, or a tab used for indentation)") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a recipe is a mapping of sections (model:, warmup:, rl:, eval:, ...); "
+                              f"got a {type(data).__name__}")
     merged = merge(data, parse_overrides(overrides), RunConfig)
     cfg = from_dict(RunConfig, merge(merged, values or {}, RunConfig))
     validate(cfg)
@@ -329,17 +335,20 @@ def mode_balance_at(section, step: int) -> float:
 def _check_mode_balance_schedule(section, generations: int) -> None:
     """Every share the schedule reaches must force one answer of each mode or none: one that rounds to no pair
     mid-run would stop the run there. (A max_steps of the wrong type is TRL's check, at the stage's start.)"""
-    if not isinstance(section.max_steps, int):
+    if section.mode_balance_end is None or not isinstance(section.max_steps, int):
         return
-    for step in range(max(section.max_steps, 1) + 1):
-        share = mode_balance_at(section, step)
-        if not 0.0 <= share <= 1.0:
-            raise ConfigError(f"rl.mode_balance and rl.mode_balance_end must be within 0..1; got {share:g} at "
-                              f"step {step}")
-        if share > 0 and int(share * generations + 1e-9) // 2 < 1:
-            where = "rl.mode_balance" if step == 0 else f"rl.mode_balance_end (the share reaches {share:.3g} at step {step})"
-            raise ConfigError(f"{where} forces no answer of each mode in groups of rl.num_generations={generations}: "
-                              f"every share must be 0 or at least {2 / generations:.3g}")
+    for step in range(1, max(section.max_steps, 1) + 1):
+        share = round(mode_balance_at(section, step), 6)
+        _check_forced_share(f"rl.mode_balance_end (the share forced at step {step} on the way from "
+                            f"rl.mode_balance={section.mode_balance})", share, generations)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """Where and what, on one line (PyYAML's own message spans several, with a snippet of the file)."""
+    mark = getattr(err, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = getattr(err, "problem", None) or " ".join(str(err).split())
+    return f"{where}: {problem}"
 
 
 def validate(cfg: RunConfig) -> None:
@@ -359,6 +368,11 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 2:
         raise ConfigError(f"rl.num_generations must be a whole number >= 2: group-relative advantages need a group; "
                           f"got {generations!r}")
+    _check_forced_share("rl.mode_balance", cfg.rl.mode_balance, generations)
+    _check_rl_temperature(cfg.rl.temperature)
+    _check_counts(cfg)
+    if cfg.demo.port > 65535:
+        raise ConfigError(f"demo.port must be a TCP port, 1..65535; got {cfg.demo.port}")
     if not 0.0 <= cfg.rl.mode_centering <= 1.0:
         raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
     if cfg.rl.control_rows_lr_scale <= 0:
@@ -377,6 +391,99 @@ def validate(cfg: RunConfig) -> None:
             Routing("auto", tau)
     except ValueError as err:
         raise ConfigError(f"eval: {err}") from err
+
+
+def _check_forced_share(key: str, share: float, generations: int) -> None:
+    """A positive share of a group forced to a mode must force at least one answer of each mode
+    (``losses.forced_modes``, which the trainer would only call once the model has loaded)."""
+    if not 0.0 <= share <= 1.0:
+        raise ConfigError(f"{key} must be within 0..1 (the share of every group forced to a mode); got {share}")
+    if share > 0 and int(share * generations + 1e-9) // 2 < 1:
+        smallest = math.ceil(2 / generations * 1000) / 1000  # rounded up, so that the share named is valid
+        raise ConfigError(f"{key}={share} with rl.num_generations={generations} forces no answer of each mode; "
+                          f"use at least {smallest:g} (2/rl.num_generations: one of each), or 0 (off)")
+
+
+def _check_rl_temperature(temperature) -> None:
+    """RL compares sampled answers within a group: greedy decoding would make them all one answer."""
+    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) and temperature <= 0:
+        raise ConfigError(f"rl.temperature must be > 0: RL samples its groups (e.g. rl.temperature=0.6); greedy "
+                          f"decoding belongs to evaluation (eval.temperature=0); got {temperature}")
+
+
+# Counts and the smallest value each takes; TRL's max_steps also takes -1 ("train num_train_epochs instead").
+COUNTS = {"threads": 1, "model.lora_r": 1, "model.max_seq_length": 1, "warmup.max_steps": 1,
+          "warmup.per_device_train_batch_size": 1, "warmup.gradient_accumulation_steps": 1,
+          "warmup.data.num_examples": 1, "warmup.data.max_completion_tokens": 1,
+          "warmup.data.generation_batch_size": 1, "warmup.data.max_new_tokens_long": 1,
+          "warmup.data.max_new_tokens_short": 1, "rl.max_steps": 1, "rl.gradient_accumulation_steps": 1,
+          "rl.max_completion_length": 1, "rl.prompts_per_step": 1, "rl.data.num_examples": 1, "eval.limit": 1,
+          "eval.per_level": 1, "eval.num_samples": 1, "eval.batch_size": 1, "eval.max_new_tokens": 1,
+          "demo.port": 1, "demo.max_input_chars": 1, "demo.max_new_tokens": 1, "demo.concurrency_limit": 1}
+USE_EPOCHS = {"warmup.max_steps", "rl.max_steps"}
+
+
+def _setting(cfg, key: str):
+    """The value of a dotted key, None when unset (a TRL field the recipe leaves to TRL)."""
+    node = cfg
+    for part in key.split("."):
+        node = getattr(node, part, None)
+    return node
+
+
+def _check_counts(cfg: RunConfig) -> None:
+    """Counts below their smallest value; a value of the wrong type is left to the type checks, which
+    name the type."""
+    for key, minimum in COUNTS.items():
+        value = _setting(cfg, key)
+        if not isinstance(value, int) or isinstance(value, bool) or value >= minimum:
+            continue
+        if key in USE_EPOCHS and value == -1:
+            continue
+        epochs = f", or -1 to train {key.split('.')[0]}.num_train_epochs instead" if key in USE_EPOCHS else ""
+        raise ConfigError(f"{key} must be a whole number >= {minimum}{epochs}; got {value}")
+
+
+# ---------------------------------------------------------------- files a stage reads
+
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _hub_id_shaped(name: str) -> bool:
+    """Whether ``name`` can be a hub repository (``owner/name``, or a legacy ``name``) rather than only a path."""
+    return bool(HUB_ID.fullmatch(name)) and "--" not in name and ".." not in name and not name.endswith(".gguf")
+
+
+def adapter_folder_problem(path: str | Path, flag: str) -> str | None:
+    """What keeps the folder ``path`` from being an adapter (None: nothing), for the user who gave it as ``flag``."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        return (f"no such adapter folder: {path}. Point {flag} at a trained stage's adapter, e.g. "
+                "runs/quickstart/rl/adapter (or runs/<name>/warmup/adapter)")
+    if (folder / "adapter_config.json").is_file():
+        return None
+    nested = [folder / stage / "adapter" for stage in ("rl", "warmup")
+              if (folder / stage / "adapter" / "adapter_config.json").is_file()]
+    hint = f" Did you mean {flag} {nested[0]}?" if nested else \
+        " thinkless_lite saves adapters in runs/<name>/{warmup,rl}/adapter."
+    return (f"{path} is not an adapter folder: it has no adapter_config.json (an adapter folder holds "
+            f"adapter_config.json and the adapter's weights).{hint}")
+
+
+def check_sources(model: ModelConfig) -> None:
+    """The model's files are where the config says: an adapter path is an adapter folder, a model or tokenizer
+    path exists (a name that can be a hub id is left to the loader). Stages call it as they start, before a
+    model loads; ``validate`` does not, because a config can be right elsewhere (a run's resolved.yaml names
+    paths as seen from where it ran)."""
+    adapter = model.adapter_path
+    if adapter and (Path(adapter).expanduser().exists() or not _hub_id_shaped(adapter)):
+        if problem := adapter_folder_problem(adapter, "--adapter"):
+            raise ConfigError(f"model.adapter_path: {problem}")
+    for key in ("name_or_path", "tokenizer"):
+        value = getattr(model, key)
+        if value and not Path(value).expanduser().exists() and not _hub_id_shaped(value):
+            raise ConfigError(f"model.{key}={value}: no such folder or file, and not a hub id (owner/name); give "
+                              "a model folder, a .gguf file or a hub id")
 
 
 def to_dict(cfg) -> dict:

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from thinkless_lite.config import check_sources
 from thinkless_lite.generation import Generation, SamplingSettings, StreamEvent, stream
 from thinkless_lite.model import load_model
 from thinkless_lite.tokens import THINK, ControlTokens, Routing
@@ -57,6 +58,7 @@ class ThinklessEngine:
     def from_config(cls, cfg, adapter_path: str | None = None) -> "ThinklessEngine":
         """Load ``cfg.model`` (with ``adapter_path`` overriding ``cfg.model.adapter_path``) once, for inference."""
         model_cfg = cfg.model if adapter_path is None else dataclasses.replace(cfg.model, adapter_path=str(adapter_path))
+        check_sources(model_cfg)
         if getattr(cfg, "threads", None):
             torch.set_num_threads(int(cfg.threads))
         loaded = load_model(model_cfg, trainable=False, seed=cfg.seed)

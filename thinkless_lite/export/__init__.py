@@ -36,13 +36,14 @@ import yaml
 
 from thinkless_lite import __version__
 from thinkless_lite.export.card import CardFacts, render_card
-from thinkless_lite.export.folder import CARD, MARKER, RECIPE_COPY, REPORT_COPY, ExportError, check_out, say
+from thinkless_lite.export.folder import (CARD, MARKER, RECIPE_COPY, REPORT_COPY, ExportError, ExportRunError,
+                                          check_out, say)
 from thinkless_lite.export.hub import check_repo_id, push_existing, push_folder, require_token
 from thinkless_lite.export.inspect import inspect_adapter, stage_of
 from thinkless_lite.export.merge import DTYPES, write_adapter, write_merged
 
 __all__ = ["export", "push_existing", "push_folder", "inspect_adapter", "render_card", "CardFacts", "ExportError",
-           "DTYPES"]
+           "ExportRunError", "DTYPES"]
 
 
 def _shown(path: Path, adapter: Path) -> str:

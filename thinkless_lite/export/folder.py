@@ -1,5 +1,5 @@
-"""What an export folder holds (file names) and where one may go; the error every export check raises; its
-progress lines."""
+"""What an export folder holds (file names) and where one may go; the errors exports raise; its progress
+lines."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 class ExportError(RuntimeError):
     """An export that cannot go ahead as asked; the message says what to do instead."""
+
+
+class ExportRunError(ExportError):
+    """An export that failed on the way although asked rightly (a push, loading the base, the merge)."""
 
 
 def say(message: str) -> None:

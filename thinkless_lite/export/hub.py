@@ -13,7 +13,7 @@ from pathlib import Path
 from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
-from thinkless_lite.export.folder import CARD, MARKER, ExportError, say
+from thinkless_lite.export.folder import CARD, MARKER, ExportError, ExportRunError, say
 from thinkless_lite.model import MINI_BASE_NAME
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -80,13 +80,13 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
     """Create ``repo_id`` (if needed, ``private`` as asked) and upload ``folder`` with ``huggingface_hub``.
 
     The token comes from ``token``, else :func:`require_token`'s sources. Offline (``HF_HUB_OFFLINE=1``), an
-    unreachable ``HF_ENDPOINT`` or a refused token raise :class:`ExportError`, leaving the folder as it was.
+    unreachable ``HF_ENDPOINT`` or a refused token raise :class:`ExportRunError`, leaving the folder as it was.
     """
     folder = Path(folder)
     check_repo_id(repo_id)
     token = require_token(token, repo_id)
     if is_offline():
-        raise ExportError(f"push to {repo_id} skipped: offline (HF_HUB_OFFLINE=1). {_push_later(folder, repo_id, private)}")
+        raise ExportRunError(f"push to {repo_id} skipped: offline (HF_HUB_OFFLINE=1). {_push_later(folder, repo_id, private)}")
     endpoint = os.environ.get("HF_ENDPOINT") or None
     say(f"pushing {folder} to {repo_id} ({'private' if private else 'public'}) on {endpoint or 'the hub'}")
     api = HfApi(endpoint=endpoint, token=token)
@@ -95,7 +95,7 @@ def push_folder(folder: str | os.PathLike, repo_id: str, *, private: bool = Fals
         api.upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, repo_type="model",
                           commit_message="Upload Thinkless model (thinkless-lite export)")
     except Exception as err:  # every failure: the same "folder intact, push later" message
-        raise ExportError(f"push to {repo_id} failed: {_why_push_failed(err)}. {_push_later(folder, repo_id, private)}") from err
+        raise ExportRunError(f"push to {repo_id} failed: {_why_push_failed(err)}. {_push_later(folder, repo_id, private)}") from err
     url = str(getattr(repo, "url", "") or f"{(endpoint or 'https://huggingface.co').rstrip('/')}/{repo_id}")
     say(f"pushed: {url}")
     return url

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from thinkless_lite.config import ConfigError, load_config, to_dict
+from thinkless_lite.config import ConfigError, adapter_folder_problem, load_config, to_dict
 from thinkless_lite.export.folder import ExportError
 from thinkless_lite.export.hub import is_hub_id
 from thinkless_lite.model import resolve_model_path
@@ -142,14 +142,8 @@ def inspect_adapter(adapter: str | os.PathLike, *, report: str | os.PathLike | N
     from transformers import AutoTokenizer  # not at import: see thinkless_lite.export.merge
 
     folder = Path(adapter)
-    if not folder.is_dir():
-        raise ExportError(f"no such adapter folder: {folder}. Point --adapter at a trained stage's adapter, e.g. "
-                          "runs/quickstart/rl/adapter (or runs/<name>/warmup/adapter)")
-    if not (folder / "adapter_config.json").is_file():
-        nested = [folder / s / "adapter" for s in ("rl", "warmup") if (folder / s / "adapter" / "adapter_config.json").is_file()]
-        hint = f" Did you mean --adapter {nested[0]}?" if nested else \
-            " thinkless_lite saves adapters in runs/<name>/{warmup,rl}/adapter."
-        raise ExportError(f"{folder} is not an adapter folder: it has no adapter_config.json.{hint}")
+    if problem := adapter_folder_problem(folder, "--adapter"):
+        raise ExportError(problem)
     try:
         peft_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
     except ValueError as err:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from thinkless_lite.export.folder import ADAPTER_FILES, ExportError, say
+from thinkless_lite.export.folder import ADAPTER_FILES, ExportError, ExportRunError, say
 from thinkless_lite.export.inspect import AdapterInfo
 from thinkless_lite.gguf import COMPLETE_MARKER
 from thinkless_lite.model import base_generation_config
@@ -109,7 +109,7 @@ def _check_merged_rows(model, layers: dict) -> None:
         for what, weight in targets:
             merged = weight.detach()[rows].float()
             if not torch.allclose(merged, delta.float().to(merged.device), atol=1e-6, rtol=0):
-                raise ExportError(f"merging lost the trained control-token rows {rows} of the {what} ({name}); "
+                raise ExportRunError(f"merging lost the trained control-token rows {rows} of the {what} ({name}); "
                                   "export without --merge (the adapter export is unaffected)")
 
 
@@ -125,7 +125,7 @@ def write_merged(info: AdapterInfo, tmp: Path, dtype: str) -> dict:
     try:
         model = AutoModelForCausalLM.from_pretrained(info.base, dtype=wanted)
     except (OSError, ValueError) as err:
-        raise ExportError(f"could not load the base model {info.base} ({err}); it must be a local folder or reachable on "
+        raise ExportRunError(f"could not load the base model {info.base} ({err}); it must be a local folder or reachable on "
                           "the hub (export without --merge needs no base weights)") from err
     base_vocab = model.get_input_embeddings().weight.shape[0]
     added = grow_vocabulary(model, tokenizer)

@@ -294,14 +294,15 @@ def evaluate(cfg: RunConfig, *, out_dir: str | Path | None = None, model=None, t
         raise ValueError("pass both model and tokenizer, or neither (then cfg.model is loaded)")
     out = Path(out_dir) if out_dir is not None else cfg.run_dir / "eval"
     items = {name: load_eval_items(cfg, name) for name in e.benchmarks}  # bad data fails before a model loads
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
-    records_path = _prepare_records(out, cfg)
     if model is None:
         from thinkless_lite.model import load_model
 
         loaded = load_model(cfg.model, trainable=False, seed=cfg.seed)
         model, tokenizer = loaded.model, loaded.tokenizer
+    # Written once the data and the model loaded: a start that fails leaves the run as it was.
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    records_path = _prepare_records(out, cfg)
     settings = SamplingSettings(max_new_tokens=e.max_new_tokens, temperature=e.temperature, top_p=e.top_p,
                                 seed=cfg.seed)
     common = dict(settings=settings, num_samples=e.num_samples, tokens=cfg.model.control_tokens,

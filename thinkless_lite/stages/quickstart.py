@@ -28,8 +28,11 @@ def main(cfg: RunConfig, *, skip_warmup: bool = False) -> dict:
     from thinkless_lite.stages.setup import prepare_stage
 
     began = time.time()
-    out = prepare_stage(cfg, backend=False)  # each stage chooses its backend itself
-    save_resolved(cfg, out)
+    out = prepare_stage(cfg)  # the backend first: the checks below import TRL
+    # Both stages' TRL settings and the RL questions, before the warm-up trains for minutes.
+    warmup.sft_config(cfg, out / "warmup" / "checkpoints")
+    rl.grpo_config(cfg, out / "rl" / "checkpoints")
+    rl.rl_items(cfg)
     timings = {}
 
     t = time.time()
@@ -38,6 +41,7 @@ def main(cfg: RunConfig, *, skip_warmup: bool = False) -> dict:
         warm_summary = {"adapter": str(warm_adapter), "skipped": True}
     else:
         warm_summary = warmup.main(cfg)
+    save_resolved(cfg, out)  # once the warm-up ran: a start that fails leaves no run folder behind
     timings["warmup"] = round(time.time() - t, 1)
     after_warmup = evaluate(_with_adapter(cfg, warm_adapter), out_dir=out / "warmup" / "eval",
                             modes=("think", "short", "auto"), sweep=False)

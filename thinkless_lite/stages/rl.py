@@ -41,8 +41,8 @@ def rl_items(cfg: RunConfig):
     from thinkless_lite.data.files import ColumnMap, load_rows, rows_to_items
     from thinkless_lite.data.golds import GOLD_FORMATS
 
-    if data.gold_format not in GOLD_FORMATS:
-        raise ValueError(f"rl.data.gold_format must be one of {tuple(GOLD_FORMATS)}, got {data.gold_format!r}")
+    if data.gold_format not in GOLD_FORMATS:  # here, not in config.validate: the config imports no data layer
+        raise ConfigError(f"rl.data.gold_format must be one of {', '.join(GOLD_FORMATS)}; got {data.gold_format!r}")
     normalizer = GOLD_FORMATS[data.gold_format]
     rows = load_rows(data.source, split=data.split, config=data.hub_config)
     items, _ = rows_to_items(rows, ColumnMap(question=data.question_column, answer=data.answer_column),
@@ -116,13 +116,13 @@ def main(cfg: RunConfig) -> dict:
     from thinkless_lite.trainers import DeGRPOTrainer  # after the model: unsloth rewrites TRL's trainer first
 
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
-    # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
-    save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
     metrics_path = stage_dir / "metrics.jsonl"
-    resume = last_complete_checkpoint(checkpoints)
-    align_metrics_with_checkpoint(metrics_path, resume)
     trainer = make_trainer(cfg, loaded, items, args, DeGRPOTrainer,
                            [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
+    # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
+    save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
+    resume = last_complete_checkpoint(checkpoints)
+    align_metrics_with_checkpoint(metrics_path, resume)
     if resume:
         print(f"resuming RL from {resume}")
     with explain_out_of_memory("rl.num_generations, rl.prompts_per_step, rl.max_completion_length "

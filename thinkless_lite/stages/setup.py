@@ -1,4 +1,5 @@
-"""The set-up every stage starts with, written once: torch threads, then the model backend, then the stage folder.
+"""The set-up every stage starts with, written once: the files the config names, torch threads, then the model
+backend, then the stage folder.
 
 Seeds are not set here: each stage seeds where it loads its model (``load_model(seed=cfg.seed)``) and TRL
 seeds its own trainer, after the data is built. ``resolved.yaml`` is not written here either: a stage
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from thinkless_lite.config import RunConfig
+from thinkless_lite.config import RunConfig, check_sources
 from thinkless_lite.model import select_backend
 
 
@@ -19,9 +20,10 @@ def prepare_stage(cfg: RunConfig, name: str = "", *, backend: bool = True) -> Pa
     """Set up a stage and return its folder, ``<run>/<name>`` (the run folder itself without a name).
 
     ``backend``: choose the model backend now, which imports Unsloth (when it will be used) before the
-    stage imports TRL; the training stages need that, evaluation and the quickstart leave it to the stages
-    and ``load_model``. The folder is not created: a stage creates it once its inputs are checked.
+    stage imports TRL; the training stages and the quickstart need that, evaluation leaves it to ``load_model``.
+    The folder is not created: a stage creates it once its inputs are checked.
     """
+    check_sources(cfg.model)
     if cfg.threads:  # None keeps torch's default, all cores
         torch.set_num_threads(cfg.threads)
     if backend:

@@ -109,18 +109,18 @@ def main(cfg: RunConfig) -> dict:
         responses, tokenizer, num_examples=data.num_examples, short_share=data.short_share, seed=cfg.seed,
         max_completion_tokens=data.max_completion_tokens, require_correct=data.require_correct,
         tokens=cfg.model.control_tokens, system_prompt=cfg.model.system_prompt)
-    (stage_dir / "data_report.txt").write_text(str(report) + "\n")
     print(f"warm-up data: {report}")
     loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
     from thinkless_lite.trainers import PortableSFTTrainer  # after the model: unsloth rewrites TRL first
 
-    # Written once the data and the model loaded: a start that fails on bad input leaves the run as it was.
-    save_resolved(cfg, stage_dir)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     trainer = PortableSFTTrainer(
         model=loaded.model, args=args, train_dataset=dataset,
         processing_class=loaded.tokenizer,
         callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
+    # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
+    save_resolved(cfg, stage_dir)
+    (stage_dir / "data_report.txt").write_text(str(report) + "\n")
     resume = last_complete_checkpoint(checkpoints)
     align_metrics_with_checkpoint(stage_dir / "metrics.jsonl", resume)
     if resume:
