@@ -44,9 +44,9 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
         chosen = better_mode(expected)
         stats = (think if chosen == "think" else short)[level]
         by_level[level] = {"mode": chosen, "accuracy": stats["accuracy"], "mean_tokens": stats["mean_tokens"],
-                           "expected_reward": expected[chosen]}
+                           "expected_reward": expected[chosen], "gap": expected["think"] - expected["short"]}
     weights = {str(k): float(w) for k, w in mix.items() if str(k) in by_level}
-    total = sum(weights.values())
+    total = sum(weights.values()) or 1.0
     on_mix = {key: sum(w * by_level[k][key] for k, w in weights.items()) / total
               for key in ("accuracy", "mean_tokens", "expected_reward")}
     on_mix["think_ratio"] = sum(w for k, w in weights.items() if by_level[k]["mode"] == "think") / total
@@ -79,7 +79,25 @@ def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld", *, 
         oracle = reward_oracle(modes, table, mix)["on_mix"]
         gap_oracle = 100 * (auto["on_mix"]["accuracy"] - oracle["accuracy"])
         rows.append(("auto acc - reward-oracle acc, default mix (points)", gap_oracle, ">= -2", gap_oracle >= -2))
+        wrong = misrouted_levels(modes, table, think_bounds=(0.20, 0.80))
+        rows.append(("levels routed against the reward oracle (gap >= 0.05)", float(len(wrong)),
+                     "0" + (f" ({', '.join(wrong)})" if wrong else ""), not wrong))
     return rows
+
+
+def misrouted_levels(modes: dict, table, think_bounds: tuple[float, float] = (0.20, 0.80),
+                     margin: float = 0.05) -> list[str]:
+    """Levels where one mode's expected reward beats the other's by >= ``margin`` at the measured forced-mode
+    accuracies, but auto's think ratio is not >= the upper bound (thinking pays) or <= the lower one (a direct
+    answer pays)."""
+    low, high = think_bounds
+    oracle = reward_oracle(modes, table, {})["by_difficulty"]
+    wrong = []
+    for level, best in oracle.items():
+        ratio = modes["auto"]["by_difficulty"][level]["think_ratio"]
+        if (best["gap"] >= margin and ratio < high) or (best["gap"] <= -margin and ratio > low):
+            wrong.append(f"k={level}")
+    return sorted(wrong, key=lambda k: float(k[2:]))
 
 
 def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None,
