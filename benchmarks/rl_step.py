@@ -82,9 +82,10 @@ def timed(base):
             with self.part("scoring"):
                 return super()._calculate_rewards(*args, **kwargs)
 
-        def _decision_probabilities(self, prompt_ids, prompt_mask):
+        def _decision_point(self, prompt_ids, prompt_mask):
+            # Also the threshold's forward after the optimizer step (hold_threshold): counted with scoring.
             with self.part("scoring"):
-                out = super()._decision_probabilities(prompt_ids, prompt_mask)
+                out = super()._decision_point(prompt_ids, prompt_mask)
             _, first, _ = distinct_rows(prompt_ids)
             self.tokens["decision_real"] += float(prompt_mask[first].sum())  # one forward per distinct prompt
             return out

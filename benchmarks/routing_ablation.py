@@ -7,8 +7,10 @@
 
 Every variant starts its RL from the same warm-up (``--warmup``: a run's ``warmup`` folder, copied into each
 variant's run so its adapter and its evaluation after the warm-up are reused, not redone), then is evaluated
-like the quickstart. Variants (the recipe's other settings unchanged; all but ``centred`` run uncentred, 2 prompts x 8):
+like the quickstart. Variants (the recipe's other settings unchanged; all but ``recipe`` and ``centred`` run with
+neither centring nor threshold, 2 prompts x 8):
 
+  recipe    the recipe as shipped (its mode-choice rule: centred ranking + threshold, losses.ModeChoiceRule)
   stock     DeGRPO as released: no forced modes, plain group advantages
   balance   + mode-balanced groups (rl.mode_balance=0.5)
   within    + within-mode advantages for response tokens (rl.within_mode_advantages=true)
@@ -17,7 +19,7 @@ like the quickstart. Variants (the recipe's other settings unchanged; all but ``
   rows_lr   stock, the control rows at 10x the learning rate of LoRA (rl.control_rows_lr_scale=10)
   kl        stock, plus a KL term to the warm-up policy (rl.beta=0.1; a frozen copy of the starting adapter)
   natural   both, and the control token's natural gradient (rl.control_gradient=natural)
-  centred   both, the mode choice centred (rl.mode_centering=1), 4 prompts x 4 answers per step
+  centred   both, the mode choice centred (rl.mode_centering=1) without the threshold, 4 prompts x 4 answers
   wide      both, 8 prompts x 4 answers per step for 20 steps (the same 640 answers as 2 x 8 for 40)
 
 Writes ``<out>/ablation.md`` (a table: accuracy, think ratio and tokens on the mix, think ratio per level,
@@ -39,7 +41,8 @@ from thinkless_lite.config import load_config
 from thinkless_lite.report import _series
 from thinkless_lite.stages.quickstart import main as quickstart
 
-UNCENTRED = ["rl.mode_centering=0", "rl.prompts_per_step=2", "rl.num_generations=8"]  # the recipe before centring
+# the recipe before centring and the threshold
+UNCENTRED = ["rl.mode_centering=0", "rl.mode_threshold_lr=0", "rl.prompts_per_step=2", "rl.num_generations=8"]
 
 def degrpo(balance: float = 0, within: bool = False, gradient: str = "exact") -> list[str]:
     """The three settings every variant states: forced share, within-mode advantages, control gradient."""
@@ -48,6 +51,7 @@ def degrpo(balance: float = 0, within: bool = False, gradient: str = "exact") ->
 
 
 VARIANTS = {
+    "recipe": [],
     "stock": [*degrpo(), *UNCENTRED],
     "balance": [*degrpo(balance=0.5), *UNCENTRED],
     "within": [*degrpo(within=True), *UNCENTRED],
@@ -56,11 +60,12 @@ VARIANTS = {
     "rows_lr": [*degrpo(), "rl.control_rows_lr_scale=10", *UNCENTRED],
     "kl": [*degrpo(), "rl.beta=0.1", *UNCENTRED],
     "natural": [*degrpo(0.5, True, "natural"), *UNCENTRED],
-    # both, the choice centred over 4 prompts x 4 answers a step (the SmolLM2 recipe's default)
-    "centred": [*degrpo(0.5, True), "rl.mode_centering=1.0", "rl.prompts_per_step=4", "rl.num_generations=4"],
+    # both, the choice centred over 4 prompts x 4 answers a step, no threshold (the SmolLM2 recipe before issue 30)
+    "centred": [*degrpo(0.5, True), "rl.mode_centering=1.0", "rl.mode_threshold_lr=0", "rl.prompts_per_step=4",
+                "rl.num_generations=4"],
     # both, with the same 640 completions spread over 8 prompts per step (4 answers each) for 20 steps: each step's
     # gradient then holds every difficulty level, so the shift common to all prompts cancels more
-    "wide": [*degrpo(0.5, True), "rl.mode_centering=0", "rl.prompts_per_step=8", "rl.num_generations=4",
+    "wide": [*degrpo(0.5, True), "rl.mode_centering=0", "rl.mode_threshold_lr=0", "rl.prompts_per_step=8", "rl.num_generations=4",
              "rl.max_steps=20", "rl.save_steps=5"],
 }
 

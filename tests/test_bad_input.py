@@ -116,7 +116,7 @@ def test_a_failed_start_on_bad_data_loses_nothing(tiny_model_dir, tmp_path, stag
     common = [f"model.name_or_path={tiny_model_dir}", "model.backend=hf", "model.lora_r=4", "model.lora_alpha=8",
               "threads=1", "warmup.max_steps=2", "warmup.save_steps=1", "warmup.data.num_examples=8",
               "warmup.per_device_train_batch_size=4", "rl.max_steps=2", "rl.save_steps=1", "rl.num_generations=2",
-              "rl.prompts_per_step=2", "rl.max_completion_length=4", "rl.data.num_examples=8", "rl.beta=0.0",
+              "rl.mode_balance=1.0", "rl.prompts_per_step=2", "rl.max_completion_length=4", "rl.data.num_examples=8", "rl.beta=0.0",
               f"output_dir={tmp_path}", "name=run"]
     main = warmup.main if stage == "warmup" else rl.main
     with warnings.catch_warnings():
@@ -363,7 +363,8 @@ def test_out_of_memory_in_a_stage_names_that_stages_knobs(tiny_model_dir, tmp_pa
     monkeypatch.setattr(Trainer, "train", out_of_memory)
     cfg = load_config(None, [f"model.name_or_path={tiny_model_dir}", "model.backend=hf", "model.lora_r=4",
                              "model.lora_alpha=8", "warmup.data.num_examples=8", "rl.data.num_examples=8",
-                             "rl.num_generations=2", "rl.prompts_per_step=2", "threads=1", f"output_dir={tmp_path}"])
+                             "rl.num_generations=2", "rl.mode_balance=1.0", "rl.prompts_per_step=2", "threads=1",
+                             f"output_dir={tmp_path}"])
     main = warmup.main if stage == "warmup" else rl.main
     with warnings.catch_warnings(), pytest.raises(RuntimeError, match="CUDA ran out of memory") as err:
         warnings.simplefilter("ignore")

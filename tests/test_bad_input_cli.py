@@ -17,7 +17,7 @@ Cases (id: command):
 - rl-greedy: rl --set rl.temperature=0 --out D
 - rl-share-out-of-range: rl --set rl.mode_balance=1.5
 - rl-one-generation: rl --set rl.num_generations=1
-- rl-centering-without-balance: rl --set rl.mode_centering=0.5
+- rl-centering-without-balance: rl --set rl.mode_balance=0
 - rl-wrong-type: rl --set rl.alpha=high
 - rl-override-without-value: rl --set rl.alpha
 - rl-unknown-gold-format: rl --set rl.data.source=empty.jsonl --set rl.data.gold_format=latex --out D
@@ -73,7 +73,7 @@ CASES = {
     "rl-greedy": ("rl --set rl.temperature=0 --out D", 2, ["rl.temperature", "> 0", "eval.temperature=0"]),
     "rl-share-out-of-range": ("rl --set rl.mode_balance=1.5", 2, ["rl.mode_balance", "0..1"]),
     "rl-one-generation": ("rl --set rl.num_generations=1", 2, ["rl.num_generations", ">= 2"]),
-    "rl-centering-without-balance": ("rl --set rl.mode_centering=0.5", 2, ["rl.mode_centering", "rl.mode_balance > 0"]),
+    "rl-centering-without-balance": ("rl --set rl.mode_balance=0", 2, ["rl.mode_centering", "rl.mode_balance > 0"]),
     "rl-wrong-type": ("rl --set rl.alpha=high", 2, ["rl.alpha", "expected float", "'high'"]),
     "rl-override-without-value": ("rl --set rl.alpha", 2, ["'rl.alpha'", "section.key=value"]),
     "rl-unknown-gold-format": ("rl --set rl.data.source=empty.jsonl --set rl.data.gold_format=latex --out D", 2,

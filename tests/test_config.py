@@ -155,7 +155,7 @@ def test_unknown_key_in_yaml(tmp_path):
     ("rl.mode_balance=0", "rl.mode_centering needs both modes in every group"),
     ("rl.mode_threshold_lr=-1", "rl.mode_threshold_lr must be >= 0"),
     ("rl.mode_balance=0.1", r"rl.mode_balance=0.1 with rl.num_generations=8 forces no answer of each mode; use at least 0.25"),
-    ("rl.mode_balance_end=0", r"rl.mode_balance_end \(the share forced at step 31 on the way from rl.mode_balance=0.5\)=0.241667 .* forces no answer"),
+    ("rl.mode_balance_end=0", r"rl.mode_balance_end \(the share forced at step 46 on the way from rl.mode_balance=0.5\)=0.244444 .* forces no answer"),
     ("miniworld.difficulty_weights={0: 1}", "difficulty_weights has a bad entry"),
     ("rl=3", "expected a mapping"),
     ("noequals", "section.key=value"),

@@ -166,7 +166,7 @@ class RLConfig(TrainerSection):
     # takes TRL's loggers (tensorboard, wandb, trackio).
     TRL_DEFAULTS: ClassVar[dict] = dict(
         beta=0.0, epsilon=0.2, scale_rewards="none", num_generations=8, temperature=0.6, top_p=1.0,
-        max_completion_length=144, max_steps=60, learning_rate=1e-4, gradient_accumulation_steps=1,
+        max_completion_length=144, max_steps=90, learning_rate=1e-4, gradient_accumulation_steps=1,
         logging_steps=1, save_steps=20, save_total_limit=2, report_to=[])
     data: RLDataConfig = field(default_factory=RLDataConfig)
     reward: RewardTable = field(default_factory=RewardTable)

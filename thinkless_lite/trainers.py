@@ -302,8 +302,9 @@ class DeGRPOMixin:
         if now.hidden is None:
             raise RuntimeError("the output head was not called on the decision point's states (a backend computing "
                                "logits without it?): rl.mode_threshold_lr needs them; set it to 0")
-        log_odds = self.accelerator.gather(now.log_odds)
-        hidden = self.accelerator.gather(now.hidden)
+        # Per row (a prompt once per group member), so every process gathers tensors of the same shape.
+        log_odds = self.accelerator.gather(now.log_odds[now.inverse])
+        hidden = self.accelerator.gather(now.hidden[now.inverse])
         amount = self._threshold["target"] - log_odds.mean().item()
         think_row, short_row = decision_rows(self.accelerator.unwrap_model(self.model), self.mode_ids[THINK_MODE],
                                              self.mode_ids[SHORT_MODE])
@@ -358,7 +359,7 @@ class DeGRPOMixin:
         out["advantages"] = advantages * weights
         if self.mode_rule.threshold_lr > 0 and self.model.training:
             held_before = self._threshold["held"] if self._threshold is not None else float("nan")
-            mean_log_odds = self.accelerator.gather(decision.log_odds).mean().item()
+            mean_log_odds = self.accelerator.gather(decision.log_odds[decision.inverse]).mean().item()
             self._threshold = {"prompts": decision.prompts, "target": mean_log_odds + shift, "step": shift,
                                "held": 0.0, "held_before": held_before}
         self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, all_p_choice)

@@ -8,6 +8,7 @@ writes it once its inputs are checked, so a start that fails on bad input leaves
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -29,3 +30,19 @@ def prepare_stage(cfg: RunConfig, name: str = "", *, backend: bool = True) -> Pa
     if backend:
         select_backend(cfg.model.backend)
     return cfg.run_dir / name
+
+
+@contextlib.contextmanager
+def new_folder(path: Path):
+    """Create ``path`` (and its missing parents) for a stage's start; if the block fails, remove the folders this
+    created that are still empty, so a start refused on bad input leaves no folder behind. Anything written into
+    them (a teacher file that took an hour) stays."""
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        for folder in created:  # deepest first
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise

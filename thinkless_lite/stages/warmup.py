@@ -22,7 +22,7 @@ from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
 from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generated_responses, miniworld_responses,
                                         responses_from_columns)
 from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter
-from thinkless_lite.stages.setup import prepare_stage
+from thinkless_lite.stages.setup import new_folder, prepare_stage
 from thinkless_lite.teachers import generate_teacher_file
 
 log = logging.getLogger("thinkless_lite")
@@ -102,25 +102,25 @@ def main(cfg: RunConfig) -> dict:
     # Data first (it needs only the tokenizer): a bad column mapping fails before any model loads, and
     # teacher models never share memory with the student.
     tokenizer, _ = load_tokenizer(cfg.model)  # a refused tokenizer fails before the stage's folder exists
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    responses = teacher_responses(cfg, stage_dir)
-    data = cfg.warmup.data
-    examples, report = build_sft_examples(
-        responses, tokenizer, num_examples=data.num_examples, short_share=data.short_share, seed=cfg.seed,
-        max_completion_tokens=data.max_completion_tokens, require_correct=data.require_correct,
-        tokens=cfg.model.control_tokens, system_prompt=cfg.model.system_prompt)
-    print(f"warm-up data: {report}")
-    loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
-    from thinkless_lite.trainers import PortableSFTTrainer  # after the model: unsloth rewrites TRL first
+    with new_folder(stage_dir):  # a start refused on its data or model leaves no new folder behind
+        responses = teacher_responses(cfg, stage_dir)
+        data = cfg.warmup.data
+        examples, report = build_sft_examples(
+            responses, tokenizer, num_examples=data.num_examples, short_share=data.short_share, seed=cfg.seed,
+            max_completion_tokens=data.max_completion_tokens, require_correct=data.require_correct,
+            tokens=cfg.model.control_tokens, system_prompt=cfg.model.system_prompt)
+        print(f"warm-up data: {report}")
+        loaded = load_model(cfg.model, trainable=True, seed=cfg.seed)
+        from thinkless_lite.trainers import PortableSFTTrainer  # after the model: unsloth rewrites TRL first
 
-    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
-    trainer = PortableSFTTrainer(
-        model=loaded.model, args=args, train_dataset=dataset,
-        processing_class=loaded.tokenizer,
-        callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
-    # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
-    save_resolved(cfg, stage_dir)
-    (stage_dir / "data_report.txt").write_text(str(report) + "\n")
+        dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+        trainer = PortableSFTTrainer(
+            model=loaded.model, args=args, train_dataset=dataset,
+            processing_class=loaded.tokenizer,
+            callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
+        # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
+        save_resolved(cfg, stage_dir)
+        (stage_dir / "data_report.txt").write_text(str(report) + "\n")
     resume = last_complete_checkpoint(checkpoints)
     align_metrics_with_checkpoint(stage_dir / "metrics.jsonl", resume)
     if resume:
