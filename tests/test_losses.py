@@ -274,3 +274,21 @@ def test_loss_token_weights_vanilla_by_hand():
     expected = torch.tensor([[1.5, 1.5, 0, 0], [0.75, 0.75, 0.75, 0.75], [0, 0, 0, 0]])
     assert torch.allclose(loss_token_weights(mask, 0.1, decoupled=False), expected)
     assert torch.all(loss_token_weights(torch.zeros(2, 3), 0.1, decoupled=False) == 0)
+
+
+def test_the_threshold_shift_moves_every_prompt_of_the_batch_alike():
+    """States sharing a large common part: along their mean a shift moves each prompt by its overlap with the mean
+    (a re-ranking); along common_direction every one moves by exactly the amount asked."""
+    from thinkless_lite.losses import common_direction, shift_log_odds_
+
+    gen = torch.Generator().manual_seed(0)
+    hidden = torch.randn(16, generator=gen) * 3 + torch.randn(6, 16, generator=gen) * 0.3
+    assert (hidden @ common_direction(hidden)).tolist() == pytest.approx([1.0] * 6, abs=1e-5)
+    think, short = torch.randn(16, generator=gen), torch.randn(16, generator=gen)
+    before = hidden @ (think - short)
+    shift_log_odds_(think, short, hidden, 0.7)
+    assert (hidden @ (think - short) - before).tolist() == pytest.approx([0.7] * 6, abs=1e-5)
+    along_mean = hidden @ hidden.mean(0) / hidden.mean(0).pow(2).sum()
+    assert along_mean.max() - along_mean.min() > 0.05  # what a shift along the mean alone would do
+    many = torch.randn(40, 8, generator=gen)  # more prompts than dimensions: the mean direction, still +amount there
+    assert (many.mean(0) @ common_direction(many)).item() == pytest.approx(1.0, abs=1e-5)

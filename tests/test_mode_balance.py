@@ -170,3 +170,40 @@ def test_centering_leaves_no_pull_where_every_prompt_agrees():
     control, _ = mode_advantages(rewards, torch.tensor(pattern * 2), torch.full((8,), 0.5), torch.full((8,), 0.5), 4,
                                  centering=1.0)
     assert control.abs().max().item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_centring_ignores_the_groups_the_loss_drops():
+    """A group whose rewards are all equal has pull 0 and is dropped by the trainer; counted in the batch mean it
+    would shrink the centring by a share that changes from step to step, and the kept pulls would not sum to
+    zero. Centred over the kept groups, they do, and the dropped group's control advantages stay 0."""
+    pattern = forced_modes(4, 1.0)
+    outcomes = [[True, True, True, True], [True, True, True, False], [False, False, False, False]]
+    rewards = torch.tensor([reward(m, ok) for group in outcomes for m, ok in zip(pattern, group)])
+    rewards[8:] = -1.0  # the third group: every answer wrong, whatever its mode
+    modes = torch.tensor(pattern * 3)
+    p = torch.tensor([0.3, 0.6, 0.5]).repeat_interleave(4)
+    kept = torch.tensor([True] * 8 + [False] * 4)
+    control, _ = mode_advantages(rewards, modes, 1 - p, p, 4, centering=1.0, kept=kept)
+    pulls = group_pulls(control, modes, 4)
+    assert pulls[:2].sum().item() == pytest.approx(0.0, abs=1e-6)
+    assert pulls[2].item() == pytest.approx(0.0, abs=1e-7)
+    counted_in = group_pulls(mode_advantages(rewards, modes, 1 - p, p, 4, centering=1.0)[0], modes, 4)
+    assert abs(counted_in[:2].sum().item()) > 1e-3  # what the trainer did before: the kept pulls were off zero
+
+
+def test_the_threshold_step_is_the_fisher_weighted_reward_gap_of_the_kept_groups():
+    """By hand: two kept groups, gaps +0.5 (think pays) and -0.5 (short pays), at P(think) 0.5 and 0.1; a dropped
+    group does not count. Zero exactly where the on-policy gradient of a shared shift is zero."""
+    from thinkless_lite.losses import threshold_step
+
+    pattern = forced_modes(4, 1.0)  # think, think, short, short
+    rewards = torch.tensor([0.5, 0.5, 0.0, 0.0,   0.5, 0.5, 1.0, 1.0,   -1.0, -1.0, -1.0, -1.0])
+    modes = torch.tensor(pattern * 3)
+    p = torch.tensor([0.5, 0.1, 0.9]).repeat_interleave(4)
+    kept = torch.tensor([True] * 8 + [False] * 4)
+    fisher = torch.tensor([0.25, 0.09])
+    expected = ((fisher * torch.tensor([0.5, -0.5])).sum() / fisher.sum()).item()
+    assert threshold_step(rewards, modes, 1 - p, p, 4, kept=kept) == pytest.approx(expected)
+    assert threshold_step(rewards, modes, 1 - p, p, 4, kept=torch.zeros(12, dtype=torch.bool)) == 0.0
+    balanced = torch.tensor([0.3, 0.3, 0.5]).repeat_interleave(4)  # equal Fisher weights, gaps +0.5 and -0.5
+    assert threshold_step(rewards, modes, 1 - balanced, balanced, 4, kept=kept) == pytest.approx(0.0, abs=1e-7)
