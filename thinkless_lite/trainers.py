@@ -18,6 +18,10 @@ two more things hold: ``compute_loss`` re-lays the advantages into the columns o
 positional flag through untouched. The KL reference is the starting adapter on both
 (:func:`thinkless_lite.compat.ensure_reference_adapter`).
 
+The mode choice follows :class:`thinkless_lite.losses.ModeChoiceRule`: centred control advantages through the
+loss, and after each optimizer step (transformers' ``on_optimizer_step`` callback) the threshold held by a shift
+of the two control tokens' output rows (``DeGRPOMixin.hold_threshold``).
+
 Also here: dropping groups whose rewards are all equal (as the release does) and the metrics users
 watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups); and two speed-ups
 that change no number: the loss forward runs in micro-batches of similar answer length, each cut after its
@@ -38,9 +42,9 @@ from trl import GRPOTrainer, SFTTrainer
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
                                    plain_logps_and_entropies, prepare_for_training, trainer_flavour,
                                    unsloth_loss_inputs)
-from thinkless_lite.control_rows import assert_control_rows_trainable, scale_control_rows_learning_rate
+from thinkless_lite.control_rows import (assert_control_rows_trainable, decision_rows,
+                                         scale_control_rows_learning_rate)
 from thinkless_lite.generation import control_rows_folded
-from thinkless_lite.control_rows import decision_rows
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, informative_groups,
                                    loss_token_weights, shift_log_odds_)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
