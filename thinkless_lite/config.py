@@ -340,7 +340,8 @@ def _check_mode_balance_schedule(section, generations: int) -> None:
     for step in range(1, max(section.max_steps, 1) + 1):
         share = round(mode_balance_at(section, step), 6)
         _check_forced_share(f"rl.mode_balance_end (the share forced at step {step} on the way from "
-                            f"rl.mode_balance={section.mode_balance})", share, generations)
+                            f"rl.mode_balance={section.mode_balance})", share, generations,
+                            fix=" as rl.mode_balance_end, or leave it unset (a constant share)")
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:
@@ -393,7 +394,7 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"eval: {err}") from err
 
 
-def _check_forced_share(key: str, share: float, generations: int) -> None:
+def _check_forced_share(key: str, share: float, generations: int, fix: str = ", or 0 (off)") -> None:
     """A positive share of a group forced to a mode must force at least one answer of each mode
     (``losses.forced_modes``, which the trainer would only call once the model has loaded)."""
     if not 0.0 <= share <= 1.0:
@@ -401,7 +402,7 @@ def _check_forced_share(key: str, share: float, generations: int) -> None:
     if share > 0 and int(share * generations + 1e-9) // 2 < 1:
         smallest = math.ceil(2 / generations * 1000) / 1000  # rounded up, so that the share named is valid
         raise ConfigError(f"{key}={share} with rl.num_generations={generations} forces no answer of each mode; "
-                          f"use at least {smallest:g} (2/rl.num_generations: one of each), or 0 (off)")
+                          f"use at least {smallest:g} (2/rl.num_generations: one of each){fix}")
 
 
 def _check_rl_temperature(temperature) -> None:
