@@ -190,7 +190,9 @@ def main(argv=None) -> int:
         rule = ModeChoiceRule.of(cfg.rl)
         rule = ModeChoiceRule(within_mode=rule.within_mode, control_gradient=v.get("control_gradient", rule.control_gradient),
                               centering=v.get("centering", rule.centering),
-                              threshold_lr=v.get("threshold_lr", rule.threshold_lr))
+                              threshold_lr=v.get("threshold_lr", rule.threshold_lr),
+                              fisher_decay=v.get("fisher_decay", rule.fisher_decay))
+        fisher = rule.running_fisher()
         prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.num_generations)
         pattern = forced_modes(G, v.get("balance", cfg.rl.mode_balance))
         print(f"== {name}: {prompts} prompts x {G} answers, forced {pattern}, {rule}", flush=True)
@@ -215,7 +217,7 @@ def main(argv=None) -> int:
             grouped = group_rewards.view(prompts, G)
             kept = (grouped.amax(1) != grouped.amin(1)).repeat_interleave(G)
             control, _, shift = rule.advantages(group_rewards, modes, q[:, 0].repeat_interleave(G),
-                                                q[:, 1].repeat_interleave(G), G, kept=kept)
+                                                q[:, 1].repeat_interleave(G), G, kept=kept, fisher=fisher)
             target = (logits[:, 1] - logits[:, 0]).detach().mean().item() + shift
             member_logp = logp.repeat_interleave(G, dim=0).gather(1, (modes == THINK_MODE).long()[:, None])[:, 0]
             loss = -(control * kept.float() * member_logp).sum() / kept.sum().clamp(min=1)

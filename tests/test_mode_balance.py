@@ -207,3 +207,35 @@ def test_the_threshold_step_is_the_fisher_weighted_reward_gap_of_the_kept_groups
     assert threshold_step(rewards, modes, 1 - p, p, 4, kept=torch.zeros(12, dtype=torch.bool)) == 0.0
     balanced = torch.tensor([0.3, 0.3, 0.5]).repeat_interleave(4)  # equal Fisher weights, gaps +0.5 and -0.5
     assert threshold_step(rewards, modes, 1 - balanced, balanced, 4, kept=kept) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_the_threshold_step_divides_by_the_fisher_information_averaged_over_steps():
+    """By hand, with :class:`RunningFisher`: a batch of easy prompts alone (sure choice, gap against thinking)
+    takes a step the size of its share of the run's Fisher information, not a full -0.5; the first batch is
+    its own average (bias-corrected); a step never exceeds the largest gap it used."""
+    from thinkless_lite.losses import RunningFisher, threshold_step
+
+    pattern = forced_modes(4, 1.0)  # think, think, short, short
+    modes = torch.tensor(pattern * 2)
+    hard = torch.tensor([0.5, 0.5, -1.0, -1.0,   0.5, 0.5, -1.0, -1.0])  # thinking pays +1.5 at P(think) 0.5
+    easy = torch.tensor([0.5, 0.5, 1.0, 1.0,   0.5, 0.5, 1.0, 1.0])  # a direct answer pays +0.5, P(think) 0.1
+    at_half, at_tenth = torch.full((8,), 0.5), torch.full((8,), 0.1)
+
+    fisher = RunningFisher(decay=0.5)
+    assert threshold_step(hard, modes, 1 - at_half, at_half, 4, fisher=fisher) == pytest.approx(1.5)
+    assert fisher.total / fisher.weight == pytest.approx(0.25)
+    running = (0.5 * 0.5 * 0.25 + 0.5 * 0.09) / (0.5 * 0.5 + 0.5)
+    easy_step = threshold_step(easy, modes, 1 - at_tenth, at_tenth, 4, fisher=fisher)
+    assert easy_step == pytest.approx(-0.5 * 0.09 / running)
+    assert -0.5 < easy_step < -0.2
+    assert threshold_step(easy, modes, 1 - at_tenth, at_tenth, 4) == pytest.approx(-0.5)  # per batch: full size
+    # A batch with no kept group adds 0 information, and moves nothing.
+    before = fisher.total / fisher.weight
+    assert threshold_step(easy, modes, 1 - at_tenth, at_tenth, 4, kept=torch.zeros(8, dtype=torch.bool),
+                          fisher=fisher) == 0.0
+    assert fisher.total / fisher.weight < before
+    # Bounded by the largest gap used, however small the average has become.
+    tiny = RunningFisher(decay=0.99)
+    for _ in range(50):
+        tiny.update(1e-6)
+    assert threshold_step(hard, modes, 1 - at_half, at_half, 4, fisher=tiny) == pytest.approx(1.5)

@@ -328,8 +328,8 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     seen = {}
     original = trainer.mode_rule.advantages
 
-    def spy(rewards, modes, p_short, p_think, group_size, kept=None):
-        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept)
+    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None):
+        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher)
         seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift)
         return control, response, shift
 
@@ -337,6 +337,7 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     trainer.train()
     keep = informative_groups(seen["rewards"], GROUP)
     assert torch.equal(seen["kept"].cpu(), keep)
+    # One step: the running Fisher information is this batch's alone.
     assert seen["shift"] == pytest.approx(threshold_step(seen["rewards"], seen["modes"], seen["p_short"],
                                                          seen["p_think"], GROUP, kept=keep))
     assert seen["shift"] != 0.0

@@ -116,6 +116,7 @@ class DeGRPOMixin:
         self.mode_rule = ModeChoiceRule(within_mode=within_mode_advantages, control_gradient=control_gradient,
                                         centering=mode_centering, threshold_lr=mode_threshold_lr)
         self._threshold: dict | None = None  # the batch's prompts and where its mean log-odds must be after a step
+        self._fisher = self.mode_rule.running_fisher()  # the threshold's, over the run's steps (fresh on resume)
         if mode_threshold_lr > 0:
             self.add_callback(ThresholdCallback(self))
         if control_rows_lr_scale <= 0:
@@ -355,7 +356,8 @@ class DeGRPOMixin:
         if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
             control, response, shift = self.mode_rule.advantages(
                 rewards.to(device), all_modes.long(), p_short, p_think, self.num_generations,
-                kept=keep_all.to(device) if self.drop_uniform_groups else None)
+                kept=keep_all.to(device) if self.drop_uniform_groups else None,
+                fisher=self._fisher if self.model.training else None)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         else:
