@@ -310,7 +310,7 @@ def test_length_grouped_micro_batches_give_the_padded_loss_and_gradients(tiny_mo
 def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_evaluation_reads(tiny_model_dir,
                                                                                               tmp_path):
     """One real step with the recipe's rule: after the optimizer step the batch's mean log-odds sit exactly on the
-    threshold's target (where they were plus ``mode_threshold_lr`` x the Fisher-weighted reward gap), whatever
+    threshold's target (where they were plus ``mode_threshold_lr`` x the threshold step), whatever
     the ranking's step did to them; the control advantages are the centred ones over the groups the loss keeps;
     the logged P(<think>) is evaluation's (``generation.decide``: two control tokens, temperature 1)."""
     from thinkless_lite.generation import decide

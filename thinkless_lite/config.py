@@ -193,8 +193,10 @@ class RLConfig(TrainerSection):
         "on-policy gradient, whose shared pull moves every prompt at once (losses.mode_advantages)."))
     mode_threshold_lr: float = field(default=1.0, metadata=_help(
         "Step size of the threshold, in log-odds per unit of reward gap: after every optimizer step the batch's "
-        "mean log P(think) - log P(short) is put back where the last one left it plus this x the Fisher-weighted "
-        "mean of the groups' reward gaps (think - short), by moving the two control rows (losses.ModeChoiceRule). "
+        "mean log P(think) - log P(short) is put back where the last one left it plus this x the natural gradient "
+        "of a shift shared by every prompt (the groups' reward gaps think - short, weighted by q_think q_short, "
+        "over that Fisher information averaged across ~10 steps), by moving the two control rows "
+        "(losses.ModeChoiceRule, losses.RunningFisher). "
         "Stops where thinking and answering directly pay alike at the cut. 0 = no threshold (the mean log-odds "
         "then drifts with the ranking)."))
     control_rows_lr_scale: float = field(default=1.0, metadata=_help(
