@@ -24,6 +24,7 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
                                       read_metrics)
 from thinkless_lite.config import ConfigError, RunConfig, censors_truncated, save_resolved, trl_arguments
 from thinkless_lite.data.miniworld import MiniWorld
+from thinkless_lite.estimates import PipelineEtaCallback, stage_seconds
 from thinkless_lite.model import load_model, precision_flags, save_adapter
 from thinkless_lite.report import plot_rl_curves
 from thinkless_lite.rewards import ThinklessReward
@@ -120,7 +121,8 @@ def main(cfg: RunConfig) -> dict:
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
     metrics_path = stage_dir / "metrics.jsonl"
     trainer = make_trainer(cfg, loaded, items, args, DeGRPOTrainer,
-                           [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
+                           [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path),
+                            PipelineEtaCallback("rl", stage_seconds(cfg))])
     # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
     save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
     resume = last_complete_checkpoint(checkpoints)
