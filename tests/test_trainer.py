@@ -405,3 +405,17 @@ def test_answers_cut_off_at_the_cap_leave_the_loss_and_the_mode_means(tiny_model
 def test_censoring_needs_trl_to_mask_the_cut_off_answers_too(tiny_model_dir, tmp_path):
     with pytest.raises(ValueError, match="mask_truncated_completions"):
         make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, censor_truncated=True)
+
+
+def test_the_cut_off_warning_names_the_fix_and_what_censoring_does():
+    from thinkless_lite.trainers import clipped_warning, finished_answers
+
+    scored = clipped_warning(0.35, 2048, censored=False)
+    assert "35% of thinking answers" in scored and "rl.max_completion_length=2048" in scored
+    assert "rl.censor_truncated: true" in scored and "raise rl.max_completion_length" in scored
+    assert "censored" in clipped_warning(0.35, 2048, censored=True)
+    eos, pad = 9, 0
+    ids = torch.tensor([[5, 6, eos, pad, pad], [5, 6, 7, 8, 6], [5, eos, pad, pad, pad]])
+    assert finished_answers(ids, [eos], 5).tolist() == [True, False, True]
+    # Padding beyond the cap (pad_to_multiple_of) may hold the EOS id when pad == eos: only the cap's columns count.
+    assert finished_answers(torch.tensor([[5, 6, 7, eos]]), [eos], 3).tolist() == [False]

@@ -54,9 +54,11 @@ from thinkless_lite.tokens import SHORT, THINK, ControlTokens
 
 log = logging.getLogger("thinkless_lite")
 
-# Above this share of thinking answers cut off at the training cap, the run warns (once): the cap, not the
-# reward, is then deciding much of what the mode choice sees.
+# Above this share of thinking answers cut off at the training cap (over the run so far, once it has seen
+# CLIPPED_THINK_MIN_ANSWERS of them, so one unlucky batch does not), the run warns once: the cap, not the reward,
+# then decides much of what the mode choice sees.
 CLIPPED_THINK_WARNING = 0.2
+CLIPPED_THINK_MIN_ANSWERS = 32
 
 
 class PortableSFTTrainer(SFTTrainer):
@@ -113,6 +115,7 @@ class DeGRPOMixin:
             raise ValueError(f"censor_truncated computes group advantages over the finished answers; "
                              f"scale_rewards={self.scale_rewards!r} (a whole-batch std) is not supported with it: "
                              "use scale_rewards 'none' (the release's) or 'group'")
+        self._clipped_think = [0.0, 0.0]  # thinking answers cut off, thinking answers, over the run's steps
         self._warned_clipped = False
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
@@ -406,8 +409,8 @@ class DeGRPOMixin:
         mode), the policy's mean P(<think>) (over the two control tokens at temperature 1: what evaluation, the
         tau dial and the demo read), group health, the threshold's step and the drift it held (``threshold_step``,
         ``threshold_hold``, one step late: measured after the optimizer step), the share of each mode's answers cut
-        off at the training cap (``clipped/think``, ``clipped/short``, forced ones in; warned about once above
-        ``CLIPPED_THINK_WARNING``); and per difficulty level ``think_ratio/k<level>``, ``p_think/k<level>``,
+        off at the training cap (``clipped/think``, ``clipped/short``, forced ones in; warned about once when above
+        ``CLIPPED_THINK_WARNING`` over the run so far); and per difficulty level ``think_ratio/k<level>``, ``p_think/k<level>``,
         ``accuracy_think/k<level>``, ``accuracy_short/k<level>``, ``clipped_think/k<level>``,
         ``clipped_short/k<level>``."""
         if self.recorder is None or not self.recorder.last_outcomes:
@@ -446,9 +449,14 @@ class DeGRPOMixin:
         clipped_think = ratio((cut * think).sum(), think.sum())
         metrics["clipped/think"].append(clipped_think)
         metrics["clipped/short"].append(ratio((cut * short).sum(), short.sum()))
-        if mode == "train" and clipped_think > CLIPPED_THINK_WARNING and not self._warned_clipped:
-            self._warned_clipped = True
-            log.warning(clipped_warning(clipped_think, self.max_completion_length, self.censor_truncated))
+        if mode == "train":
+            self._clipped_think[0] += (cut * think).sum().item()
+            self._clipped_think[1] += think.sum().item()
+            cut_share = self._clipped_think[0] / max(self._clipped_think[1], 1.0)
+            if (self._clipped_think[1] >= CLIPPED_THINK_MIN_ANSWERS and cut_share > CLIPPED_THINK_WARNING
+                    and not self._warned_clipped):
+                self._warned_clipped = True
+                log.warning(clipped_warning(cut_share, self.max_completion_length, self.censor_truncated))
         if self._threshold is not None:
             metrics["threshold_step"].append(self._threshold["step"])
             metrics["threshold_hold"].append(self._threshold["held_before"])
