@@ -360,6 +360,8 @@ def test_t4_notebook_runs_headless_on_the_mini_world(tmp_path, artifacts_dir, mo
     print(f"T4 notebook on the mini-world: {seconds:.0f} s")
     install = cell_text(nb.cells[2])
     assert f"run folder: {out}" in install and "Mounted at" in install and "warmup: starts" in install, install
+    # After its first 3 steps the warm-up says how long it and the whole pipeline still need.
+    assert "min for the whole pipeline" in cell_text(cell_containing(nb, "warmup.main(cfg)"))
 
     assert "Not running in Colab: skipping the install" in cell_text(nb.cells[2])
     setup = cell_text(cell_containing(nb, "nb.gpu_report()"))
