@@ -328,15 +328,17 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     seen = {}
     original = trainer.mode_rule.advantages
 
-    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None):
-        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher)
-        seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift)
+    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None, finished=None):
+        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher,
+                                            finished=finished)
+        seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift,
+                    finished=finished)
         return control, response, shift
 
     object.__setattr__(trainer, "mode_rule", type("Spy", (), {"advantages": staticmethod(spy), "threshold_lr": 1.0})())
     trainer.train()
     keep = informative_groups(seen["rewards"], GROUP)
-    assert torch.equal(seen["kept"].cpu(), keep)
+    assert torch.equal(seen["kept"].cpu(), keep) and seen["finished"] is None  # censoring is off by default
     # One step: the running Fisher information is this batch's alone.
     assert seen["shift"] == pytest.approx(threshold_step(seen["rewards"], seen["modes"], seen["p_short"],
                                                          seen["p_think"], GROUP, kept=keep))
