@@ -28,8 +28,12 @@ Scenarios worth running (``--accuracy``, think/short accuracy per level; the ora
   think pays everywhere   1:1.0/0.7,2:1.0/0.5,3:1.0/0.3,4:1.0/0.1
   the warm-up's own       (no --accuracy: the adapter's ../eval/report.json)
   SmolLM2, think pays     1:1.0/0.7,2:1.0/0.5,3:0.95/0.2
+  chains cut off at the cap  --cut-off 7:1.0,8:1.0 (that share of thinking answers at those levels hit the training
+                             cap: scored -1 as format errors; with --censor they are censored instead, as
+                             rl.censor_truncated does: docs/results/censoring_mini.md)
 The oracle thinks where thinking's expected reward beats a direct answer's by >= 0.05 and answers directly where
-the reverse holds; levels closer than that may go either way. ``--set rl.reward.think_correct=0.9`` moves the
+the reverse holds; levels closer than that may go either way. It reads the accuracies of uncut answers: what the
+model would score given the budget evaluation allows. ``--set rl.reward.think_correct=0.9`` moves the
 oracle and the probe alike.
 
 Writes ``<out>/decision_probe.md`` (P(think) per level at the end, against the oracle) and
@@ -118,7 +122,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--every", type=int, default=5, help="read P(think) per level every N steps")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--cut-off", help="share of thinking answers cut off at the training cap per level, e.g. "
+                                          "'7:1.0,8:1.0' (scored -1, a format error, unless --censor)")
+    parser.add_argument("--censor", action="store_true", help="censor the cut-off answers (rl.censor_truncated)")
     args = parser.parse_args(argv)
+    cut_off = {int(k): float(v) for k, v in (part.split(":") for part in args.cut_off.split(","))} \
+        if args.cut_off else {}
     chosen = args.only.split(",") if args.only else list(VARIANTS)
     unknown = sorted(set(chosen) - set(VARIANTS))
     if unknown:
@@ -130,7 +139,8 @@ def main(argv=None) -> int:
 
     from thinkless_lite.config import load_config
     from thinkless_lite.control_rows import decision_rows
-    from thinkless_lite.losses import SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, shift_log_odds_
+    from thinkless_lite.losses import (SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, informative_groups,
+                                       shift_log_odds_)
     from thinkless_lite.model import load_model
     from thinkless_lite.stages.rl import rl_items
     from thinkless_lite.tokens import format_prompt
@@ -181,8 +191,12 @@ def main(argv=None) -> int:
         return {"step": step, "p_think": p}
 
     def answer_reward(k, mode):
+        """(reward, finished): a thinking answer cut off at the cap is an unclosed <think>, a format error."""
         name = "think" if mode == THINK_MODE else "short"
-        return expected_reward(name, 1.0 if rng.random() < accuracy[k][name] else 0.0, table)
+        right = rng.random() < accuracy[k][name]
+        if mode == THINK_MODE and cut_off.get(k, 0.0) > 0 and rng.random() < cut_off[k]:  # no draw otherwise
+            return table.think_wrong, False
+        return expected_reward(name, 1.0 if right else 0.0, table), True
 
     curves, finals = {}, {}
     for name in chosen:
@@ -212,12 +226,13 @@ def main(argv=None) -> int:
             q = logp.detach().exp()
             modes = torch.tensor([m if m is not None else (THINK_MODE if rng.random() < q[i, 1].item() else SHORT_MODE)
                                   for i in range(prompts) for m in pattern])
-            group_rewards = torch.tensor([answer_reward(k, m.item()) for k, m in
-                                          zip([k for k in chosen_levels for _ in range(G)], modes)])
-            grouped = group_rewards.view(prompts, G)
-            kept = (grouped.amax(1) != grouped.amin(1)).repeat_interleave(G)
+            scored = [answer_reward(k, m.item()) for k, m in zip([k for k in chosen_levels for _ in range(G)], modes)]
+            group_rewards = torch.tensor([r for r, _ in scored])
+            finished = torch.tensor([f for _, f in scored]) if args.censor else None
+            kept = informative_groups(group_rewards, G, finished=finished)
             control, _, shift = rule.advantages(group_rewards, modes, q[:, 0].repeat_interleave(G),
-                                                q[:, 1].repeat_interleave(G), G, kept=kept, fisher=fisher)
+                                                q[:, 1].repeat_interleave(G), G, kept=kept, fisher=fisher,
+                                                finished=finished)
             target = (logits[:, 1] - logits[:, 0]).detach().mean().item() + shift
             member_logp = logp.repeat_interleave(G, dim=0).gather(1, (modes == THINK_MODE).long()[:, None])[:, 0]
             loss = -(control * kept.float() * member_logp).sum() / kept.sum().clamp(min=1)
@@ -247,8 +262,10 @@ def main(argv=None) -> int:
     for name, p in finals.items():
         lines.append(f"| {name} | " + " | ".join(f"{p[k]:.2f}" for k in levels) + f" | {'yes' if agrees(p) else 'no'} |")
     why = "  ".join(f"k={k}: think {rewards[k]['think']:+.2f} / short {rewards[k]['short']:+.2f}" for k in levels)
-    text = (f"Control term alone, from {args.adapter}, recipe {args.config}, {args.steps} steps, seed {args.seed}; "
-            f"expected reward per mode: {why}\n\n" + "\n".join(lines))
+    cut = (f"; thinking answers cut off at the cap: {args.cut_off} ({'censored' if args.censor else 'scored -1'})"
+           if cut_off else "")
+    text = (f"Control term alone, from {args.adapter}, recipe {args.config}, {args.steps} steps, seed {args.seed}{cut}; "
+            f"expected reward per mode (uncut answers): {why}\n\n" + "\n".join(lines))
     (out / "decision_probe.md").write_text(text + "\n")
     plot(curves, shown, out / "decision_probe.png")
     print("\n" + text + f"\n\nwritten: {out / 'decision_probe.md'}, {out / 'decision_probe.png'}")

@@ -146,7 +146,10 @@ else
   # of exactly 256, 4 prompts x 4 generations (the recipe's), 2 steps (the first is warm-up).
   SIZE=(--prompt-len 256 --completion-len 256 --generations 4 --prompts 4 --steps 2)
   A_SHAPES=(--shapes tiny-untied); A_BACKENDS=unsloth,hf; B_SHAPES=(--shapes 1.5b)
-  C_SHAPES=(--shapes 1.5b); D_SHAPES=(--shapes 7b)
+  # (c) at the T4 recipe's real shapes (configs/r1_distill_1.5b_t4.yaml): completions of the 1536-token cap,
+  # 4 prompts x 4 answers, loss micro-batches of 2 (gradient accumulation 8), 2 steps; its report projects the
+  # recipe's DeGRPO stage on this card and, by the bandwidth and fp16 ratios, on a T4 (PROJECTION lines).
+  C_SHAPES=(--shapes 1.5b --completion-len 1536 --grad-accum 8); D_SHAPES=(--shapes 7b)
 fi
 PARTS=()
 merge() {
@@ -157,8 +160,8 @@ part() {  # part LABEL FILE DEADLINE ARGS...: one run of python -m benchmarks.gp
   local label="$1" file="$2" deadline="$3"; shift 3
   PARTS+=("$label=$file")
   say "$label: until +$(( deadline - START ))s"
-  "$PY" -m benchmarks.gpu "$@" --work-dir "$WORK" --keep-work --stop-at "$deadline" "${SIZE[@]}" --out "$file" \
-    --md "$file.md"
+  "$PY" -m benchmarks.gpu --work-dir "$WORK" --keep-work --stop-at "$deadline" "${SIZE[@]}" "$@" --out "$file" \
+    --md "$file.md"  # the part's own arguments after SIZE: they win
   local rc=$?
   for log in "$WORK"/*/log.txt; do
     [ -f "$log" ] || continue

@@ -228,3 +228,18 @@ def test_gpu_check_script_parses_its_arguments():
     assert shown.returncode == 0 and "--budget" in shown.stdout and "--dry-run" in shown.stdout
     assert subprocess.run(["bash", str(script), "--bogus"], capture_output=True, check=False).returncode == 2
     assert subprocess.run(["bash", str(script), "--budget", "soon"], capture_output=True, check=False).returncode == 2
+
+
+def test_projections_scale_a_timed_step_to_the_recipe_and_to_a_t4():
+    """A run on an H100 (3350 GB/s, 989 TFLOP/s): 10 s of generation and 2 s of update a step become 10 x 10.5
+    + 2 x 15.2 s on a T4; the recipe's 100 steps give the stage's minutes on both."""
+    run = {"shape": "1.5b", "backend": "unsloth", "status": "ok", "summary": {"step_s": 12.0, "generate_s": 10.0,
+                                                                             "update_s": 2.0}}
+    results = {"settings": {"rl_max_steps": 100}, "device": {"name": "NVIDIA H100 80GB HBM3"}, "runs": [run]}
+    (line,) = report.projection_lines(results)
+    t4_step = 10.0 * 3350 / 320 + 2.0 * 989 / 65
+    assert line.startswith("PROJECTION 1.5b/unsloth: 12.0 s a step x 100 steps = 20 min of DeGRPO on NVIDIA H100")
+    assert f"on a T4 ~{t4_step:.0f} s a step, ~{t4_step * 100 / 60:.0f} min" in line
+    results["device"]["name"] = "Some Future GPU"
+    assert "no T4 projection" in report.projection_lines(results)[0]
+    assert report.projection_lines({**results, "settings": {}}) == []  # no step count: nothing to project

@@ -11,7 +11,8 @@ import math
 import pytest
 import torch
 
-from thinkless_lite.losses import NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, group_advantages, mode_advantages
+from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, forced_modes, group_advantages, informative_groups,
+                                   mode_advantages, threshold_step)
 from thinkless_lite.rewards import RewardTable
 
 TABLE = RewardTable()
@@ -239,3 +240,46 @@ def test_the_threshold_step_divides_by_the_fisher_information_averaged_over_step
     for _ in range(50):
         tiny.update(1e-6)
     assert threshold_step(hard, modes, 1 - at_half, at_half, 4, fisher=tiny) == pytest.approx(1.5)
+
+
+def censored_batch():
+    """Two groups of 4 at P(think) = 0.5, [think, think, short, short]; False in ``finished`` = cut off at the cap.
+    Group 0: one thinking answer finished right (+0.5), the other was cut off (scored -1 as a format error);
+    the short ones scored +1 and -1. Group 1: both thinking answers were cut off, both short ones right."""
+    rewards = torch.tensor([0.5, -1.0, 1.0, -1.0, -1.0, -1.0, 1.0, 1.0])
+    modes = torch.tensor([THINK_MODE, THINK_MODE, SHORT_MODE, SHORT_MODE] * 2)
+    finished = torch.tensor([True, False, True, True, False, False, True, True])
+    half = torch.full((8,), 0.5)
+    return rewards, modes, finished, half
+
+
+def test_cut_off_answers_leave_the_mode_means_and_a_mode_cut_off_everywhere_in_a_group_gives_no_pull():
+    """By hand. Group 0: think mean 0.5 (the cut-off one left out), short mean 0, V = 0.25, pull
+    = 0.5 (0.5 - 0.25) = 0.125: think +4 x 0.125 / 1, short -4 x 0.125 / 2, the cut-off answer 0. Group 1: no
+    thinking answer finished, so think is absent: no pull, and the short answers' plain advantages are 0.
+    Scored as wrong instead, both groups would pull towards <short> (thinking "failed" where it did not fit)."""
+    rewards, modes, finished, half = censored_batch()
+    control, response = mode_advantages(rewards, modes, half, half, 4, within_mode=True, finished=finished)
+    assert torch.allclose(control, torch.tensor([0.5, 0.0, -0.25, -0.25, 0.0, 0.0, 0.0, 0.0]))
+    assert torch.allclose(response, torch.tensor([0.0, 0.0, 1.0, -1.0, 0.0, 0.0, 0.0, 0.0]))
+
+    uncensored, _ = mode_advantages(rewards, modes, half, half, 4, within_mode=True)
+    assert uncensored[0] < 0 and uncensored[4] < 0 and uncensored[6] > 0  # today's scoring: the cap decides
+
+    step = threshold_step(rewards, modes, half, half, 4, finished=finished)
+    assert step == pytest.approx(0.5)  # group 0 only: its gap, think 0.5 - short 0
+    assert threshold_step(rewards, modes, half, half, 4) == pytest.approx(-1.125)  # (-0.25 - 2) / 2 uncensored
+
+
+def test_cut_off_answers_cannot_make_a_group_informative_and_leave_the_plain_group_mean():
+    """Group 1's finished answers all scored +1: with the cut-off ones left out it holds no comparison, so it is
+    dropped; group 0's finished answers differ, so it is kept. The plain advantage's mean skips cut-off answers."""
+    rewards, _, finished, _ = censored_batch()
+    assert informative_groups(rewards, 4).tolist() == [True] * 8
+    assert informative_groups(rewards, 4, finished=finished).tolist() == [True] * 4 + [False] * 4
+    mean = (0.5 + 1.0 - 1.0) / 3
+    expected = torch.tensor([0.5 - mean, 0.0, 1.0 - mean, -1.0 - mean, 0.0, 0.0, 0.0, 0.0])
+    assert torch.allclose(group_advantages(rewards, 4, finished=finished), expected)
+    none_finished = torch.zeros(8, dtype=torch.bool)
+    assert informative_groups(rewards, 4, finished=none_finished).tolist() == [False] * 8
+    assert torch.equal(group_advantages(rewards, 4, finished=none_finished), torch.zeros(8))

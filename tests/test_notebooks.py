@@ -116,9 +116,28 @@ def images(cell) -> int:
 
 # ---------------------------------------------------------------- structure (fast)
 
-def run_install_cell(path: Path, in_colab: bool, monkeypatch) -> tuple[list[str], str]:
+def fake_colab_drive(folder: Path) -> Path:
+    """A stand-in for Colab's ``google.colab.drive`` under ``folder`` (put it on ``sys.path``/``PYTHONPATH``): its
+    ``mount(path)`` "mounts" Google Drive by linking ``path/MyDrive`` to ``folder/drive_store``, which outlives
+    the link as a Drive outlives a VM. ``google`` stays a namespace package (an installed ``google.protobuf``
+    still imports)."""
+    colab = folder / "google" / "colab"
+    colab.mkdir(parents=True, exist_ok=True)
+    (colab / "__init__.py").write_text("")
+    (colab / "drive.py").write_text(
+        "from pathlib import Path\n\nSTORE = Path(__file__).resolve().parents[2] / 'drive_store'\n\n\n"
+        "def mount(mountpoint, **kwargs):\n"
+        "    STORE.mkdir(exist_ok=True)\n"
+        "    Path(mountpoint).mkdir(parents=True, exist_ok=True)\n"
+        "    Path(mountpoint, 'MyDrive').symlink_to(STORE, target_is_directory=True)\n"
+        "    print(f'Mounted at {mountpoint}')\n")
+    return folder
+
+
+def run_install_cell(path: Path, in_colab: bool, monkeypatch, tmp_path: Path) -> tuple[list[str], str]:
     """Execute a notebook's install cell as IPython would (``!`` and ``%`` lines become calls), recording the
-    shell commands instead of running them; returns (commands, what it printed)."""
+    shell commands instead of running them, with the parameters cell's values and, in "Colab", a stand-in for
+    Google Drive mounted under ``tmp_path``; returns (commands, what it printed)."""
     import contextlib
     import io
     import sys
@@ -129,24 +148,35 @@ def run_install_cell(path: Path, in_colab: bool, monkeypatch) -> tuple[list[str]
     cell = read(path).cells[1]
     commands: list[str] = []
     shell = types.SimpleNamespace(system=commands.append, run_line_magic=lambda name, line: commands.append(f"%{name} {line}"))
+    for name in ("google.colab", "google.colab.drive"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     if in_colab:
-        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    else:
-        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+        monkeypatch.syspath_prepend(str(fake_colab_drive(tmp_path / "fake_colab")))
+        import google.colab.drive  # noqa: F401  (the kernel of a Colab runtime has google.colab imported)
+    values = {**parameter_values(read(path)), "get_ipython": lambda: shell}
+    if "DRIVE_MOUNT" in values:
+        values["DRIVE_MOUNT"] = str(tmp_path / "drive")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(TransformerManager().transform_cell(cell.source), {"get_ipython": lambda: shell})  # noqa: S102
+        exec(TransformerManager().transform_cell(cell.source), values)  # noqa: S102
+    for name in ("google.colab", "google.colab.drive", "google"):
+        sys.modules.pop(name, None)  # the stand-in must not outlive the test
     return commands, printed.getvalue()
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
-def test_the_install_cell_installs_in_colab_and_nothing_elsewhere(path, monkeypatch):
-    commands, printed = run_install_cell(path, in_colab=True, monkeypatch=monkeypatch)
+def test_the_install_cell_installs_in_colab_and_nothing_elsewhere(path, monkeypatch, tmp_path):
+    commands, printed = run_install_cell(path, in_colab=True, monkeypatch=monkeypatch, tmp_path=tmp_path)
     assert any(c.startswith("test -d /content/thinkless-lite || git clone") for c in commands), commands
     assert any(c.startswith("%cd /content/thinkless-lite") for c in commands), commands
     assert any(re.search(r"pip install .*-e \"?\.", c) for c in commands), commands  # this checkout, editable
-    commands, printed = run_install_cell(path, in_colab=False, monkeypatch=monkeypatch)
+    if path == T4:  # in Colab the run folder lives on Drive, mounted by the install cell
+        on_drive = tmp_path / "drive" / "MyDrive" / "thinkless-lite" / "runs" / "r1-1.5b-t4"
+        assert f"run folder: {on_drive}" in printed and on_drive.is_dir(), printed
+    commands, printed = run_install_cell(path, in_colab=False, monkeypatch=monkeypatch, tmp_path=tmp_path)
     assert commands == [] and "Not running in Colab: skipping the install" in printed
+    if path == T4:
+        assert "run folder: runs/r1-1.5b-t4" in printed and "warmup: starts" in printed, printed
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -305,21 +335,33 @@ def test_t4_notebook_runs_headless_on_the_mini_world(tmp_path, artifacts_dir, mo
             f.write(json.dumps({"instruction": r.question,
                                 "output": format_completion(r.mode, r.answer, r.reasoning)}) + "\n")
     shared = os.path.relpath(benchmarks_dir, REPO)  # "../shared/data/benchmarks", read from the repo root
-    out = tmp_path / "t4"
-    port = free_port()
-    nb, seconds = execute(
-        T4, artifacts_dir, monkeypatch, may_fail=("nb.compare_adapters(",),
-        CONFIG="mini", MODEL="thinkless-lite/mini-base", OUT=str(out), THREADS=1,
+    # The run folder on "Google Drive": a stand-in google.colab.drive on the kernel's path mounts a tmp folder.
+    fake = fake_colab_drive(tmp_path / "fake_colab")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(fake), os.environ.get("PYTHONPATH")])))
+    drive = tmp_path / "drive"
+    out = drive / "MyDrive" / "thinkless-lite" / "runs" / "t4-test"
+    parameters = dict(
+        CONFIG="mini", MODEL="thinkless-lite/mini-base", OUT="runs/t4-test", USE_DRIVE=True,
+        DRIVE_MOUNT=str(drive), THREADS=1,
         MAX_SEQ_LENGTH=512, WARMUP_DATA=str(paired), WARMUP_EXAMPLES=200, WARMUP_STEPS=5,
         WARMUP_MAX_COMPLETION_TOKENS=None, WARMUP_BATCH_SIZE=8, WARMUP_GRAD_ACCUM=1,
-        RL_DATA=f"{shared}/deepscaler_train/math.json", RL_EXAMPLES=64, RL_STEPS=2, RL_NUM_GENERATIONS=4,
+        RL_DATA=f"{shared}/deepscaler_train/math.json", RL_HUB_CONFIG=None, RL_QUESTION_COLUMN="problem",
+        RL_GOLD_FORMAT="plain", RL_EXAMPLES=64, RL_STEPS=2, RL_NUM_GENERATIONS=4,
         RL_PROMPTS_PER_STEP=4, RL_GRAD_ACCUM=1, RL_MAX_COMPLETION=24,
+        EVAL_BENCHMARKS=["gsm8k", "math500"],
         EVAL_DATA_FILES={"gsm8k": f"{shared}/gsm8k/test.jsonl", "math500": f"{shared}/math500/test.jsonl"},
         EVAL_LIMIT=4, EVAL_MAX_NEW_TOKENS=24, EVAL_BATCH_SIZE=4, SWEEP_TAU=[0.5],
         LOOK_QUESTIONS=["3+4", "7+3*2-5"], LOOK_MAX_NEW_TOKENS=48,
         OFFLINE=True, PUSH_TO_HUB=True, HUB_REPO="someone/thinkless-test",
-        LAUNCH_DEMO=True, DEMO_SHARE=False, DEMO_PORT=port, DEMO_MAX_NEW_TOKENS=48)
+        LAUNCH_DEMO=True, DEMO_SHARE=False, DEMO_MAX_NEW_TOKENS=48)
+    port = free_port()
+    nb, seconds = execute(T4, artifacts_dir, monkeypatch, may_fail=("nb.compare_adapters(",), DEMO_PORT=port,
+                          **parameters)
     print(f"T4 notebook on the mini-world: {seconds:.0f} s")
+    install = cell_text(nb.cells[2])
+    assert f"run folder: {out}" in install and "Mounted at" in install and "warmup: starts" in install, install
+    # After its first 3 steps the warm-up says how long it and the whole pipeline still need.
+    assert "min for the whole pipeline" in cell_text(cell_containing(nb, "warmup.main(cfg)"))
 
     assert "Not running in Colab: skipping the install" in cell_text(nb.cells[2])
     setup = cell_text(cell_containing(nb, "nb.gpu_report()"))
@@ -353,3 +395,12 @@ def test_t4_notebook_runs_headless_on_the_mini_world(tmp_path, artifacts_dir, mo
         assert "'groups_all_wrong': 1.0" in cell_text(cell_containing(nb, "rl.main(cfg)"))
     demo = cell_text(cell_containing(nb, "build_app("))
     assert f"127.0.0.1:{port}" in demo, demo
+
+    # A disconnect: a fresh kernel runs the notebook again on the same Drive folder, and every stage resumes.
+    (drive / "MyDrive").unlink()  # a new VM: Drive is not mounted yet (its content stays on "Drive")
+    again, _ = execute(T4, artifacts_dir, monkeypatch, may_fail=("nb.compare_adapters(",), DEMO_PORT=free_port(),
+                       **parameters)
+    install = cell_text(again.cells[2])
+    assert "warmup: resumes from checkpoint-5" in install and "rl: resumes from checkpoint-2" in install, install
+    assert "resuming warm-up from" in cell_text(cell_containing(again, "warmup.main(cfg)"))
+    assert "resuming RL from" in cell_text(cell_containing(again, "rl.main(cfg)"))

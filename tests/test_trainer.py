@@ -328,15 +328,17 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     seen = {}
     original = trainer.mode_rule.advantages
 
-    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None):
-        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher)
-        seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift)
+    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None, finished=None):
+        control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher,
+                                            finished=finished)
+        seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift,
+                    finished=finished)
         return control, response, shift
 
     object.__setattr__(trainer, "mode_rule", type("Spy", (), {"advantages": staticmethod(spy), "threshold_lr": 1.0})())
     trainer.train()
     keep = informative_groups(seen["rewards"], GROUP)
-    assert torch.equal(seen["kept"].cpu(), keep)
+    assert torch.equal(seen["kept"].cpu(), keep) and seen["finished"] is None  # censoring is off by default
     # One step: the running Fisher information is this batch's alone.
     assert seen["shift"] == pytest.approx(threshold_step(seen["rewards"], seen["modes"], seen["p_short"],
                                                          seen["p_think"], GROUP, kept=keep))
@@ -350,3 +352,72 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     assert mean_after == pytest.approx(mean_before + seen["shift"], abs=1e-2)
     assert abs(seen["shift"]) > 0.1
     assert trainer._threshold["held"] != 0.0  # the ranking's step had moved the mean, and the hold undid it
+
+
+def test_answers_cut_off_at_the_cap_leave_the_loss_and_the_mode_means(tiny_model_dir, tmp_path):
+    """censor_truncated: an answer without EOS within max_completion_length gets no loss token and no advantage,
+    the mode advantages are those of losses.mode_advantages with ``finished``, and the loss equals degrpo_loss over
+    the finished answers of the kept groups."""
+    from thinkless_lite.losses import SHORT_MODE, THINK_MODE, mode_advantages
+    from thinkless_lite.trainers import finished_answers
+
+    torch.manual_seed(0)
+    trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, mode_balance=0.5,
+                                    within_mode_advantages=True, censor_truncated=True,
+                                    grpo_args={"mask_truncated_completions": True})
+    eos = trainer.processing_class.eos_token_id
+    trainer.generation_config.sequence_bias = {(eos,): 3.0}  # the random model finishes some answers, not all
+    rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]
+    trainer.model.train()
+    trainer.current_gradient_accumulation_steps = 1
+    batch = trainer._generate_and_score_completions(rows)
+    finished = finished_answers(batch["completion_ids"], [eos], trainer.max_completion_length)
+    assert 0 < finished.sum() < len(rows), finished.tolist()  # the batch holds both kinds
+    cut = ~finished
+    assert batch["completion_mask"][cut].sum() == 0 and (batch["advantages"][cut] == 0).all()
+
+    rewards = torch.tensor(fixed_rewards(rows))
+    keep = informative_groups(rewards, GROUP, finished=finished) & finished
+    short_id, think_id = trainer.mode_ids[SHORT_MODE], trainer.mode_ids[THINK_MODE]
+    modes = torch.full((len(rows),), -1)
+    modes[batch["completion_ids"][:, 0] == short_id] = SHORT_MODE
+    modes[batch["completion_ids"][:, 0] == think_id] = THINK_MODE
+    with torch.no_grad():
+        trainer.model.eval()
+        logits = trainer.model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"]).logits[:, -1]
+        trainer.model.train()
+        probs = torch.softmax(logits / trainer.temperature, dim=-1)
+    control, response = mode_advantages(rewards, modes, probs[:, short_id], probs[:, think_id], GROUP,
+                                        within_mode=True, finished=finished)
+    advantages = response[:, None].expand_as(batch["completion_mask"]).clone()
+    advantages[:, 0] = control
+    input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
+    attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
+    loss = trainer.compute_loss(trainer.model, batch)
+    logps, _, _ = trainer._get_per_token_logps_and_entropies(trainer.model, input_ids, attention,
+                                                              batch["completion_ids"].shape[1])
+    # The mask of the answers as generated (TRL's masked the cut-off ones): censoring must be what removes them.
+    mask = (torch.arange(batch["completion_ids"].shape[1])[None] < trainer.max_completion_length).float()
+    mask = mask * torch.where(cut[:, None], torch.ones_like(batch["completion_mask"]), batch["completion_mask"])
+    expected = degrpo_loss(logps[keep], logps[keep].detach(), advantages[keep], mask[keep], alpha=0.5, clip_eps=0.2)
+    assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
+
+
+
+def test_censoring_needs_trl_to_mask_the_cut_off_answers_too(tiny_model_dir, tmp_path):
+    with pytest.raises(ValueError, match="mask_truncated_completions"):
+        make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, censor_truncated=True)
+
+
+def test_the_cut_off_warning_names_the_fix_and_what_censoring_does():
+    from thinkless_lite.trainers import clipped_warning, finished_answers
+
+    scored = clipped_warning(0.35, 2048, censored=False)
+    assert "35% of thinking answers" in scored and "rl.max_completion_length=2048" in scored
+    assert "rl.censor_truncated: true" in scored and "raise rl.max_completion_length" in scored
+    assert "censored" in clipped_warning(0.35, 2048, censored=True)
+    eos, pad = 9, 0
+    ids = torch.tensor([[5, 6, eos, pad, pad], [5, 6, 7, 8, 6], [5, eos, pad, pad, pad]])
+    assert finished_answers(ids, [eos], 5).tolist() == [True, False, True]
+    # Padding beyond the cap (pad_to_multiple_of) may hold the EOS id when pad == eos: only the cap's columns count.
+    assert finished_answers(torch.tensor([[5, 6, 7, eos]]), [eos], 3).tolist() == [False]

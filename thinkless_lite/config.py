@@ -205,6 +205,13 @@ class RLConfig(TrainerSection):
         "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
         "between-mode advantage), so a thinking answer is not pushed down for being one."))
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
+    censor_truncated: bool | None = field(default=None, metadata=_help(
+        "Censor answers cut off at max_completion_length without finishing: they leave the loss (TRL's "
+        "mask_truncated_completions), the group and mode means of the advantages and of the threshold, and the "
+        "uniform-group check (losses.mode_advantages), instead of scoring as wrong. Otherwise the cap decides the "
+        "mode: a chain that does not fit scores -1, so the control token learns where chains fit, not where "
+        "thinking pays. Unset (auto): on when max_completion_length is below eval.max_new_tokens or "
+        "demo.max_new_tokens (the model will answer longer than it trained), off otherwise (config.censors_truncated)."))
 
 
 @dataclass
@@ -354,6 +361,15 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"{where}: {problem}"
 
 
+def censors_truncated(cfg: RunConfig) -> bool:
+    """Whether RL censors answers cut off at its cap: ``rl.censor_truncated`` when set, else whether evaluation or
+    the demo allows longer answers than training does (there a cut-off chain would have finished)."""
+    if cfg.rl.censor_truncated is not None:
+        return cfg.rl.censor_truncated
+    cap = cfg.rl.max_completion_length
+    return isinstance(cap, int) and cap < max(cfg.eval.max_new_tokens, cfg.demo.max_new_tokens)
+
+
 def validate(cfg: RunConfig) -> None:
     """Cross-field checks that types alone cannot express."""
     choices = {"model.backend": (cfg.model.backend, ("auto", "unsloth", "hf", "full")),
@@ -387,6 +403,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"rl.{key} needs both modes in every group: set rl.mode_balance > 0 too "
                               f"(or rl.{key}=0)")
     _check_mode_balance_schedule(cfg.rl, generations)
+    if "mask_truncated_completions" in cfg.rl.trl:
+        raise ConfigError("set rl.censor_truncated (true/false), not rl.mask_truncated_completions: censoring also "
+                          "takes cut-off answers out of the mode means, which TRL's flag alone does not")
     try:
         for mode in cfg.eval.modes:
             Routing(mode)

@@ -76,28 +76,51 @@ def _groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
     return rewards.view(-1, group_size)
 
 
+def _finished(finished: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    """``finished`` per sample laid out as ``like`` (``(N, G)``), as a 0/1 float; None: every answer finished."""
+    if finished is None:
+        return torch.ones_like(like)
+    if finished.numel() != like.numel():
+        raise ValueError(f"finished must hold one flag per sample ({like.numel()}), got {finished.numel()}")
+    return finished.to(like.device).bool().view_as(like).to(like.dtype)
+
+
 def group_advantages(rewards: torch.Tensor, group_size: int, scale_by_std: bool = False,
-                     eps: float = 1e-4) -> torch.Tensor:
+                     eps: float = 1e-4, finished: torch.Tensor | None = None) -> torch.Tensor:
     """Reward minus its group's mean, optionally over (group std + eps); shape ``(N*G,)``.
 
     The release does not scale by the std (Dr. GRPO style), so that is the default here too.
-    A group of one has no baseline to compare with and gets advantage 0.
+    A group of one has no baseline to compare with and gets advantage 0. ``finished`` per sample (False: an
+    answer cut off at the training cap, censored): the mean and std are taken over the finished answers only,
+    and a censored answer gets 0, since its reward says nothing about the answer it would have been.
     """
     grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
-    advantages = grouped - grouped.mean(dim=1, keepdim=True)
+    done = _finished(finished, grouped)
+    n = done.sum(dim=1, keepdim=True)
+    mean = (grouped * done).sum(dim=1, keepdim=True) / n.clamp(min=1)
+    advantages = (grouped - mean) * done
     if scale_by_std:
-        std = grouped.std(dim=1, keepdim=True) if group_size > 1 else torch.zeros_like(grouped)
+        var = (((grouped - mean) * done) ** 2).sum(dim=1, keepdim=True) / (n - 1).clamp(min=1)
+        std = torch.where(n > 1, var.sqrt(), torch.zeros_like(var))
         advantages = advantages / (std + eps)
     return advantages.reshape(-1)
 
 
-def informative_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+def informative_groups(rewards: torch.Tensor, group_size: int, finished: torch.Tensor | None = None) -> torch.Tensor:
     """False for every member of a group whose rewards are all equal: zero advantage, no signal.
 
-    The release drops those groups from the batch rather than spending compute on them.
+    The release drops those groups from the batch rather than spending compute on them. With ``finished`` (per
+    sample; False = cut off at the training cap, censored) only the finished answers are compared: a censored
+    answer is no evidence about its mode, so it cannot make a group informative (right short answers beside
+    cut-off thinking ones would otherwise teach "the mode that fits pays": the cap's verdict, not the reward's).
+    A group with fewer than two finished answers, or whose finished answers all scored alike, is dropped; the
+    loss masks censored answers anyway, so dropping such a group loses nothing the loss would have used.
     """
-    grouped = _groups(rewards, group_size)
-    varied = grouped.amax(dim=1) != grouped.amin(dim=1)
+    grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
+    done = _finished(finished, grouped).bool()
+    high = torch.where(done, grouped, torch.full_like(grouped, -torch.inf)).amax(dim=1)
+    low = torch.where(done, grouped, torch.full_like(grouped, torch.inf)).amin(dim=1)
+    varied = (done.sum(dim=1) > 1) & (high != low)
     return varied.repeat_interleave(group_size)
 
 
@@ -189,11 +212,15 @@ class _ModeGroups:
 
 
 def _mode_groups(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
-                 group_size: int) -> _ModeGroups:
+                 group_size: int, finished: torch.Tensor | None = None) -> _ModeGroups:
+    """The batch per group and mode. A censored answer (``finished`` False: cut off at the training cap) belongs
+    to no mode here: it leaves the mode's count and mean, and a mode whose answers were all cut off is absent
+    from the group (``both`` False), so the group gives the mode choice no pull from it."""
     grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
     modes = modes.view_as(grouped)
+    done = _finished(finished, grouped)
     p_short, p_think = p_short.view_as(grouped).to(grouped.dtype), p_think.view_as(grouped).to(grouped.dtype)
-    is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype), (modes == THINK_MODE).to(grouped.dtype)
+    is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype) * done, (modes == THINK_MODE).to(grouped.dtype) * done
     n_short, n_think = is_short.sum(1, keepdim=True), is_think.sum(1, keepdim=True)
     total = (p_short[:, :1] + p_think[:, :1]).clamp(min=1e-12)
     return _ModeGroups(rewards=grouped, modes=modes, is_short=is_short, is_think=is_think, n_short=n_short,
@@ -235,7 +262,8 @@ class RunningFisher:
 
 
 def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
-                   group_size: int, kept: torch.Tensor | None = None, fisher: RunningFisher | None = None) -> float:
+                   group_size: int, kept: torch.Tensor | None = None, fisher: RunningFisher | None = None,
+                   finished: torch.Tensor | None = None) -> float:
     """How far the batch asks every prompt's log-odds ``log pi(think) - log pi(short)`` to move together: the
     threshold half of the mode choice (the ranking half is :func:`mode_advantages` with ``centering=1``).
 
@@ -250,9 +278,11 @@ def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Te
     ``fisher``: the Fisher information averaged over steps (:class:`RunningFisher`, updated here with this
     batch's); None divides by this batch's alone, i.e. returns the batch's Fisher-weighted mean reward gap.
     Never larger than the largest gap of a group it used; 0 when no kept group holds both modes. ``q`` = the
-    two probabilities renormalised; ``kept`` per sample (False: a group the loss drops).
+    two probabilities renormalised; ``kept`` per sample (False: a group the loss drops); ``finished`` per sample
+    (False: cut off at the training cap, censored: the mode means leave it out, and a group whose answers of one
+    mode were all cut off holds that mode no more, so it adds nothing).
     """
-    g = _mode_groups(rewards, modes, p_short, p_think, group_size)
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished)
     use = g.both & _kept_groups(kept, g.both.shape[0], group_size, g.both.device)
     information = g.q_short * g.q_think * use
     gap = g.mean_think - g.mean_short
@@ -266,7 +296,8 @@ def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Te
 
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                     group_size: int, within_mode: bool = False, control_gradient: str = "exact",
-                    centering: float = 0.0, kept: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    centering: float = 0.0, kept: torch.Tensor | None = None,
+                    finished: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -308,11 +339,20 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     being a thinking answer in a group where short ones paid more: the response term then improves answers
     inside each mode and only the control term chooses the mode. An answer alone in its mode gets 0; one
     without a control token gets the plain group advantage.
+
+    Censored answers (``finished`` False per sample: cut off at the training cap without finishing) are no
+    evidence about their mode: they get 0 in both outputs and leave every mean (the modes', the group's), and a
+    mode whose answers in a group were all cut off counts as absent there, so that group gives the control token
+    no pull from it (with only the other mode left, its members' plain advantages sum to zero on the one token
+    they share). Otherwise the cap, not the reward, would choose the mode: a chain that does not fit scores as
+    a wrong answer.
     """
-    g = _mode_groups(rewards, modes, p_short, p_think, group_size)
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished)
     grouped, modes, is_short, is_think, both = g.rewards, g.modes, g.is_short, g.is_think, g.both
     n_short, n_think, mean_short, mean_think = g.n_short, g.n_think, g.mean_short, g.mean_think
-    plain = grouped - grouped.mean(dim=1, keepdim=True)
+    done = _finished(finished, grouped)
+    no_mode = (modes == NO_MODE).to(grouped.dtype) * done
+    plain = (grouped - (grouped * done).sum(1, keepdim=True) / done.sum(1, keepdim=True).clamp(min=1)) * done
     value = g.q_short * mean_short + g.q_think * mean_think
     if control_gradient == "exact":
         pull = g.p_think * (mean_think - value)  # = pi(think) q_s (rbar_t - rbar_s): V is their weighted mean
@@ -326,12 +366,12 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     if centering > 0 and centred.any():
         pull = torch.where(centred, pull - centering * pull[centred].mean(), pull)
     two_mode = (group_size * pull * (is_think / n_think.clamp(min=1) - is_short / n_short.clamp(min=1))
-                + (modes == NO_MODE).to(grouped.dtype) * (grouped - value))
+                + no_mode * (grouped - value))
     control = torch.where(both, two_mode, plain)
 
     if within_mode:
         own_mean = is_short * mean_short + is_think * mean_think
-        response = torch.where(modes == NO_MODE, plain, grouped - own_mean)
+        response = torch.where(modes == NO_MODE, plain, (grouped - own_mean) * done)
     else:
         response = plain
     return control.reshape(-1), response.reshape(-1)
@@ -406,13 +446,15 @@ class ModeChoiceRule:
 
     def advantages(self, rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                    group_size: int, kept: torch.Tensor | None = None,
-                   fisher: RunningFisher | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                   fisher: RunningFisher | None = None,
+                   finished: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(control advantages, response advantages, threshold shift of the log-odds), per
-        :func:`mode_advantages` and :func:`threshold_step` (``fisher``: the run's :meth:`running_fisher`)."""
+        :func:`mode_advantages` and :func:`threshold_step` (``fisher``: the run's :meth:`running_fisher`;
+        ``finished`` per sample, False for an answer cut off at the training cap: censored in both)."""
         control, response = mode_advantages(rewards, modes, p_short, p_think, group_size,
                                             within_mode=self.within_mode, control_gradient=self.control_gradient,
-                                            centering=self.centering, kept=kept)
+                                            centering=self.centering, kept=kept, finished=finished)
         shift = self.threshold_lr * threshold_step(rewards, modes, p_short, p_think, group_size, kept=kept,
-                                                     fisher=fisher) \
+                                                     fisher=fisher, finished=finished) \
             if self.threshold_lr > 0 else 0.0
         return control, response, shift

@@ -59,6 +59,55 @@ def gpu_report() -> str:
     return "\n".join(lines)
 
 
+# ---------------------------------------------------------------- a run folder that survives a disconnect
+
+DRIVE_MOUNT = "/content/drive"
+DRIVE_FOLDER = "thinkless-lite"  # under MyDrive
+
+
+def run_folder(out: str | os.PathLike, use_drive: bool | None = None, mount_point: str | os.PathLike = DRIVE_MOUNT) -> Path:
+    """Where the run lives. ``use_drive`` None (the default) means in Colab: Google Drive is mounted at
+    ``mount_point`` (once) and a relative ``out`` goes under ``MyDrive/thinkless-lite/``, so a disconnect or a
+    recycled VM keeps every checkpoint and rerunning the notebook resumes each stage from its last complete one.
+    False: ``out`` as given, on this machine's disk (a Colab VM loses it). An absolute ``out`` is kept as given."""
+    use = in_colab() if use_drive is None else use_drive
+    out = Path(out)
+    if not use or out.is_absolute():
+        return out
+    try:
+        from google.colab import drive
+    except ImportError as err:
+        raise RuntimeError("USE_DRIVE = True needs Google Colab's google.colab.drive to mount Google Drive; set "
+                           "USE_DRIVE = False to keep the run folder on this machine's disk") from err
+    mount = Path(mount_point)
+    if not (mount / "MyDrive").is_dir():
+        drive.mount(str(mount))
+    target = mount / "MyDrive" / DRIVE_FOLDER / out
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+def resume_report(run_dir: str | os.PathLike) -> str:
+    """One line per stage: what a run of the notebook will do with what ``run_dir`` already holds (start, resume
+    from a checkpoint, or find it done), so a rerun after a disconnect shows that nothing starts over."""
+    from thinkless_lite.callbacks import last_complete_checkpoint
+
+    run_dir = Path(run_dir)
+    lines = [f"run folder: {run_dir}"]
+    for stage in ("warmup", "rl"):
+        checkpoint = last_complete_checkpoint(run_dir / stage / "checkpoints", remove_incomplete=False)
+        if checkpoint:
+            lines.append(f"{stage}: resumes from {Path(checkpoint).name} (a finished stage only saves its adapter again)")
+        elif (run_dir / stage / "adapter" / "adapter_config.json").is_file():
+            lines.append(f"{stage}: adapter saved, no checkpoint: it trains again from the start")
+        else:
+            lines.append(f"{stage}: starts")
+    records = sorted((run_dir / "eval").glob("*/records.jsonl"))
+    answers = sum(sum(1 for _ in path.open(encoding="utf-8")) for path in records)
+    lines.append(f"eval: {answers} answers already written, reused" if answers else "eval: starts")
+    return "\n".join(lines)
+
+
 # ---------------------------------------------------------------- the repository checkout
 
 def _is_checkout(folder: Path) -> bool:

@@ -188,8 +188,9 @@ def _series(rows: Sequence[dict], key: str) -> tuple[list[int], list[float]]:
 
 
 def plot_rl_curves(rows: Sequence[dict], out_png: str | Path, title: str = "DeGRPO") -> Path:
-    """Think ratio and per-mode accuracy over steps (the paper's U-curve), rewards and tokens beside, and the
-    policy's P(<think>) per difficulty level: where routing by difficulty emerges, or a collapse shows."""
+    """Think ratio and per-mode accuracy over steps (the paper's U-curve), rewards and tokens beside (with the
+    share of each mode's answers cut off at the training cap: where it is high, the cap speaks, not the reward),
+    and the policy's P(<think>) per difficulty level: where routing by difficulty emerges, or a collapse shows."""
     from matplotlib.figure import Figure  # no pyplot: no global backend, safe in threads and servers
 
     levels = sorted({key.split("/k", 1)[1] for row in rows for key in row if key.startswith("p_think/k")},
@@ -204,10 +205,12 @@ def plot_rl_curves(rows: Sequence[dict], out_png: str | Path, title: str = "DeGR
     axes[0].set_title("mode choice and accuracy")
     axes[0].legend(loc="best", fontsize=8)
     for key, label in [("reward", "reward mean"), ("groups_all_correct", "groups all correct"),
-                       ("groups_all_wrong", "groups all wrong")]:
+                       ("groups_all_wrong", "groups all wrong"), ("clipped/think", "cut off at the cap (think)"),
+                       ("clipped/short", "cut off at the cap (short)")]:
         xs, ys = _series(rows, key)
-        axes[1].plot(xs, ys, label=label)
-    axes[1].set_title("reward and group outcomes")
+        if xs or not key.startswith("clipped/"):  # runs logged before the cut-off share existed lack it
+            axes[1].plot(xs, ys, label=label, linestyle=":" if key.startswith("clipped/") else "-")
+    axes[1].set_title("reward, group outcomes, cut-off answers")
     axes[1].legend(loc="best", fontsize=8)
     for key, label in [("tokens_think", "tokens (think)"), ("tokens_short", "tokens (short)")]:
         xs, ys = _series(rows, key)

@@ -32,6 +32,7 @@ weights once, not at every token (:func:`thinkless_lite.compat.dequantized_4bit_
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 
@@ -45,11 +46,19 @@ from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_ad
 from thinkless_lite.control_rows import (assert_control_rows_trainable, decision_rows,
                                          scale_control_rows_learning_rate)
 from thinkless_lite.generation import control_rows_folded
-from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, informative_groups,
-                                   loss_token_weights, shift_log_odds_)
+from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, group_advantages,
+                                   informative_groups, loss_token_weights, shift_log_odds_)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
 from thinkless_lite.rewards import ThinklessReward
 from thinkless_lite.tokens import SHORT, THINK, ControlTokens
+
+log = logging.getLogger("thinkless_lite")
+
+# Above this share of thinking answers cut off at the training cap (over the run so far, once it has seen
+# CLIPPED_THINK_MIN_ANSWERS of them, so one unlucky batch does not), the run warns once: the cap, not the reward,
+# then decides much of what the mode choice sees.
+CLIPPED_THINK_WARNING = 0.2
+CLIPPED_THINK_MIN_ANSWERS = 32
 
 
 class PortableSFTTrainer(SFTTrainer):
@@ -86,7 +95,7 @@ class DeGRPOMixin:
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
                  within_mode_advantages: bool = False, control_gradient: str = "exact",
                  mode_centering: float = 0.0, mode_threshold_lr: float = 0.0, control_rows_lr_scale: float = 1.0,
-                 control_tokens: ControlTokens = ControlTokens(), **kwargs):
+                 control_tokens: ControlTokens = ControlTokens(), censor_truncated: bool = False, **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -98,6 +107,16 @@ class DeGRPOMixin:
             ensure_reference_adapter(self.accelerator.unwrap_model(self.model))
         self._never_sample_padding()
         self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
+        self.censor_truncated = censor_truncated
+        if censor_truncated and not self.mask_truncated_completions:
+            raise ValueError("censor_truncated needs GRPOConfig(mask_truncated_completions=True), so that TRL's "
+                             "loss and attention leave the cut-off answers out too (rl.grpo_config sets it)")
+        if censor_truncated and self.scale_rewards not in ("none", "group"):
+            raise ValueError(f"censor_truncated computes group advantages over the finished answers; "
+                             f"scale_rewards={self.scale_rewards!r} (a whole-batch std) is not supported with it: "
+                             "use scale_rewards 'none' (the release's) or 'group'")
+        self._clipped_think = [0.0, 0.0]  # thinking answers cut off, thinking answers, over the run's steps
+        self._warned_clipped = False
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
         self.mode_balance = mode_balance
@@ -326,9 +345,15 @@ class DeGRPOMixin:
         local = out["completion_ids"].shape[0]
         start = self.accelerator.process_index * local
         rewards = torch.nansum(self._last_rewards, dim=1)
-        keep_all = informative_groups(rewards, self.num_generations) if self.drop_uniform_groups \
+        device = out["completion_ids"].device
+        finished_local = finished_answers(out["completion_ids"], self.eos_token_ids, self.max_completion_length)
+        all_finished = self.accelerator.gather(finished_local.float()).bool().to(rewards.device)
+        censored = all_finished if self.censor_truncated else None
+        keep_all = informative_groups(rewards, self.num_generations, finished=censored) if self.drop_uniform_groups \
             else torch.ones_like(rewards, dtype=torch.bool)
         keep = keep_all[start:start + local].to(out["completion_mask"].device)
+        if self.censor_truncated:  # TRL's mask_truncated_completions already did; kept here so the hook stands alone
+            keep = keep & finished_local.to(keep.device)
         # A pad token the model wrote inside an answer counts as padding, as it does in Unsloth's loss mask.
         answer_tokens = out["completion_mask"].float() * (out["completion_ids"] != self.processing_class.pad_token_id)
         mask = answer_tokens * keep[:, None].float()
@@ -339,7 +364,6 @@ class DeGRPOMixin:
             mask, alpha=self.alpha, decoupled=self.decoupled, normalizer=out["num_items_in_batch"].float(),
             n_control=counts[0], n_response=counts[1], n_sequences=counts[2])
 
-        device = out["completion_ids"].device
         first = out["completion_ids"][:, 0]
         modes = torch.full_like(first, NO_MODE)
         modes[first == self.mode_ids[SHORT_MODE]] = SHORT_MODE
@@ -357,9 +381,14 @@ class DeGRPOMixin:
             control, response, shift = self.mode_rule.advantages(
                 rewards.to(device), all_modes.long(), p_short, p_think, self.num_generations,
                 kept=keep_all.to(device) if self.drop_uniform_groups else None,
-                fisher=self._fisher if self.model.training else None)
+                fisher=self._fisher if self.model.training else None,
+                finished=censored.to(device) if censored is not None else None)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
+        elif self.censor_truncated:  # TRL's advantages took the cut-off answers' rewards into the group means
+            advantages = group_advantages(rewards.to(device), self.num_generations,
+                                          scale_by_std=self.scale_rewards == "group",
+                                          finished=censored.to(device))[start:start + local, None]
         else:
             advantages = out["advantages"].reshape(-1, 1)
         out["advantages"] = advantages * weights
@@ -368,18 +397,22 @@ class DeGRPOMixin:
             mean_log_odds = self.accelerator.gather(decision.log_odds[decision.inverse]).mean().item()
             self._threshold = {"prompts": decision.prompts, "target": mean_log_odds + shift, "step": shift,
                                "held": 0.0, "held_before": held_before}
-        self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, all_p_choice)
+        self._record_metrics(out["completion_mask"], rewards, keep_all, all_forced, all_difficulty, all_p_choice,
+                             all_finished)
         return out
 
     def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor,
-                        forced: torch.Tensor, difficulty: torch.Tensor, p_think: torch.Tensor) -> None:
+                        forced: torch.Tensor, difficulty: torch.Tensor, p_think: torch.Tensor,
+                        finished: torch.Tensor | None = None) -> None:
         """What users watch, in TRL's metrics (and so in ``metrics.jsonl``): the think ratio of the answers the
         policy chose (forced ones left out), accuracy and tokens per mode (forced ones in: they measure the
         mode), the policy's mean P(<think>) (over the two control tokens at temperature 1: what evaluation, the
         tau dial and the demo read), group health, the threshold's step and the drift it held (``threshold_step``,
-        ``threshold_hold``, one step late: measured after the optimizer step); and per difficulty level
-        ``think_ratio/k<level>``,
-        ``p_think/k<level>``, ``accuracy_think/k<level>``, ``accuracy_short/k<level>``."""
+        ``threshold_hold``, one step late: measured after the optimizer step), the share of each mode's answers cut
+        off at the training cap (``clipped/think``, ``clipped/short``, forced ones in; warned about once when above
+        ``CLIPPED_THINK_WARNING`` over the run so far); and per difficulty level ``think_ratio/k<level>``, ``p_think/k<level>``,
+        ``accuracy_think/k<level>``, ``accuracy_short/k<level>``, ``clipped_think/k<level>``,
+        ``clipped_short/k<level>``."""
         if self.recorder is None or not self.recorder.last_outcomes:
             return
         mode = "train" if self.model.training else "eval"
@@ -393,6 +426,7 @@ class DeGRPOMixin:
         rows = torch.stack([is_think, is_short, correct, fmt, lengths], dim=1)
         rows = self.accelerator.gather(rows)
         think, short, correct, fmt, lengths = rows.unbind(1)
+        cut = torch.zeros_like(think) if finished is None else 1.0 - finished.to(device).float()
         n = rows.shape[0]
         groups = correct.view(-1, self.num_generations)
         metrics = self._metrics[mode]
@@ -412,6 +446,17 @@ class DeGRPOMixin:
         metrics["groups_all_correct"].append((groups.min(1).values == 1).float().mean().item())
         metrics["groups_all_wrong"].append((groups.max(1).values == 0).float().mean().item())
         metrics["groups_dropped"].append(1.0 - keep_all.float().view(-1, self.num_generations)[:, 0].mean().item())
+        clipped_think = ratio((cut * think).sum(), think.sum())
+        metrics["clipped/think"].append(clipped_think)
+        metrics["clipped/short"].append(ratio((cut * short).sum(), short.sum()))
+        if mode == "train":
+            self._clipped_think[0] += (cut * think).sum().item()
+            self._clipped_think[1] += think.sum().item()
+            cut_share = self._clipped_think[0] / max(self._clipped_think[1], 1.0)
+            if (self._clipped_think[1] >= CLIPPED_THINK_MIN_ANSWERS and cut_share > CLIPPED_THINK_WARNING
+                    and not self._warned_clipped):
+                self._warned_clipped = True
+                log.warning(clipped_warning(cut_share, self.max_completion_length, self.censor_truncated))
         if self._threshold is not None:
             metrics["threshold_step"].append(self._threshold["step"])
             metrics["threshold_hold"].append(self._threshold["held_before"])
@@ -422,7 +467,27 @@ class DeGRPOMixin:
             metrics[f"p_think/k{level}"].append(ratio((p_think * at).sum(), at.sum()))
             metrics[f"accuracy_think/k{level}"].append(ratio((correct * think * at).sum(), (think * at).sum()))
             metrics[f"accuracy_short/k{level}"].append(ratio((correct * short * at).sum(), (short * at).sum()))
+            metrics[f"clipped_think/k{level}"].append(ratio((cut * think * at).sum(), (think * at).sum()))
+            metrics[f"clipped_short/k{level}"].append(ratio((cut * short * at).sum(), (short * at).sum()))
 
+
+
+def finished_answers(completion_ids: torch.Tensor, eos_token_ids, max_completion_length: int) -> torch.Tensor:
+    """Per row, whether the answer ended with an end-of-sequence token within the training cap; False means it was
+    cut off there. TRL pads after an answer's end (possibly with the EOS id itself) but never inside the first
+    ``max_completion_length`` columns of a cut-off answer, which fills them all: so only those columns are read."""
+    eos = torch.as_tensor(list(eos_token_ids), device=completion_ids.device)
+    return torch.isin(completion_ids[:, :max_completion_length], eos).any(dim=1)
+
+
+def clipped_warning(share: float, cap: int, censored: bool) -> str:
+    """The once-per-run warning when many thinking answers do not fit the training cap, naming the fix."""
+    effect = ("they are censored (left out of the loss and the mode means), so the mode choice learns from the "
+              "answers that fit; prompts whose chains never fit teach it nothing" if censored else
+              "they score as wrong answers, so the mode choice learns where a chain fits the cap, not where "
+              "thinking pays (set rl.censor_truncated: true to censor them)")
+    return (f"{share:.0%} of thinking answers were cut off at rl.max_completion_length={cap} before finishing: "
+            f"{effect}. Fix: raise rl.max_completion_length to fit the chains, or train on a task whose chains fit.")
 
 
 def distinct_rows(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

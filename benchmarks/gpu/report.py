@@ -289,6 +289,45 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Spec-sheet figures of the cards a run may be lent (the name torch reports contains the key; most specific first):
+# memory bandwidth (GB/s) scales the decode part of a step to a T4, dense fp16/bf16 tensor peak (TFLOP/s) the update.
+CARDS = {"H200": (4800.0, 989.0), "H100 PCIe": (2000.0, 756.0), "H100": (3350.0, 989.0), "A100-SXM4-80GB": (2039.0, 312.0),
+         "A100": (1555.0, 312.0), "L4": (300.0, 121.0), "T4": (320.0, 65.0)}
+T4_CARD = CARDS["T4"]
+
+
+def card_figures(name: str | None) -> tuple[float, float] | None:
+    """(bandwidth GB/s, fp16 TFLOP/s) of the card torch named, None for one not listed."""
+    return next((figures for key, figures in CARDS.items() if name and key in name), None)
+
+
+def projection_lines(results: dict) -> list[str]:
+    """Each timed run's DeGRPO stage at the recipe's step count on the lent card, and on a T4: the generation part
+    scaled by the bandwidth ratio (decoding reads every weight once a step), the update by the fp16 peak ratio.
+    Estimates from one short run (the steps after the first), not a T4 measurement."""
+    settings, device = results.get("settings") or {}, (results.get("device") or {}).get("name")
+    steps = settings.get("rl_max_steps")
+    figures = card_figures(device)
+    lines = []
+    for r in results.get("runs", []):
+        sm = r.get("summary") or {}
+        if r.get("status") != "ok" or not sm.get("step_s") or not steps:
+            continue
+        here = sm["step_s"] * steps / 60
+        line = (f"PROJECTION {r['shape']}/{r['backend']}: {sm['step_s']:.1f} s a step x {steps} steps = {here:.0f} min "
+                f"of DeGRPO on {device}")
+        if figures and sm.get("generate_s") is not None and sm.get("update_s") is not None:
+            t4_step = (sm["generate_s"] * figures[0] / T4_CARD[0] + (sm["step_s"] - sm["generate_s"])
+                       * figures[1] / T4_CARD[1])
+            line += (f"; on a T4 ~{t4_step:.0f} s a step, ~{t4_step * steps / 60:.0f} min (generation x "
+                     f"{figures[0] / T4_CARD[0]:.1f} by bandwidth, the rest x {figures[1] / T4_CARD[1]:.1f} by fp16 peak; "
+                     "docs/gpu.md's cost model estimates ~57 s a step)")
+        else:
+            line += "; no T4 projection (a card not in benchmarks/gpu/report.CARDS)"
+        lines.append(line)
+    return lines
+
+
 def summary_lines(results: dict) -> list[str]:
     """The few lines worth reading first: the loss check's verdict, or each run's memory and time."""
     if results["settings"]["mode"] in ("verify-loss", "load"):
@@ -309,7 +348,7 @@ def summary_lines(results: dict) -> list[str]:
                      f"(generation {_fmt(sm.get('generate_s'), 2)} s, update {_fmt(sm.get('update_s'), 2)} s), "
                      f"{_fmt(sm.get('generation_tokens_per_s'), 1)} generated tok/s")
     lines += [f"TARGET {t['target']}: {t['status']} ({_fmt(t['value'], 2)}, {t['limit']})" for t in results["targets"]]
-    return lines
+    return lines + projection_lines(results)
 
 
 def merge(parts: list[tuple[str, str]], json_out: Path, md_out: Path, notes: list[str] | None = None) -> dict:

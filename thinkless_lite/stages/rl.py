@@ -22,8 +22,9 @@ import torch
 from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCallback, NonFiniteLossCallback,
                                       align_metrics_with_checkpoint, explain_out_of_memory, last_complete_checkpoint,
                                       read_metrics)
-from thinkless_lite.config import ConfigError, RunConfig, save_resolved, trl_arguments
+from thinkless_lite.config import ConfigError, RunConfig, censors_truncated, save_resolved, trl_arguments
 from thinkless_lite.data.miniworld import MiniWorld
+from thinkless_lite.estimates import PipelineEtaCallback, stage_seconds
 from thinkless_lite.model import load_model, precision_flags, save_adapter
 from thinkless_lite.report import plot_rl_curves
 from thinkless_lite.rewards import ThinklessReward
@@ -60,7 +61,8 @@ def start_adapter(cfg: RunConfig) -> str | None:
 
 def grpo_config(cfg: RunConfig, output_dir: Path):
     """TRL's GRPOConfig for this recipe: the ``rl`` section's TRL fields over the stage's defaults, and the
-    two things DeGRPO needs: token-sum (``dapo``) aggregation and a batch of whole groups per step."""
+    two things DeGRPO needs: token-sum (``dapo``) aggregation and a batch of whole groups per step; plus TRL's
+    ``mask_truncated_completions`` where the recipe censors cut-off answers (:func:`censors_truncated`)."""
     import os
 
     from trl import GRPOConfig
@@ -77,7 +79,8 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
         raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
                           f"processes x rl.gradient_accumulation_steps ({world} x {accumulation})")
     args.update(per_device_train_batch_size=generation_batch // (world * accumulation),
-                loss_type="dapo", gradient_checkpointing=False)  # checkpointing is the model backend's
+                loss_type="dapo", gradient_checkpointing=False,  # checkpointing is the model backend's
+                mask_truncated_completions=censors_truncated(cfg))
     args["report_to"] = args["report_to"] or "none"
     return GRPOConfig(**args)
 
@@ -99,7 +102,7 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
         mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
         within_mode_advantages=cfg.rl.within_mode_advantages, control_gradient=cfg.rl.control_gradient,
         mode_centering=cfg.rl.mode_centering, mode_threshold_lr=cfg.rl.mode_threshold_lr,
-        control_rows_lr_scale=cfg.rl.control_rows_lr_scale,
+        control_rows_lr_scale=cfg.rl.control_rows_lr_scale, censor_truncated=censors_truncated(cfg),
         control_tokens=tokens, callbacks=list(callbacks))
 
 
@@ -118,7 +121,8 @@ def main(cfg: RunConfig) -> dict:
     print(f"RL from {'adapter ' + adapter if adapter else 'a fresh adapter'} ({loaded.backend.name} backend)")
     metrics_path = stage_dir / "metrics.jsonl"
     trainer = make_trainer(cfg, loaded, items, args, DeGRPOTrainer,
-                           [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path)])
+                           [CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(metrics_path),
+                            PipelineEtaCallback("rl", stage_seconds(cfg))])
     # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
     save_resolved(dataclasses.replace(cfg, model=model_cfg), stage_dir)
     resume = last_complete_checkpoint(checkpoints)
@@ -146,4 +150,5 @@ def main(cfg: RunConfig) -> dict:
 
 
 FINAL_KEYS = ("think_ratio", "p_think", "accuracy", "accuracy_think", "accuracy_short", "reward", "format_error_rate",
-              "tokens_think", "tokens_short", "groups_all_correct", "groups_all_wrong", "kl", "loss")
+              "tokens_think", "tokens_short", "groups_all_correct", "groups_all_wrong", "clipped/think",
+              "clipped/short", "kl", "loss")

@@ -21,6 +21,7 @@ from thinkless_lite.callbacks import (CheckpointCompleteCallback, MetricsJsonlCa
 from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
 from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generated_responses, miniworld_responses,
                                         responses_from_columns)
+from thinkless_lite.estimates import PipelineEtaCallback, stage_seconds
 from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter
 from thinkless_lite.stages.setup import new_folder, prepare_stage
 from thinkless_lite.teachers import generate_teacher_file
@@ -117,7 +118,8 @@ def main(cfg: RunConfig) -> dict:
         trainer = PortableSFTTrainer(
             model=loaded.model, args=args, train_dataset=dataset,
             processing_class=loaded.tokenizer,
-            callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl")])
+            callbacks=[CheckpointCompleteCallback(), NonFiniteLossCallback(), MetricsJsonlCallback(stage_dir / "metrics.jsonl"),
+                       PipelineEtaCallback("warmup", stage_seconds(cfg))])
         # Written once the data, the model and the trainer are ready: a start that fails leaves the run as it was.
         save_resolved(cfg, stage_dir)
         (stage_dir / "data_report.txt").write_text(str(report) + "\n")
