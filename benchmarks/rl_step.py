@@ -176,23 +176,51 @@ def matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dty
 
 
 def matmul_parameters(model) -> int:
-    """Parameters that take part in a token's matmuls: every Linear of the base and the LM head (embeddings
-    are lookups, LoRA's few are ignored)."""
+    """Parameters of the matmuls one token goes through, each weight counted once: every Linear of the base
+    (a 4-bit one by its logical shape) and the LM head (embeddings are lookups, LoRA's few are ignored).
+
+    Counted by weight tensor, not by module: PEFT's LoRA wrapper exposes its base layer's ``weight`` and the
+    base layer is a module of its own, and a tied head is the embedding table seen as ``lm_head``, inside
+    trainable-token wrappers, and as the input embedding; counting modules counted SmolLM2-135M as 354 M.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen: set = set()
     total = 0
     for name, module in base.named_modules():
-        if "lora_" in name:
+        if not isinstance(module, torch.nn.Linear) or not counts_as_base_matmul(name):
             continue
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.dim() != 2 or isinstance(module, torch.nn.Embedding):
-            continue
-        out_features = getattr(module, "out_features", weight.shape[0])
-        in_features = getattr(module, "in_features", weight.shape[1])
-        total += int(out_features) * int(in_features)
-    head = base.get_output_embeddings()
-    if head is not None and head.weight is base.get_input_embeddings().weight:  # tied: no Linear of its own
-        total += head.weight.numel()
+        total += _count_once(module.weight, int(module.out_features) * int(module.in_features), seen)
+    weight = getattr(unwrapped(base.get_output_embeddings()), "weight", None)
+    if weight is not None:  # a head computed from the tied table without a Linear of its own
+        total += _count_once(weight, weight.shape[0] * weight.shape[1], seen)
     return total
+
+
+def unwrapped(module):
+    """The layer inside PEFT's wrappers (LoRA's ``base_layer``, trainable tokens' ``token_adapter``): a wrapper's
+    ``weight`` can be a fresh tensor (the table with the trained rows written in), not the one the base holds."""
+    while module is not None:
+        inner = getattr(module, "token_adapter", None) or getattr(module, "base_layer", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+    return module
+
+
+def counts_as_base_matmul(name: str) -> bool:
+    """Whether a Linear at ``name`` is one of the base's own: not LoRA's A/B, not PEFT's untouched original of a
+    ``modules_to_save`` layer (the adapter's copy is what computes)."""
+    parts = name.split(".")
+    return not any(p.startswith("lora_") for p in parts) and "original_module" not in parts
+
+
+def _count_once(weight: torch.Tensor, size: int, seen: set) -> int:
+    """``size`` the first time this weight's storage is seen, 0 after (tied or wrapped twice)."""
+    key = id(weight) if weight.device.type == "meta" else (weight.device.type, weight.data_ptr())
+    if key in seen:
+        return 0
+    seen.add(key)
+    return size
 
 
 def floor_seconds(tokens: dict, n_params: int, decode_flops: float, bulk_flops: float) -> float:
@@ -300,7 +328,7 @@ def main(argv=None) -> int:
                "decode_padding_share": round(1 - totals["tokens.decode_real"] / max(totals["tokens.decode_processed"], 1), 3),
                "train_padding_share": round(1 - totals["tokens.train_real"] / max(totals["tokens.train_processed"], 1), 3),
                "matmul_gflops_decode": round(decode_flops / 1e9, 1), "matmul_gflops_bulk": round(bulk_flops / 1e9, 1),
-               "matmul_params_millions": round(n_params / 1e6, 1)}
+               "matmul_parameters": n_params, "matmul_params_millions": round(n_params / 1e6, 1)}
     summary["floor_ratio"] = round(summary["step_seconds"] / max(summary["floor_seconds"], 1e-9), 2)
     print(json.dumps(summary))
     return 0
