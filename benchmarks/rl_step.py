@@ -18,15 +18,19 @@ longest), and the step's **floor**: the FLOPs the real tokens need, over matmul 
 process on the model's own shapes. Counted: 2·N FLOPs per token of a forward (prompts' prefill, each
 generated token, the P(think) forward over prompts) and 4·N per token of a trained forward+backward (LoRA on a
 frozen base: the backward computes activation gradients, 2·N, and no base-weight gradients); N is the
-parameters of the base's matmuls, the LM head included; attention's own T² terms are left out (short
-sequences here). Decoding is timed against the throughput of a (rows x hidden) matmul, everything else
-against a large one. The last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``,
-parts, ``step_cpu_seconds``: this process's CPU time, steadier than wall time on a shared machine) for comparison
-between runs and machines. Not a test.
+parameters of the base's matmuls, the LM head included, each weight once however many PEFT wrappers show it
+(``matmul_parameters``: SmolLM2-135M 134.5 M); attention's own T² terms are left out (short sequences here).
+Decoding is timed against the throughput of a (rows x hidden) matmul, everything else against a large one. The
+last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``, ``matmul_parameters``,
+parts, ``step_cpu_seconds``: this process's CPU time, steadier than wall time on a shared machine) for
+comparison between runs and machines. Not a test.
 
 What each speed-up saves, measured on its own: ``--padded`` scores the batch as TRL's one padded rectangle (no
 length-grouped micro-batches), ``--quantized-generation`` generates through bitsandbytes' per-call dequantization
-(4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper.
+(4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper, ``--unmerged-generation`` through
+PEFT's unmerged LoRA forward (base matmul plus the two LoRA matmuls at every token, instead of one matmul on a
+merged copy: ``thinkless_lite.compat.merged_lora_weights``). ``benchmarks/decode_step.py`` times the decode step
+alone, merged against unmerged, in one process.
 """
 
 from __future__ import annotations
@@ -247,6 +251,8 @@ def main(argv=None) -> int:
                         help="score the batch as one padded rectangle (the cost of not grouping rows by length)")
     parser.add_argument("--quantized-generation", action="store_true",
                         help="generate through bitsandbytes' per-call dequantization (4-bit bases on a CPU)")
+    parser.add_argument("--unmerged-generation", action="store_true",
+                        help="generate through PEFT's unmerged LoRA forward (the cost of not merging LoRA for decoding)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -287,6 +293,7 @@ def main(argv=None) -> int:
     trainer = rl.make_trainer(cfg, loaded, items, grpo_args, timed(DeGRPOTrainer))
     trainer.length_grouped_batches = not args.padded
     trainer.dequantize_for_generation = not args.quantized_generation
+    trainer.merge_lora_for_generation = not args.unmerged_generation
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback)
 
@@ -320,6 +327,7 @@ def main(argv=None) -> int:
     summary = {"model": cfg.model.name_or_path, "recipe": config, "steps": len(clock.rows), "threads": args.threads,
                "rows_folded_for_generation": not args.no_fold, "length_grouped_batches": not args.padded,
                "dequantized_generation": not args.quantized_generation,
+               "merged_lora_generation": not args.unmerged_generation,
                "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
                # CPU seconds of this process (all threads): steadier than wall time on a shared machine
                "step_cpu_seconds": round(totals["step_cpu_seconds"] / max(len(clock.rows), 1), 3),
