@@ -8,7 +8,8 @@ Loads the recipe's model with the adapter as RL does (trainable, then eval mode 
 exactly ``--tokens`` tokens with ``model.generate``, greedy and sampled at the recipe's temperature, alternately
 unmerged and merged (``thinkless_lite.compat.merged_lora_weights``), ``--repeats`` times each, all in one process:
 on a shared machine read the ratios, not the milliseconds. A decode step is (decode time - prefill time) / (tokens
-- 1). Its floor is 2·N·rows FLOPs (N: ``rl_step.matmul_parameters``) at the throughput of a (rows x hidden) matmul
+- 1), in this process's CPU time (wall time on a loaded machine is mostly waiting; with ``--threads 1`` CPU time is
+the compute). Its floor is 2·N·rows FLOPs (N: ``rl_step.matmul_parameters``) at the throughput of a (rows x hidden) matmul
 measured here. Also says whether both decoded the same tokens, and where the first differs if not. The last line
 is one JSON object. Not a test.
 """
@@ -82,11 +83,11 @@ def main(argv=None) -> int:
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         torch.manual_seed(args.seed)
         weights = merged_lora_weights(model) if merged else contextlib.nullcontext(model)
-        began = time.perf_counter()
+        began = time.process_time()
         with torch.no_grad(), control_rows_folded(model), weights, dequantized_4bit_weights(model):
             out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
-        return time.perf_counter() - began, out[:, batch["input_ids"].shape[1]:]
+        return time.process_time() - began, out[:, batch["input_ids"].shape[1]:]
 
     config_ = model.config
     dtype = next(p for p in model.parameters() if p.dtype.is_floating_point).dtype
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     n_params = matmul_parameters(model)
     floor_ms = 2 * n_params * args.rows / flops * 1e3
     print(f"N = {n_params / 1e6:.1f} M; {flops / 1e9:.1f} GFLOP/s at {args.rows} rows: floor {floor_ms:.1f} ms a "
-          f"decode step", flush=True)
+          f"decode step (wall-clock throughput: on a loaded machine the floor is too high)", flush=True)
 
     summary = {"model": cfg.model.name_or_path, "rows": args.rows, "tokens": args.tokens, "threads": args.threads,
                "matmul_parameters": n_params, "matmul_gflops_decode": round(flops / 1e9, 1),
@@ -112,7 +113,7 @@ def main(argv=None) -> int:
         for merged in (False, True):
             name = f"{label}_{'merged' if merged else 'unmerged'}_ms"
             summary[name] = round(statistics.median(steps[merged]), 1)
-            print(f"{label:8s} {'merged' if merged else 'unmerged':9s} {summary[name]:8.1f} ms a decode step "
+            print(f"{label:8s} {'merged' if merged else 'unmerged':9s} {summary[name]:8.1f} CPU ms a decode step "
                   f"({summary[name] / floor_ms:.1f}x the floor); runs: {', '.join(f'{s:.0f}' for s in steps[merged])}",
                   flush=True)
         summary[f"{label}_speedup"] = round(summary[f"{label}_unmerged_ms"] / summary[f"{label}_merged_ms"], 2)
