@@ -165,7 +165,8 @@ def merged_lora_weights(model, *, four_bit: bool = True):
     """Inference with each LoRA layer computed as one matmul on its base weight plus the adapters' deltas.
 
     Unmerged, a LoRA layer costs the base matmul plus two thin ones and an add, at every generated token: on
-    SmolLM2-135M decoding 16 rows, 207-213 ms a step against 87-98 ms merged (issue 34). Here each PEFT LoRA
+    SmolLM2-135M decoding 16 rows, 207-213 ms a step against 87-98 ms with ``merge_and_unload`` (issue 34, wall
+    time, 2 threads); with this, 231 against 197 CPU ms at 1 thread (``benchmarks/decode_step.py``). Each PEFT LoRA
     ``Linear`` computes ``F.linear(x, W + sum of get_delta_weight(a) over the active adapters)`` (PEFT's own
     merge arithmetic), the sum made under no_grad on the layer's first call in the block and kept until the block
     ends. ``W`` is a copy: the base and the trained LoRA weights are never written, so training sees exactly what
@@ -226,6 +227,7 @@ def _mergeable_lora_layer(module, four_bit: bool) -> bool:
 def _merged_forward(layer):
     """``layer``'s forward on its merged weight, computed once per (active adapters, dtype); PEFT's otherwise."""
     base = layer.get_base_layer()
+    four_bit = _is_4bit(base)
     weights: dict[tuple, torch.Tensor] = {}
 
     def forward(x, *args, **kwargs):
@@ -233,7 +235,7 @@ def _merged_forward(layer):
         if (args or kwargs or layer.training or layer.disable_adapters or layer.merged or not active
                 or any(a in layer.lora_variant for a in active)):
             return type(layer).forward(layer, x, *args, **kwargs)
-        if _is_4bit(base):
+        if four_bit:
             from bitsandbytes.nn.modules import fix_4bit_weight_quant_state_from_module
 
             fix_4bit_weight_quant_state_from_module(base)
@@ -247,7 +249,7 @@ def _merged_forward(layer):
         if key not in weights:
             weights.clear()  # one merged copy per layer at a time
             weights[key] = _merged_weight(layer, base, active, dtype)
-        if not _is_4bit(base):  # nn.Linear's own call, on the merged weight
+        if not four_bit:  # nn.Linear's own call, on the merged weight
             return torch.nn.functional.linear(x, weights[key], base.bias)
         bias = None if base.bias is None else base.bias.to(dtype)
         return torch.nn.functional.linear(x.to(dtype), weights[key], bias).to(x.dtype)
