@@ -18,15 +18,19 @@ longest), and the step's **floor**: the FLOPs the real tokens need, over matmul 
 process on the model's own shapes. Counted: 2·N FLOPs per token of a forward (prompts' prefill, each
 generated token, the P(think) forward over prompts) and 4·N per token of a trained forward+backward (LoRA on a
 frozen base: the backward computes activation gradients, 2·N, and no base-weight gradients); N is the
-parameters of the base's matmuls, the LM head included; attention's own T² terms are left out (short
-sequences here). Decoding is timed against the throughput of a (rows x hidden) matmul, everything else
-against a large one. The last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``,
-parts, ``step_cpu_seconds``: this process's CPU time, steadier than wall time on a shared machine) for comparison
-between runs and machines. Not a test.
+parameters of the base's matmuls, the LM head included, each weight once however many PEFT wrappers show it
+(``matmul_parameters``: SmolLM2-135M 134.5 M); attention's own T² terms are left out (short sequences here).
+Decoding is timed against the throughput of a (rows x hidden) matmul, everything else against a large one. The
+last line is one JSON object (``step_seconds``, ``floor_seconds``, ``floor_ratio``, ``matmul_parameters``,
+parts, ``step_cpu_seconds``: this process's CPU time, steadier than wall time on a shared machine) for
+comparison between runs and machines. Not a test.
 
 What each speed-up saves, measured on its own: ``--padded`` scores the batch as TRL's one padded rectangle (no
 length-grouped micro-batches), ``--quantized-generation`` generates through bitsandbytes' per-call dequantization
-(4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper.
+(4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper, ``--unmerged-generation`` through
+PEFT's unmerged LoRA forward (base matmul plus the two LoRA matmuls at every token, instead of one matmul on a
+merged copy: ``thinkless_lite.compat.merged_lora_weights``). ``benchmarks/decode_step.py`` times the decode step
+alone, merged against unmerged, in one process.
 """
 
 from __future__ import annotations
@@ -176,23 +180,51 @@ def matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dty
 
 
 def matmul_parameters(model) -> int:
-    """Parameters that take part in a token's matmuls: every Linear of the base and the LM head (embeddings
-    are lookups, LoRA's few are ignored)."""
+    """Parameters of the matmuls one token goes through, each weight counted once: every Linear of the base
+    (a 4-bit one by its logical shape) and the LM head (embeddings are lookups, LoRA's few are ignored).
+
+    Counted by weight tensor, not by module: PEFT's LoRA wrapper exposes its base layer's ``weight`` and the
+    base layer is a module of its own, and a tied head is the embedding table seen as ``lm_head``, inside
+    trainable-token wrappers, and as the input embedding; counting modules counted SmolLM2-135M as 354 M.
+    """
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen: set = set()
     total = 0
     for name, module in base.named_modules():
-        if "lora_" in name:
+        if not isinstance(module, torch.nn.Linear) or not counts_as_base_matmul(name):
             continue
-        weight = getattr(module, "weight", None)
-        if weight is None or weight.dim() != 2 or isinstance(module, torch.nn.Embedding):
-            continue
-        out_features = getattr(module, "out_features", weight.shape[0])
-        in_features = getattr(module, "in_features", weight.shape[1])
-        total += int(out_features) * int(in_features)
-    head = base.get_output_embeddings()
-    if head is not None and head.weight is base.get_input_embeddings().weight:  # tied: no Linear of its own
-        total += head.weight.numel()
+        total += _count_once(module.weight, int(module.out_features) * int(module.in_features), seen)
+    weight = getattr(unwrapped(base.get_output_embeddings()), "weight", None)
+    if weight is not None:  # a head computed from the tied table without a Linear of its own
+        total += _count_once(weight, weight.shape[0] * weight.shape[1], seen)
     return total
+
+
+def unwrapped(module):
+    """The layer inside PEFT's wrappers (LoRA's ``base_layer``, trainable tokens' ``token_adapter``): a wrapper's
+    ``weight`` can be a fresh tensor (the table with the trained rows written in), not the one the base holds."""
+    while module is not None:
+        inner = getattr(module, "token_adapter", None) or getattr(module, "base_layer", None)
+        if not isinstance(inner, torch.nn.Module):
+            return module
+        module = inner
+    return module
+
+
+def counts_as_base_matmul(name: str) -> bool:
+    """Whether a Linear at ``name`` is one of the base's own: not LoRA's A/B, not PEFT's untouched original of a
+    ``modules_to_save`` layer (the adapter's copy is what computes)."""
+    parts = name.split(".")
+    return not any(p.startswith("lora_") for p in parts) and "original_module" not in parts
+
+
+def _count_once(weight: torch.Tensor, size: int, seen: set) -> int:
+    """``size`` the first time this weight's storage is seen, 0 after (tied or wrapped twice)."""
+    key = id(weight) if weight.device.type == "meta" else (weight.device.type, weight.data_ptr())
+    if key in seen:
+        return 0
+    seen.add(key)
+    return size
 
 
 def floor_seconds(tokens: dict, n_params: int, decode_flops: float, bulk_flops: float) -> float:
@@ -219,6 +251,8 @@ def main(argv=None) -> int:
                         help="score the batch as one padded rectangle (the cost of not grouping rows by length)")
     parser.add_argument("--quantized-generation", action="store_true",
                         help="generate through bitsandbytes' per-call dequantization (4-bit bases on a CPU)")
+    parser.add_argument("--unmerged-generation", action="store_true",
+                        help="generate through PEFT's unmerged LoRA forward (the cost of not merging LoRA for decoding)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -259,6 +293,7 @@ def main(argv=None) -> int:
     trainer = rl.make_trainer(cfg, loaded, items, grpo_args, timed(DeGRPOTrainer))
     trainer.length_grouped_batches = not args.padded
     trainer.dequantize_for_generation = not args.quantized_generation
+    trainer.merge_lora_for_generation = not args.unmerged_generation
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback)
 
@@ -292,6 +327,7 @@ def main(argv=None) -> int:
     summary = {"model": cfg.model.name_or_path, "recipe": config, "steps": len(clock.rows), "threads": args.threads,
                "rows_folded_for_generation": not args.no_fold, "length_grouped_batches": not args.padded,
                "dequantized_generation": not args.quantized_generation,
+               "merged_lora_generation": not args.unmerged_generation,
                "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
                # CPU seconds of this process (all threads): steadier than wall time on a shared machine
                "step_cpu_seconds": round(totals["step_cpu_seconds"] / max(len(clock.rows), 1), 3),
@@ -300,7 +336,7 @@ def main(argv=None) -> int:
                "decode_padding_share": round(1 - totals["tokens.decode_real"] / max(totals["tokens.decode_processed"], 1), 3),
                "train_padding_share": round(1 - totals["tokens.train_real"] / max(totals["tokens.train_processed"], 1), 3),
                "matmul_gflops_decode": round(decode_flops / 1e9, 1), "matmul_gflops_bulk": round(bulk_flops / 1e9, 1),
-               "matmul_params_millions": round(n_params / 1e6, 1)}
+               "matmul_parameters": n_params, "matmul_params_millions": round(n_params / 1e6, 1)}
     summary["floor_ratio"] = round(summary["step_seconds"] / max(summary["floor_seconds"], 1e-9), 2)
     print(json.dumps(summary))
     return 0

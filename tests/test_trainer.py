@@ -421,3 +421,46 @@ def test_the_cut_off_warning_names_the_fix_and_what_censoring_does():
     assert finished_answers(ids, [eos], 5).tolist() == [True, False, True]
     # Padding beyond the cap (pad_to_multiple_of) may hold the EOS id when pad == eos: only the cap's columns count.
     assert finished_answers(torch.tensor([[5, 6, 7, eos]]), [eos], 3).tolist() == [False]
+
+
+def test_merged_lora_generation_trains_bit_identically(tiny_model_dir, tmp_path, monkeypatch):
+    """A real DeGRPO step generating on merged LoRA weights (the default) and on PEFT's unmerged forward: the same
+    completions, and bit for bit the same trained parameters and optimizer state afterwards."""
+    import thinkless_lite.compat as compat
+
+    merges = []
+    merged_weight = compat._merged_weight
+    monkeypatch.setattr(compat, "_merged_weight", lambda *a: merges.append(1) or merged_weight(*a))
+    results = {}
+    for merge in (True, False):
+        torch.manual_seed(0)
+        trainer, _ = make_trainer(tiny_model_dir, tmp_path / str(merge), decoupled=True, alpha=0.5,
+                                  grpo_args={"bf16": False, "learning_rate": 1e-2})
+        generator = torch.Generator().manual_seed(1)
+        with torch.no_grad():  # a trained adapter: a fresh one's delta is zero, which would merge trivially
+            for name, param in trainer.model.named_parameters():
+                if "lora_B" in name:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+        start = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        trainer.merge_lora_for_generation = merge
+        completions = []
+        generate_single_turn = trainer._generate_single_turn
+
+        def spy(*args, **kwargs):
+            out = generate_single_turn(*args, **kwargs)
+            completions.append(out[0])
+            return out
+
+        trainer._generate_single_turn = spy
+        merges.clear()
+        trainer.train()
+        assert bool(merges) == merge
+        params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+        assert any(not torch.equal(params[k], start[k]) for k in params), "the step trained something"
+        state = [{k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for s in trainer.optimizer.state.values()]
+        results[merge] = completions, params, state
+    (merged_completions, merged_params, merged_state), (completions, params, state) = results[True], results[False]
+    assert merged_completions == completions
+    assert merged_params.keys() == params.keys() and all(torch.equal(merged_params[k], params[k]) for k in params)
+    assert len(merged_state) == len(state) > 0
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(merged_state, state))

@@ -77,6 +77,13 @@ def control_rows_folded(model):
                     layer.unmerge()
 
 
+def _lora_merged(model, merge: bool):
+    """:func:`~thinkless_lite.compat.merged_lora_weights` when ``merge``, else nothing."""
+    from thinkless_lite.compat import merged_lora_weights  # imports peft: only once a model is there
+
+    return merged_lora_weights(model) if merge else contextlib.nullcontext(model)
+
+
 def _sample(logits: torch.Tensor, settings: SamplingSettings, generator: torch.Generator) -> torch.Tensor:
     """Greedy at temperature 0, else temperature + nucleus sampling, row-wise: transformers' own warpers, so the
     decision step samples as ``model.generate`` samples the rest, but seeded by ``generator``."""
@@ -143,8 +150,12 @@ def _count_tokens(ids: torch.Tensor, tokenizer, ends: Sequence[int]) -> int:
 @torch.no_grad()
 def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", tau: float | None = None,
              settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
-             system_prompt: str | None = None, batch_size: int = 32, progress: bool = False) -> list[Generation]:
-    """Answer ``questions`` in batches; ``mode`` auto|think|short, ``tau`` thresholds P(think) in auto."""
+             system_prompt: str | None = None, batch_size: int = 32, progress: bool = False,
+             merge_lora: bool = True) -> list[Generation]:
+    """Answer ``questions`` in batches; ``mode`` auto|think|short, ``tau`` thresholds P(think) in auto.
+
+    ``merge_lora``: decode each LoRA layer as one matmul on a merged copy of its weight
+    (:func:`~thinkless_lite.compat.merged_lora_weights`; the model's weights untouched); False: PEFT's forward."""
     requested = Routing(mode, tau).label
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -154,7 +165,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
     was_training = model.training
     model.eval()
     starts = range(0, len(questions), batch_size)
-    with control_rows_folded(model):
+    with control_rows_folded(model), _lora_merged(model, merge_lora):
         results = _generate_batches(model, tokenizer, questions, starts, batch_size, mode, tau, settings, tokens,
                                     system_prompt, generator, ends, requested, progress)
     if was_training:
@@ -204,10 +215,11 @@ class StreamEvent:
 
 def stream(model, tokenizer, question: str, *, mode: str = "auto", tau: float | None = None,
            settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
-           system_prompt: str | None = None) -> Iterator[StreamEvent]:
-    """Yield the decision first, then text as it is generated, then the finished Generation."""
+           system_prompt: str | None = None, merge_lora: bool = True) -> Iterator[StreamEvent]:
+    """Yield the decision first, then text as it is generated, then the finished Generation (``merge_lora`` as in
+    :func:`generate`)."""
     model.eval()
-    with control_rows_folded(model):
+    with control_rows_folded(model), _lora_merged(model, merge_lora):
         yield from _stream(model, tokenizer, question, mode=mode, tau=tau, settings=settings, tokens=tokens,
                            system_prompt=system_prompt)
 

@@ -23,10 +23,12 @@ loss, and after each optimizer step (transformers' ``on_optimizer_step`` callbac
 of the two control tokens' output rows (``DeGRPOMixin.hold_threshold``).
 
 Also here: dropping groups whose rewards are all equal (as the release does) and the metrics users
-watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups); and two speed-ups
-that change no number: the loss forward runs in micro-batches of similar answer length, each cut after its
-last real column (:mod:`thinkless_lite.microbatching`), and on a CPU generation dequantizes 4-bit base
-weights once, not at every token (:func:`thinkless_lite.compat.dequantized_4bit_weights`).
+watch (think ratio, accuracy per mode, tokens per mode, all-correct / all-wrong groups); and three speed-ups
+that leave the trained weights and the optimizer untouched: the loss forward runs in micro-batches of similar
+answer length, each cut after its last real column (:mod:`thinkless_lite.microbatching`); generation decodes each
+LoRA layer as one matmul on a merged copy of its weight (:func:`thinkless_lite.compat.merged_lora_weights`; the
+same tokens up to float rounding), and on a CPU dequantizes 4-bit base weights once, not at every token
+(:func:`thinkless_lite.compat.dequantized_4bit_weights`).
 """
 
 from __future__ import annotations
@@ -41,8 +43,8 @@ from transformers import TrainerCallback
 from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
-                                   plain_logps_and_entropies, prepare_for_training, trainer_flavour,
-                                   unsloth_loss_inputs)
+                                   merged_lora_weights, plain_logps_and_entropies, prepare_for_training,
+                                   trainer_flavour, unsloth_loss_inputs)
 from thinkless_lite.control_rows import (assert_control_rows_trainable, decision_rows,
                                          scale_control_rows_learning_rate)
 from thinkless_lite.generation import control_rows_folded
@@ -265,9 +267,21 @@ class DeGRPOMixin:
     # Generate with 4-bit base weights dequantized once per generation on a CPU, not once per token
     # (thinkless_lite.compat.dequantized_4bit_weights: the same tokens). False: bitsandbytes' per-call path.
     dequantize_for_generation = True
+    # Generate with each LoRA layer as one matmul on a merged copy of its weight (thinkless_lite.compat.
+    # merged_lora_weights: the trained weights untouched, the same tokens up to float rounding). False: PEFT's
+    # unmerged forward (base matmul + the two LoRA matmuls at every token).
+    merge_lora_for_generation = True
 
+    @contextlib.contextmanager
     def _generation_weights(self, model):
-        return dequantized_4bit_weights(model) if self.dequantize_for_generation else contextlib.nullcontext(model)
+        """The weights generation decodes with: merged LoRA first (it reads the 4-bit layers before
+        ``dequantized_4bit_weights`` hooks them), then the 4-bit base dequantized once; each behind its switch."""
+        with contextlib.ExitStack() as stack:
+            if self.merge_lora_for_generation:
+                stack.enter_context(merged_lora_weights(model, four_bit=self.dequantize_for_generation))
+            if self.dequantize_for_generation:
+                stack.enter_context(dequantized_4bit_weights(model))
+            yield model
 
     def _forced_rows(self, local_rows: int) -> list[int | None]:
         balance = self.current_mode_balance()
