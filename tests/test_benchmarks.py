@@ -190,7 +190,8 @@ def test_offline_true_reads_shared_copy():
 
 
 def test_hub_success_uses_spec(monkeypatch):
-    calls = fake_hub(monkeypatch, [{"question": "Q1", "answer": "work\n#### 1,234"}, {"question": "Q2", "answer": "#### 7"}])
+    rows = [{"question": "Q1", "answer": "work\n#### 1,234"}, {"question": "Q2", "answer": "#### 7"}]
+    calls = fake_hub(monkeypatch, rows)
     items = load_benchmark("gsm8k", offline=False)
     assert calls == [("openai/gsm8k", "main", "test")]
     assert [i.gold for i in items] == ["1234", "7"]
