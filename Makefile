@@ -1,7 +1,7 @@
 # Two commands do all the set-up on a fresh machine:
 #   make quickstart   # venv + install + the whole mini-world pipeline on CPU (report in runs/quickstart)
-#   make test         # venv + install + dev tools + headless Chromium, then the full test suite
-#   make test-fast    # the same set-up, then every test not marked slow (minutes, not the better part of an hour)
+#   make test         # venv + install + dev tools + Jupyter kernel + headless Chromium, then the full test suite
+#   make test-fast    # venv + install + dev tools (no kernel, no browser), then every test not marked slow
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -25,17 +25,22 @@ $(BIN)/.installed: pyproject.toml requirements/cpu.txt
 $(BIN)/.dev: $(BIN)/.installed requirements/dev.txt requirements/no-deps.txt
 	$(BIN)/pip install -q -r requirements/dev.txt
 	$(BIN)/pip install -q --no-deps -r requirements/no-deps.txt
+	touch $@
+
+# Only the slow tests run notebooks (a Jupyter kernel) and drive the demo in a browser (Chromium).
+$(BIN)/.slow: $(BIN)/.dev requirements/slow.txt
+	$(BIN)/pip install -q -r requirements/slow.txt
 	$(BIN)/python -m ipykernel install --user --name python3 >/dev/null
 	bash scripts/install_browser.sh
 	touch $@
 
 install: $(BIN)/.installed
-dev: $(BIN)/.dev
+dev: $(BIN)/.slow
 
 quickstart: $(BIN)/.installed
 	$(BIN)/thinkless-lite quickstart --out $(OUT)
 
-test: $(BIN)/.dev
+test: $(BIN)/.slow
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # Slow tests train models end to end or run notebooks, a browser, console scripts or the quickstart.

@@ -78,7 +78,8 @@ def run(path: str, how: str, steps: int) -> dict:
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     from thinkless_lite.config import ModelConfig
-    from thinkless_lite.model import load_tokenizer, resolve_model_path
+    from thinkless_lite.base import resolve_model_path
+    from thinkless_lite.vocabulary import load_tokenizer
     from thinkless_lite.vocabulary import grow_vocabulary
 
     cfg = ModelConfig(name_or_path=path)

@@ -257,7 +257,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from thinkless_lite.config import load_config
-    from thinkless_lite.model import MINI_BASE_NAME, load_model, select_backend
+    from thinkless_lite.base import MINI_BASE_NAME
+    from thinkless_lite.model import load_model, select_backend
     from thinkless_lite.stages import rl, warmup
 
     torch.set_num_threads(args.threads)

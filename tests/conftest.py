@@ -50,7 +50,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def mini_base_dir() -> Path:
     """The shipped, pretrained mini-world base model."""
-    from thinkless_lite.model import MINI_BASE_DIR
+    from thinkless_lite.base import MINI_BASE_DIR
 
     if not (MINI_BASE_DIR / "model.safetensors").exists():
         pytest.fail(f"shipped base missing at {MINI_BASE_DIR}; regenerate with `thinkless-lite build-base`")

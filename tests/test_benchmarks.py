@@ -28,6 +28,25 @@ def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def _offline_copy(name: str) -> list:
+    """The items of the shared offline copy, read from the file named explicitly."""
+    return load_benchmark(name, data_file=_file(name))
+
+
+def fake_hub(monkeypatch, rows: list[dict]) -> list[tuple]:
+    """``datasets.load_dataset`` answering ``rows``; the returned list collects each call's (path, name, split)."""
+    import datasets
+
+    calls = []
+
+    def fake(path, name=None, *, split=None, **kw):
+        calls.append((path, name, split))
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake)
+    return calls
+
+
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch):
     """No test may reach the hub; the offline-mode env vars of the host must not leak in."""
@@ -105,16 +124,7 @@ def test_minerva_algebra_prefers_boxed_answer_and_parses_level():
 
 def test_minerva_algebra_hub_rows_use_last_boxed_of_solution(monkeypatch, tmp_path):
     rows = _jsonl(_file("minerva_algebra"))
-    hub_rows = [{k: r[k] for k in ("problem", "level", "type", "solution")} for r in rows]
-    import datasets
-
-    calls = []
-
-    def fake(path, name=None, *, split=None, **kw):
-        calls.append((path, name, split))
-        return datasets.Dataset.from_list(hub_rows)
-
-    monkeypatch.setattr(datasets, "load_dataset", fake)
+    calls = fake_hub(monkeypatch, [{k: r[k] for k in ("problem", "level", "type", "solution")} for r in rows])
     items = load_benchmark("minerva_algebra", offline=False)
     assert calls == [("EleutherAI/hendrycks_math", "algebra", "test")]
     assert [i.gold for i in items] == [r["boxed_answer"].strip() for r in rows]
@@ -173,33 +183,22 @@ def test_offline_true_without_copy_is_a_clear_error(monkeypatch, tmp_path):
 
 
 def test_offline_true_reads_shared_copy():
-    assert len(load_benchmark("aime2024", offline=True)) == 30
+    assert load_benchmark("aime2024", offline=True) == _offline_copy("aime2024")
 
 
 # --------------------------------------------------------------------------- hub path
 
 
 def test_hub_success_uses_spec(monkeypatch):
-    import datasets
-
-    calls = []
     rows = [{"question": "Q1", "answer": "work\n#### 1,234"}, {"question": "Q2", "answer": "#### 7"}]
-
-    def fake(path, name=None, *, split=None, **kw):
-        calls.append((path, name, split))
-        return datasets.Dataset.from_list(rows)
-
-    monkeypatch.setattr(datasets, "load_dataset", fake)
+    calls = fake_hub(monkeypatch, rows)
     items = load_benchmark("gsm8k", offline=False)
     assert calls == [("openai/gsm8k", "main", "test")]
     assert [i.gold for i in items] == ["1234", "7"]
 
-    monkeypatch.setattr(
-        datasets,
-        "load_dataset",
-        lambda *a, **k: datasets.Dataset.from_list([{"id": 60, "problem": "P", "answer": "073", "solution": "s"}]),
-    )
+    calls = fake_hub(monkeypatch, [{"id": 60, "problem": "P", "answer": "073", "solution": "s"}])
     (item,) = load_benchmark("aime2024")
+    assert calls == [("HuggingFaceH4/aime_2024", None, "train")]
     assert (item.id, item.gold) == ("60", "73")
 
 
@@ -211,7 +210,7 @@ def test_hub_unreachable_offline_false_is_friendly():
 def test_hub_unreachable_falls_back_to_offline_copy(caplog):
     with caplog.at_level(logging.WARNING, logger="thinkless_lite.data.benchmarks"):
         items = load_benchmark("amc")
-    assert len(items) == 83
+    assert items == _offline_copy("amc")
     assert "hub unreachable" in caplog.text
 
 
@@ -229,7 +228,7 @@ def test_hf_offline_env_goes_straight_to_offline_copy(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", must_not_call)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert len(load_benchmark("aime2024")) == 30
+    assert load_benchmark("aime2024") == _offline_copy("aime2024")
 
 
 # --------------------------------------------------------------------------- names

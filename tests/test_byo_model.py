@@ -14,10 +14,10 @@ import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from gguf_model import finish, open_writer
 from thinkless_lite.config import ConfigError, ModelConfig, load_config
 from thinkless_lite.tokens import ControlTokens, format_prompt
 
@@ -34,7 +34,6 @@ def _corpus() -> list[str]:
 
 def write_gguf(path: Path, *, merges: bool = True) -> Path:
     """A tiny Llama in GGUF: <pad> <eos> <bos> <unk>, a trained byte-level BPE, <unused0..3> with a hole."""
-    import gguf
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     bpe = Tokenizer(models.BPE())
@@ -46,15 +45,7 @@ def write_gguf(path: Path, *, merges: bool = True) -> Path:
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>"] + pieces + [f"<unused{i}>" for i in range(4)]
     types = [3] * 4 + [1] * len(pieces) + [3] * 4
     tokens[-3] = tokens[-2]  # the hole: a duplicate string, so the converted vocabulary loses id n-3
-    writer = gguf.GGUFWriter(str(path), "llama")
-    n, d, ff, layers, heads, kv = len(tokens), 32, 64, 2, 4, 2
-    for add, value in [(writer.add_block_count, layers), (writer.add_context_length, 256),
-                       (writer.add_embedding_length, d), (writer.add_feed_forward_length, ff),
-                       (writer.add_head_count, heads), (writer.add_head_count_kv, kv), (writer.add_vocab_size, n),
-                       (writer.add_rope_dimension_count, d // heads)]:
-        add(value)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
+    writer = open_writer(path, "llama", len(tokens))
     writer.add_tokenizer_model("gpt2")
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
@@ -67,27 +58,7 @@ def write_gguf(path: Path, *, merges: bool = True) -> Path:
     writer.add_unk_token_id(3)
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
-    rng = np.random.default_rng(0)
-
-    def weight(*shape):
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    writer.add_tensor("token_embd.weight", weight(n, d))
-    writer.add_tensor("output_norm.weight", np.ones(d, np.float32))
-    writer.add_tensor("output.weight", weight(n, d))
-    head_dim = d // heads
-    for i in range(layers):
-        for name, shape in [("attn_q", (d, d)), ("attn_k", (kv * head_dim, d)), ("attn_v", (kv * head_dim, d)),
-                            ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)),
-                            ("ffn_down", (d, ff))]:
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
-        writer.add_tensor(f"blk.{i}.attn_norm.weight", np.ones(d, np.float32))
-        writer.add_tensor(f"blk.{i}.ffn_norm.weight", np.ones(d, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish(writer, path, "llama", len(tokens))
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +189,8 @@ def test_bos_comes_first_once_in_training_and_generation(byo):
 
 def test_sanity_check_refuses_a_character_level_tokenizer_and_model_tokenizer_fixes_it(byo):
     from thinkless_lite.gguf import gguf_to_hf
-    from thinkless_lite.model import MINI_BASE_NAME, load_tokenizer
+    from thinkless_lite.base import MINI_BASE_NAME
+    from thinkless_lite.vocabulary import load_tokenizer
 
     with pytest.raises(ConfigError, match="splits ordinary text into characters.*rebuilt from the file for "
                                           "SentencePiece.*Gemma.*GPT-2 BPE.*Set model.tokenizer"):
@@ -323,9 +295,18 @@ def test_the_fixture_goes_through_warmup_rl_eval_and_a_16_bit_merge(byo, tmp_pat
     rl_summary = quiet(rl.main, rl_cfg)
     rl_adapter = Path(rl_summary["adapter"])
     eval_cfg = load_config(None, common + [f"model.adapter_path={rl_adapter}", "eval.limit=2", "eval.per_level=2",
-                                           "eval.max_new_tokens=6", "eval.modes=[\"auto\"]", "eval.sweep_tau=[]"])
+                                           "eval.max_new_tokens=6", "eval.modes=[\"auto\"]", "eval.tau=0.5",
+                                           "eval.sweep_tau=[]"])
     report = quiet(evaluate.main, eval_cfg)
-    assert report is not None
+    # the trained adapter answered every held-out question through its own tokenizer, routed by P(<think>)
+    records = [json.loads(line) for line in (tmp_path / "byo" / "eval" / "records.jsonl").read_text().splitlines()]
+    assert report["adapter"] == str(rl_adapter) and report["num_items"] == {"miniworld": 2} and len(records) == 2
+    for record in records:
+        assert record["requested"] == "tau=0.5" and record["completion"].startswith(("<think>", "<short>"))
+        assert (record["mode"] == "think") == (record["p_think"] >= 0.5) and 1 <= record["num_tokens"] <= 6
+    auto = report["benchmarks"]["miniworld"]["tau=0.5"]
+    assert auto["n"] == 2 and auto["accuracy"] == sum(r["correct"] for r in records) / 2
+    assert (tmp_path / "byo" / "eval" / "report.md").read_text().count("tau=0.5") >= 1
 
     out = tmp_path / "merged"
     quiet(export, rl_adapter, out, merge=True)

@@ -20,7 +20,7 @@ from conftest import free_port
 from thinkless_lite.config import ModelConfig, RunConfig
 from thinkless_lite.data.miniworld import solve
 from thinkless_lite.demo_engine import ThinklessEngine
-from thinkless_lite.model import MINI_BASE_DIR, MINI_BASE_NAME
+from thinkless_lite.base import MINI_BASE_DIR, MINI_BASE_NAME
 
 pytestmark = pytest.mark.slow
 

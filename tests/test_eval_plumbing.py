@@ -7,6 +7,7 @@ import json
 import pytest
 
 from thinkless_lite.jsonl import read_jsonl
+from thinkless_lite import records as rec
 from thinkless_lite.stages import evaluate as ev
 from thinkless_lite.config import load_config
 from thinkless_lite.data.benchmarks import BENCHMARKS, BENCHMARKS_DIR_ENV
@@ -74,7 +75,7 @@ def test_every_benchmark_end_to_end(tmp_path, tiny_model_dir, tiny, no_hub, monk
     assert len(records) == 6 * ROWS * 5  # 6 benchmarks x (auto, think, short, tau=0.5, tau=0)
     golds = {(r["benchmark"], r["id"]): r["gold"] for r in records}
     assert golds[("amc", "amc-0")] == "142"  # float gold 142.0 normalised
-    assert all(set(r) == set(ev.RECORD_FIELDS) for r in records)
+    assert all(set(r) == set(rec.RECORD_FIELDS) for r in records)
 
     md = (out / "report.md").read_text()
     for name in REAL + ["miniworld"]:
@@ -84,8 +85,8 @@ def test_every_benchmark_end_to_end(tmp_path, tiny_model_dir, tiny, no_hub, monk
 
     # A rerun with the same settings generates nothing: every answer is in records.jsonl.
     calls = []
-    real_generate = ev.generate
-    monkeypatch.setattr(ev, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
+    real_generate = rec.generate
+    monkeypatch.setattr(rec, "generate", lambda *a, **k: calls.append(a) or real_generate(*a, **k))
     again = ev.evaluate(cfg, model=tiny.model, tokenizer=tiny.tokenizer)
     assert calls == [] and again["benchmarks"] == saved["benchmarks"] == report["benchmarks"]
 

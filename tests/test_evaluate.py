@@ -9,6 +9,7 @@ import pytest
 
 from thinkless_lite.jsonl import read_jsonl
 from thinkless_lite.report import markdown_tables, write_report
+from thinkless_lite import records as rec, summaries
 from thinkless_lite.stages import evaluate as ev
 from thinkless_lite.config import RunConfig, load_config
 from thinkless_lite.data.items import MathItem
@@ -33,7 +34,7 @@ HAND_RECORDS = [
 
 
 def test_summarize_overall_numbers():
-    s = ev.summarize(HAND_RECORDS)
+    s = summaries.summarize(HAND_RECORDS)
     assert s["n"] == 5
     assert s["accuracy"] == pytest.approx(3 / 5)
     assert s["think_ratio"] == pytest.approx(2 / 5)
@@ -42,7 +43,7 @@ def test_summarize_overall_numbers():
 
 
 def test_summarize_by_difficulty_sorted_numerically_and_skips_missing():
-    by = ev.summarize(HAND_RECORDS)["by_difficulty"]
+    by = summaries.summarize(HAND_RECORDS)["by_difficulty"]
     assert list(by) == ["1", "2", "10"]  # numeric order, string keys; the no-difficulty record is left out
     assert by["1"] == {"n": 2, "accuracy": 0.5, "think_ratio": 0.0, "mean_tokens": 15.0}
     assert by["2"] == {"n": 1, "accuracy": 1.0, "think_ratio": 1.0, "mean_tokens": 100.0}
@@ -51,21 +52,21 @@ def test_summarize_by_difficulty_sorted_numerically_and_skips_missing():
 
 
 def test_summarize_is_json_friendly_and_handles_empty():
-    s = ev.summarize(HAND_RECORDS)
+    s = summaries.summarize(HAND_RECORDS)
     assert json.loads(json.dumps(s)) == s
-    empty = ev.summarize([])
+    empty = summaries.summarize([])
     assert empty == {"n": 0, "accuracy": 0.0, "think_ratio": 0.0, "mean_tokens": 0.0, "format_error_rate": 0.0,
                      "by_difficulty": {}}
-    assert list(ev.summarize([_rec(True, "short", 5, difficulty=3.0)])["by_difficulty"]) == ["3"]
+    assert list(summaries.summarize([_rec(True, "short", 5, difficulty=3.0)])["by_difficulty"]) == ["3"]
 
 
 def test_tokens_saved_vs_think():
     per_mode = {"auto": {"mean_tokens": 30.0}, "think": {"mean_tokens": 120.0}, "short": {"mean_tokens": 12.0}}
-    out = ev.with_tokens_saved(per_mode)
+    out = summaries.with_tokens_saved(per_mode)
     assert out["auto"]["tokens_saved_vs_think"] == pytest.approx(0.75)
     assert out["short"]["tokens_saved_vs_think"] == pytest.approx(0.9)
     assert out["think"]["tokens_saved_vs_think"] == 0.0
-    assert "tokens_saved_vs_think" not in ev.with_tokens_saved({"auto": {"mean_tokens": 3.0}})["auto"]
+    assert "tokens_saved_vs_think" not in summaries.with_tokens_saved({"auto": {"mean_tokens": 3.0}})["auto"]
 
 
 # ---------------------------------------------------------------- a fake generate (no model)
@@ -114,16 +115,16 @@ ANSWERS = {f"q{i}": str(10 + i) for i in range(5)}
 
 def test_evaluate_items_records_fields_seeds_and_grading(monkeypatch):
     fake = FakeGenerate(ANSWERS)
-    monkeypatch.setattr(ev, "generate", fake)
-    records = ev.evaluate_items(None, None, ITEMS, mode="think", settings=SamplingSettings(seed=7), num_samples=2,
+    monkeypatch.setattr(rec, "generate", fake)
+    records = rec.evaluate_items(None, None, ITEMS, mode="think", settings=SamplingSettings(seed=7), num_samples=2,
                                 batch_size=2, benchmark="hand", progress=False)
     assert len(records) == 10
-    assert all(set(r) == set(ev.RECORD_FIELDS) for r in records)
+    assert all(set(r) == set(rec.RECORD_FIELDS) for r in records)
     assert [r["sample"] for r in records] == [0] * 5 + [1] * 5
     assert [r["seed"] for r in records] == [7] * 5 + [8] * 5
     assert sorted({c["seed"] for c in fake.calls}) == [7, 8]
     assert all(r["correct"] and r["mode"] == "think" and r["requested"] == "think" for r in records)
-    short = ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", progress=False)
+    short = rec.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", progress=False)
     assert not any(r["correct"] for r in short)  # "0" is wrong for every gold here
     assert [r["id"] for r in short] == [it.id for it in ITEMS]
 
@@ -136,40 +137,40 @@ def test_evaluate_items_reads_answer_only_after_the_reasoning(monkeypatch):
         return [Generation(question="q", mode="think", requested="think", p_think=0.9, reasoning="42",
                            answer="7", completion="<think>the answer is 42</think>7", num_tokens=9)]
 
-    monkeypatch.setattr(ev, "generate", gen)
-    (record,) = ev.evaluate_items(None, None, [item], mode="think", progress=False)
+    monkeypatch.setattr(rec, "generate", gen)
+    (record,) = rec.evaluate_items(None, None, [item], mode="think", progress=False)
     assert record["correct"] is False
 
 
 def test_records_path_resumes_after_a_kill(monkeypatch, tmp_path):
     path = tmp_path / "records.jsonl"
     killed = FakeGenerate(ANSWERS, fail_on_call=3)
-    monkeypatch.setattr(ev, "generate", killed)
+    monkeypatch.setattr(rec, "generate", killed)
     with pytest.raises(KeyboardInterrupt):
-        ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+        rec.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
                           records_path=path, progress=False)
     assert len(read_jsonl(path)) == 4  # two finished batches were saved before the kill
 
     resumed = FakeGenerate(ANSWERS)
-    monkeypatch.setattr(ev, "generate", resumed)
-    records = ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+    monkeypatch.setattr(rec, "generate", resumed)
+    records = rec.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
                                 records_path=path, progress=False)
     assert resumed.generated == 6  # only the missing (item, sample) pairs
     assert len(records) == 10 and len(read_jsonl(path)) == 10
     assert [(r["id"], r["sample"]) for r in records] == [(it.id, s) for s in range(2) for it in ITEMS]
 
     again = FakeGenerate(ANSWERS)
-    monkeypatch.setattr(ev, "generate", again)
-    assert ev.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
+    monkeypatch.setattr(rec, "generate", again)
+    assert rec.evaluate_items(None, None, ITEMS, mode="think", num_samples=2, batch_size=2, benchmark="hand",
                              records_path=path, progress=False) == records
     assert again.calls == []  # nothing regenerated
 
     # Another mode and another benchmark are other keys: generated, and not mixed into the result.
-    other = ev.evaluate_items(None, None, ITEMS[:2], mode="short", benchmark="hand", records_path=path,
+    other = rec.evaluate_items(None, None, ITEMS[:2], mode="short", benchmark="hand", records_path=path,
                               progress=False)
     assert len(other) == 2 and {r["requested"] for r in other} == {"short"}
     assert again.generated == 2
-    assert len(ev.evaluate_items(None, None, ITEMS[:2], mode="think", benchmark="other", records_path=path,
+    assert len(rec.evaluate_items(None, None, ITEMS[:2], mode="think", benchmark="other", records_path=path,
                                  progress=False)) == 2
     assert again.generated == 4
 
@@ -177,12 +178,12 @@ def test_records_path_resumes_after_a_kill(monkeypatch, tmp_path):
 def test_torn_last_line_is_regenerated(monkeypatch, tmp_path):
     path = tmp_path / "records.jsonl"
     fake = FakeGenerate(ANSWERS)
-    monkeypatch.setattr(ev, "generate", fake)
-    ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path, progress=False)
+    monkeypatch.setattr(rec, "generate", fake)
+    rec.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path, progress=False)
     lines = path.read_text().splitlines()
     path.write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])  # killed while writing the 4th record
     fake.calls.clear()
-    records = ev.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path,
+    records = rec.evaluate_items(None, None, ITEMS, mode="short", benchmark="hand", records_path=path,
                                 progress=False)
     assert fake.generated == 2 and len(records) == 5
     assert len(read_jsonl(path)) == 5  # the torn line is ignored, the new ones start on a fresh line
@@ -191,30 +192,30 @@ def test_torn_last_line_is_regenerated(monkeypatch, tmp_path):
 def test_duplicate_ids_and_bad_arguments_raise():
     twins = [MathItem("a", "1", id="same"), MathItem("b", "2", id="same")]
     with pytest.raises(ValueError, match="unique"):
-        ev.evaluate_items(None, None, twins, progress=False)
+        rec.evaluate_items(None, None, twins, progress=False)
     with pytest.raises(ValueError, match="mode"):
-        ev.evaluate_items(None, None, ITEMS, mode="ponder", progress=False)
+        rec.evaluate_items(None, None, ITEMS, mode="ponder", progress=False)
     with pytest.raises(ValueError, match="mode='auto'"):
-        ev.evaluate_items(None, None, ITEMS, mode="think", tau=0.5, progress=False)
+        rec.evaluate_items(None, None, ITEMS, mode="think", tau=0.5, progress=False)
     with pytest.raises(ValueError, match="num_samples"):
-        ev.evaluate_items(None, None, ITEMS, num_samples=0, progress=False)
+        rec.evaluate_items(None, None, ITEMS, num_samples=0, progress=False)
 
 
 @pytest.mark.parametrize("taus", [[1.5], [0.3, -0.1], [float("nan")], ["0.5"], [True], [], "0.5", None])
 def test_tau_sweep_rejects_bad_taus_before_generating(taus):
     with pytest.raises(ValueError, match="tau"):
-        ev.tau_sweep(None, None, ITEMS, taus, progress=False)
+        rec.tau_sweep(None, None, ITEMS, taus, progress=False)
 
 
 def test_tau_sweep_adds_both_ends_and_sorts_by_tokens(monkeypatch):
     fake = FakeGenerate(ANSWERS)
-    monkeypatch.setattr(ev, "generate", fake)
-    points = ev.tau_sweep(None, None, ITEMS, [0.9, 0.3, 0.3], benchmark="hand", progress=False)
+    monkeypatch.setattr(rec, "generate", fake)
+    points = rec.tau_sweep(None, None, ITEMS, [0.9, 0.3, 0.3], benchmark="hand", progress=False)
     assert [(p["tau"], p["mode"]) for p in points] == [(None, "short"), (0.9, "auto"), (0.3, "auto"), (0.0, "auto")]
     assert [p["mean_tokens"] for p in points] == sorted(p["mean_tokens"] for p in points)
     assert points[0]["think_ratio"] == 0.0 and points[-1]["think_ratio"] == 1.0
     assert points[-1]["accuracy"] == 1.0 and points[0]["accuracy"] == 0.0
-    only = ev.tau_sweep(None, None, ITEMS, [0.3], include_ends=False, progress=False)
+    only = rec.tau_sweep(None, None, ITEMS, [0.3], include_ends=False, progress=False)
     assert [p["tau"] for p in only] == [0.3]
 
 
@@ -229,7 +230,7 @@ def _summary(acc, think, tokens, by=None):
 def _report():
     by = {"1": {"n": 2, "accuracy": 1.0, "think_ratio": 0.0, "mean_tokens": 5.0},
           "3": {"n": 2, "accuracy": 0.5, "think_ratio": 1.0, "mean_tokens": 80.0}}
-    per_mode = ev.with_tokens_saved({"auto": _summary(0.75, 0.5, 42.5, by), "think": _summary(0.8, 1.0, 100.0, by),
+    per_mode = summaries.with_tokens_saved({"auto": _summary(0.75, 0.5, 42.5, by), "think": _summary(0.8, 1.0, 100.0, by),
                                      "short": _summary(0.5, 0.0, 5.0, by)})
     sweep = [{"tau": None, "mode": "short", "n": 4, "accuracy": 0.5, "think_ratio": 0.0, "mean_tokens": 5.0},
              {"tau": 0.5, "mode": "auto", "n": 4, "accuracy": 0.75, "think_ratio": 0.5, "mean_tokens": 42.5},
@@ -263,11 +264,11 @@ def test_write_report_files(tmp_path):
 def test_the_difficulty_mix_is_reported_where_there_is_one():
     records = [{"correct": c, "mode": m, "num_tokens": t, "format_error": False, "difficulty": d}
                for c, m, t, d in [(True, "short", 5, 1), (True, "short", 5, 1), (True, "think", 50, 3), (False, "short", 9, 3)]]
-    summary = ev.summarize(records, mix={1: 0.75, 3: 0.25, 8: 1.0})  # a level without records does not count
+    summary = summaries.summarize(records, mix={1: 0.75, 3: 0.25, 8: 1.0})  # a level without records does not count
     assert summary["on_mix"]["accuracy"] == pytest.approx(0.75 * 1.0 + 0.25 * 0.5)
     assert summary["on_mix"]["think_ratio"] == pytest.approx(0.25 * 0.5)
     assert summary["on_mix"]["mean_tokens"] == pytest.approx(0.75 * 5 + 0.25 * 29.5)
-    assert "on_mix" not in ev.summarize(records)
+    assert "on_mix" not in summaries.summarize(records)
     md = "\n".join(markdown_tables({"benchmarks": {"miniworld": {"auto": summary}}}))
     assert "Weighted by the difficulty mix" in md and "| auto | 87.5% | 12.5% | 11.1 |" in md
 
@@ -283,7 +284,7 @@ def _cfg(tmp_path, **eval_overrides) -> RunConfig:
 
 def test_run_eval_report_shape(monkeypatch, tmp_path):
     fake = FakeGenerate()
-    monkeypatch.setattr(ev, "generate", fake)
+    monkeypatch.setattr(rec, "generate", fake)
     cfg = _cfg(tmp_path, sweep_tau=[0.7, 0.2])
     report = ev.evaluate(cfg, model=object(), tokenizer=object())
     out = cfg.run_dir / "eval"
@@ -308,7 +309,7 @@ def test_run_eval_report_shape(monkeypatch, tmp_path):
 
     # Rerun: everything comes from records.jsonl (the sweep's short point reused the short mode's records).
     rerun = FakeGenerate()
-    monkeypatch.setattr(ev, "generate", rerun)
+    monkeypatch.setattr(rec, "generate", rerun)
     again = ev.evaluate(cfg, model=object(), tokenizer=object())
     assert rerun.calls == [] and again["benchmarks"] == report["benchmarks"]
     assert len(read_jsonl(out / "records.jsonl")) == 6 * 6  # auto, think, short, tau 0.7, 0.2, 0 (short shared)
@@ -332,7 +333,7 @@ def test_eval_stage_sets_up_once_and_writes_its_recipe_once(monkeypatch, tmp_pat
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
     monkeypatch.setattr(ev, "save_resolved", lambda c, out: written.append(out) or config.save_resolved(c, out))
     monkeypatch.setattr(model, "load_model", lambda *a, **k: SimpleNamespace(model=object(), tokenizer=object()))
-    monkeypatch.setattr(ev, "generate", FakeGenerate())
+    monkeypatch.setattr(rec, "generate", FakeGenerate())
     cfg = _cfg(tmp_path, modes=["short"])
     ev.main(cfg)
     assert threads == [cfg.threads] and written == [cfg.run_dir / "eval"]
@@ -365,7 +366,7 @@ def test_records_follow_the_adapter_content_not_its_path(monkeypatch, tmp_path):
     (first / "adapter_config.json").write_text('{"r": 8}')
     (first / "adapter_model.safetensors").write_bytes(b"weights-1")
     fake = FakeGenerate()
-    monkeypatch.setattr(ev, "generate", fake)
+    monkeypatch.setattr(rec, "generate", fake)
     cfg = _cfg(tmp_path, modes=["think"])
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, adapter_path=str(first)))
     ev.evaluate(cfg, model=object(), tokenizer=object())
@@ -385,7 +386,7 @@ def test_records_follow_the_adapter_content_not_its_path(monkeypatch, tmp_path):
 
 def test_run_eval_uses_cfg_tau_for_auto_and_checks_data_file(monkeypatch, tmp_path):
     fake = FakeGenerate()
-    monkeypatch.setattr(ev, "generate", fake)
+    monkeypatch.setattr(rec, "generate", fake)
     report = ev.evaluate(_cfg(tmp_path, tau=0.9, modes=["auto"]), out_dir=tmp_path / "e", model=object(),
                          tokenizer=object())
     assert {c["tau"] for c in fake.calls} == {0.9}
@@ -414,7 +415,7 @@ def test_tau_sweep_on_tiny_model(tiny):
     from thinkless_lite.data.miniworld import benchmark_items
 
     items = benchmark_items(limit=4, per_level=1)
-    points = ev.tau_sweep(tiny.model, tiny.tokenizer, items, [0.5, 0.2], settings=SamplingSettings(max_new_tokens=6),
+    points = rec.tau_sweep(tiny.model, tiny.tokenizer, items, [0.5, 0.2], settings=SamplingSettings(max_new_tokens=6),
                           batch_size=4, benchmark="miniworld", progress=False)
     assert len(points) == 4
     assert {p["tau"] for p in points} == {0.5, 0.2, 0.0, None}

@@ -77,7 +77,7 @@ def quickstart_report() -> dict:
     auto = mode(0.9375, 0.5, 40.25, {1: (1.0, 0.0, 7.0), 8: (0.875, 1.0, 73.5)})
     think = mode(0.9375, 1.0, 90.5, {1: (1.0, 1.0, 61.0), 8: (0.875, 1.0, 120.0)})
     short = mode(0.5625, 0.0, 9.0, {1: (1.0, 0.0, 7.0), 8: (0.125, 0.0, 11.0)})
-    from thinkless_lite.stages.evaluate import with_tokens_saved
+    from thinkless_lite.summaries import with_tokens_saved
 
     sweep = [{"tau": None, "mode": "short", "n": 16, "accuracy": 0.5625, "think_ratio": 0.0, "mean_tokens": 9.0},
              {"tau": 0.5, "mode": "auto", "n": 16, "accuracy": 0.9375, "think_ratio": 0.5, "mean_tokens": 40.25}]
@@ -426,7 +426,7 @@ def _folder_with_base_tokenizer(root: Path, adapter: Path) -> Path:
     """An adapter beside the base's own tokenizer, which has no <short>."""
     from transformers import AutoTokenizer
 
-    from thinkless_lite.model import MINI_BASE_DIR
+    from thinkless_lite.base import MINI_BASE_DIR
 
     folder = _adapter_files(root / "base-tokenizer", adapter)
     AutoTokenizer.from_pretrained(MINI_BASE_DIR).save_pretrained(folder)

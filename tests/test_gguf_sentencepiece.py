@@ -15,10 +15,10 @@ import warnings
 from pathlib import Path
 
 import gguf
-import numpy as np
 import pytest
 import sentencepiece as spm  # the reference: a test dependency (requirements/dev.txt)
 
+from gguf_model import finish, open_writer
 from thinkless_lite.config import ModelConfig
 
 MARKERS = ["<start_of_turn>", "<end_of_turn>", "<|im_start|>", "<|im_end|>"]  # user-defined pieces (Gemma's)
@@ -102,20 +102,8 @@ def token_type(sp, i: int, markers: list[str]) -> int:
 def write_sentencepiece_gguf(path: Path, sp, *, arch: str, prefix: bool, markers: list[str]) -> Path:
     """A tiny ``arch`` model (llama or gemma3) whose tokenizer is ``sp``: tokenizer.ggml.model = llama (what
     llama.cpp's converter writes for SentencePiece), tokens, scores, token types, no merges."""
-    n, d, ff, layers, heads, kv = sp.get_piece_size(), 32, 64, 2, 4, 2
-    head_dim = d // heads
-    writer = gguf.GGUFWriter(str(path), arch)
-    for add, value in [(writer.add_block_count, layers), (writer.add_context_length, 256),
-                       (writer.add_embedding_length, d), (writer.add_feed_forward_length, ff),
-                       (writer.add_head_count, heads), (writer.add_head_count_kv, kv), (writer.add_vocab_size, n),
-                       (writer.add_rope_dimension_count, head_dim)]:
-        add(value)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_rope_freq_base(10000.0)
-    if arch == "gemma3":
-        writer.add_key_length(head_dim)
-        writer.add_value_length(head_dim)
-        writer.add_sliding_window(128)
+    n = sp.get_piece_size()
+    writer = open_writer(path, arch, n)
     writer.add_tokenizer_model("llama")
     writer.add_token_list([sp.id_to_piece(i) for i in range(n)])
     writer.add_token_scores([sp.get_score(i) for i in range(n)])
@@ -129,31 +117,7 @@ def write_sentencepiece_gguf(path: Path, sp, *, arch: str, prefix: bool, markers
     writer.add_add_space_prefix(prefix)
     if markers:
         writer.add_chat_template(GEMMA_TEMPLATE)
-    rng = np.random.default_rng(0)
-
-    def weight(*shape):
-        return (rng.standard_normal(shape) * 0.05).astype(np.float32)
-
-    norms = ["attn_norm", "ffn_norm"] + (["post_attention_norm", "post_ffw_norm"] if arch == "gemma3" else [])
-    writer.add_tensor("token_embd.weight", weight(n, d))
-    writer.add_tensor("output_norm.weight", np.ones(d, np.float32))
-    if arch == "llama":  # gemma3 ties its output to the embedding
-        writer.add_tensor("output.weight", weight(n, d))
-    for i in range(layers):
-        for name, shape in [("attn_q", (d, d)), ("attn_k", (kv * head_dim, d)), ("attn_v", (kv * head_dim, d)),
-                            ("attn_output", (d, d)), ("ffn_gate", (ff, d)), ("ffn_up", (ff, d)),
-                            ("ffn_down", (d, ff))]:
-            writer.add_tensor(f"blk.{i}.{name}.weight", weight(*shape))
-        for name in norms:
-            writer.add_tensor(f"blk.{i}.{name}.weight", np.ones(d, np.float32))
-        if arch == "gemma3":
-            for name in ("attn_q_norm", "attn_k_norm"):
-                writer.add_tensor(f"blk.{i}.{name}.weight", np.ones(head_dim, np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+    return finish(writer, path, arch, n)
 
 
 # Gemma 3's file (the one the issue met: transformers builds it a Unigram model) and Llama 2's.
@@ -225,7 +189,7 @@ def test_the_special_tokens_are_the_files(family):
 
 def test_the_project_loads_it_without_model_tokenizer(family):
     """What a user with only the GGUF runs: the load-time check accepts the rebuilt tokenizer."""
-    from thinkless_lite.model import load_tokenizer
+    from thinkless_lite.vocabulary import load_tokenizer
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

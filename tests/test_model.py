@@ -253,7 +253,7 @@ def test_one_end_id_helper_for_a_loaded_model_and_a_base_read_from_disk(mini_bas
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from thinkless_lite.model import MINI_BASE_NAME, base_generation_config
+    from thinkless_lite.base import MINI_BASE_NAME, base_generation_config
     from thinkless_lite.vocabulary import end_token_ids
 
     tokenizer = AutoTokenizer.from_pretrained(mini_base_dir)

@@ -17,28 +17,31 @@ THINK_RIGHT = "<think>3 boxes of 4 apples: 3 * 4 = 12.</think>So there are \\box
 THINK_WRONG = "<think>3 boxes of 4 apples: 3 + 4 = 7.</think>So there are \\boxed{7} apples."
 
 
-@pytest.mark.parametrize("completion, mode, correct, reward", [
-    (SHORT_RIGHT, SHORT, True, 1.0),
-    (THINK_RIGHT, THINK, True, 0.5),
-    (SHORT_WRONG, SHORT, False, -1.0),
-    (THINK_WRONG, THINK, False, -1.0),
+# Every cell a different value, so a lookup into the wrong cell cannot pass.
+DISTINCT = RewardTable(short_correct=2.0, think_correct=0.25, short_wrong=-0.5, think_wrong=-0.75, format_error=-3.0)
+
+
+@pytest.mark.parametrize("completion, mode, correct, cell", [
+    (SHORT_RIGHT, SHORT, True, "short_correct"),
+    (THINK_RIGHT, THINK, True, "think_correct"),
+    (SHORT_WRONG, SHORT, False, "short_wrong"),
+    (THINK_WRONG, THINK, False, "think_wrong"),
 ])
-def test_mode_by_correctness_table(completion, mode, correct, reward):
-    assert score_completion(completion, "12") == ScoredCompletion(reward, mode, correct, False)
-    assert thinkless_reward(completion, "12") == reward
+def test_mode_by_correctness_table(completion, mode, correct, cell):
+    reward = getattr(DISTINCT, cell)
+    assert score_completion(completion, "12", DISTINCT) == ScoredCompletion(reward, mode, correct, False)
+    assert thinkless_reward(completion, "12", DISTINCT) == reward
+    assert thinkless_reward("12", "12", DISTINCT) == DISTINCT.format_error
 
 
-def test_default_table_is_the_released_one():
-    assert RewardTable() == RewardTable(short_correct=1.0, think_correct=0.5, short_wrong=-1.0,
-                                        think_wrong=-1.0, format_error=-1.0)
-
-
-def test_custom_table_values_are_used():
-    table = RewardTable(short_correct=2.0, think_correct=0.25, short_wrong=-0.5, think_wrong=-0.75,
-                        format_error=-3.0)
-    assert [thinkless_reward(c, "12", table) for c in (SHORT_RIGHT, THINK_RIGHT, SHORT_WRONG, THINK_WRONG)] \
-        == [2.0, 0.25, -0.5, -0.75]
-    assert thinkless_reward("12", "12", table) == -3.0
+def test_the_default_table_makes_thinking_pay_only_where_short_answers_fail():
+    """What the method needs of the table, not its digits: a right short answer beats a right thought-out one,
+    which beats any wrong answer; a wrong answer costs the same in either mode (no mode is a safe way to fail);
+    a malformed completion is no better than a wrong one."""
+    table = RewardTable()
+    assert table.short_correct > table.think_correct > max(table.short_wrong, table.think_wrong)
+    assert table.short_wrong == table.think_wrong
+    assert table.format_error <= table.short_wrong
 
 
 @pytest.mark.parametrize("completion, mode", [
@@ -52,7 +55,7 @@ def test_custom_table_values_are_used():
 ])
 def test_format_errors(completion, mode):
     scored = score_completion(completion, "12")
-    assert scored == ScoredCompletion(-1.0, mode, correct=False, format_error=True)
+    assert scored == ScoredCompletion(RewardTable().format_error, mode, correct=False, format_error=True)
 
 
 def test_answer_is_read_only_after_think_end():

@@ -53,9 +53,9 @@ _EXPORTS = {
     "MiniWorld": "thinkless_lite.data.miniworld",
     "load_benchmark": "thinkless_lite.data.benchmarks",
     "evaluate": "thinkless_lite.stages.evaluate",
-    "evaluate_items": "thinkless_lite.stages.evaluate",
-    "summarize": "thinkless_lite.stages.evaluate",
-    "tau_sweep": "thinkless_lite.stages.evaluate",
+    "evaluate_items": "thinkless_lite.records",
+    "summarize": "thinkless_lite.summaries",
+    "tau_sweep": "thinkless_lite.records",
     "ThinklessEngine": "thinkless_lite.demo_engine",
 }
 

@@ -136,6 +136,7 @@ def _rotate(output_dir: Path, limit: int, keep: str | None = None) -> None:
 
 
 def _step(folder: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` folder; None for any other name."""
     try:
         return int(folder.name.split("-")[-1])
     except ValueError:
@@ -149,9 +150,8 @@ def last_complete_checkpoint(output_dir: str | Path, *, remove_incomplete: bool 
         return None
     found = []
     for folder in output_dir.glob("checkpoint-*"):
-        try:
-            step = int(folder.name.split("-")[-1])
-        except ValueError:
+        step = _step(folder)
+        if step is None:
             continue
         if (folder / COMPLETE_MARKER).exists():
             found.append((step, folder))
@@ -238,5 +238,5 @@ def align_metrics_with_checkpoint(path: str | Path, checkpoint: str | None) -> N
     if checkpoint is None:
         path.unlink(missing_ok=True)
         return
-    step = int(Path(checkpoint).name.split("-")[-1])
+    step = _step(Path(checkpoint))
     write_jsonl(path, [row for row in read_metrics(path) if row.get("step", 0) <= step])

@@ -8,7 +8,7 @@
     thinkless-lite export --adapter runs/quickstart/rl/adapter --out runs/quickstart/merged --merge
     thinkless-lite build-base                              # regenerate the shipped tiny base model
 
-Recipes shipped: mini (default), smollm2_135m_cpu, r1_distill_1.5b_t4, qwen2.5_1.5b_instruct_t4, or a path.
+Recipes shipped: {recipes} (default: mini); or the path of a YAML file.
 Any key can be overridden: ``--set rl.alpha=0.05 --set model.backend=hf``; ``rl.*`` and ``warmup.*`` also
 take any field of TRL's GRPOConfig / SFTConfig (``--set rl.top_p=0.95``; vLLM generation is not supported:
 docs/gpu.md).
@@ -21,13 +21,12 @@ import json
 import logging
 import sys
 
-from thinkless_lite.config import ConfigError, RunConfig, load_config
+from thinkless_lite.config import ConfigError, RunConfig, load_config, recipe_names
 
 
 def _common(parser: argparse.ArgumentParser, out_default: str | None = None) -> None:
     parser.add_argument("--config", default=None, metavar="RECIPE",
-                        help="a shipped recipe by name (mini, smollm2_135m_cpu, r1_distill_1.5b_t4, "
-                             "qwen2.5_1.5b_instruct_t4) or a YAML file; default: mini")
+                        help=f"a shipped recipe by name ({', '.join(recipe_names())}) or a YAML file; default: mini")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key, e.g. --set rl.max_steps=50 (repeatable)")
     parser.add_argument("--out", default=out_default, help="run folder (sets output_dir and name from the path)"
@@ -94,7 +93,8 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="thinkless-lite", description=__doc__,
+    description = __doc__.format(recipes=", ".join(recipe_names()))  # the names from the package, not typed here
+    parser = argparse.ArgumentParser(prog="thinkless-lite", description=description,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

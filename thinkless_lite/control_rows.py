@@ -1,9 +1,10 @@
 """The adapter's control rows: which embedding rows a LoRA adapter trains, that they stay trainable, and
 that the adapter is saved small.
 
-Its own module because these act on a PEFT model already built, whatever backend built it: PEFT's
-``trainable_token_indices`` for the control tokens (and an untied head), ``save_pretrained`` writing LoRA
-weights and those rows alone, Unsloth's preparation undone for them, and the guard every trainer calls.
+Its own module because these act on a PEFT model already built, whatever backend built it: which control
+tokens own a row (``control_rows_to_train``), PEFT's ``trainable_token_indices`` for them (and an untied
+head), ``save_pretrained`` writing LoRA weights and those rows alone, Unsloth's preparation undone for them,
+and the guard every trainer calls.
 """
 
 from __future__ import annotations
@@ -12,7 +13,27 @@ import logging
 
 import torch
 
+from thinkless_lite.base import base_embedding_rows, base_tokenizer_source
+from thinkless_lite.config import ModelConfig
+from thinkless_lite.vocabulary import check_control_ids
+
 log = logging.getLogger("thinkless_lite")
+
+
+def control_rows_to_train(cfg: ModelConfig, tokenizer) -> list[int]:
+    """Embedding rows the adapter owns: the control tokens the base lacked, or all of them.
+
+    ``all`` matters for bases whose chat template writes ``<think>`` into the prompt (R1-Distill, our
+    mini base): that token was never a prediction target, so its output row starts weak.
+    """
+    from transformers import AutoTokenizer
+
+    base_vocab = AutoTokenizer.from_pretrained(base_tokenizer_source(cfg)).get_vocab()
+    new = [t for t in cfg.control_tokens.all if t not in base_vocab]
+    if not cfg.adapter_path:  # an adapter brings its own rows; a fresh start must have initialised them
+        check_control_ids(tokenizer, cfg.control_tokens, base_rows=base_embedding_rows(cfg.name_or_path), new=new)
+    wanted = cfg.control_tokens.all if cfg.train_control_rows == "all" else new
+    return [tokenizer.convert_tokens_to_ids(t) for t in wanted]
 
 
 def trainable_token_indices(model, rows: list[int]) -> dict[str, list[int]] | None:

@@ -1,6 +1,6 @@
 """The one report schema and its one renderer: Markdown tables, the figures, the training curves.
 
-An evaluation report (``thinkless_lite.stages.evaluate``) is::
+An evaluation report (``thinkless_lite.stages.evaluate``; its numbers from :mod:`thinkless_lite.summaries`) is::
 
     {"model", "adapter", "settings", "num_items", "seconds", "out_dir",
      "benchmarks": {name: {mode: summary}},      # mode: auto | think | short | tau=<value>
@@ -19,6 +19,8 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+from thinkless_lite.summaries import level_order
+
 MODE_ORDER = ("auto", "think", "short")
 
 
@@ -28,13 +30,6 @@ def _pct(value) -> str:
 
 def _num(value) -> str:
     return "—" if not isinstance(value, (int, float)) else f"{value:.1f}"
-
-
-def _level_order(name: str):
-    try:
-        return (0, float(name), "")
-    except ValueError:
-        return (1, 0.0, name)
 
 
 def _modes(per_mode: dict) -> list[str]:
@@ -62,7 +57,7 @@ def markdown_tables(report: dict, by_difficulty: bool = True, sweeps: bool = Tru
                       f"| {_num(per_mode[m]['on_mix']['mean_tokens'])} |" for m in mixed]
         levelled = {m: per_mode[m]["by_difficulty"] for m in modes if per_mode[m].get("by_difficulty")}
         if by_difficulty and levelled:
-            levels = sorted({level for by in levelled.values() for level in by}, key=_level_order)
+            levels = sorted({level for by in levelled.values() for level in by}, key=level_order)
             lines += ["", f"**{name} by difficulty** (accuracy / think ratio / mean tokens)", "",
                       "| level | n | " + " | ".join(levelled) + " |", "|---:|---:|" + "---:|" * len(levelled)]
             for level in levels:
@@ -146,7 +141,7 @@ def plot_report(report: dict, path: str | Path) -> Path:
             ax.legend(fontsize=8)
         elif panel == "difficulty":
             for name, levels in by_level.items():
-                xs = [_level_order(k)[1] if _level_order(k)[0] == 0 else i for i, k in enumerate(levels)]
+                xs = [level_order(k)[1] if level_order(k)[0] == 0 else i for i, k in enumerate(levels)]
                 ax.plot(xs, [d["think_ratio"] for d in levels.values()], "o-", label=name)
             ax.set_xlabel("difficulty level")
             ax.set_ylabel("think ratio")
@@ -194,7 +189,7 @@ def plot_rl_curves(rows: Sequence[dict], out_png: str | Path, title: str = "DeGR
     from matplotlib.figure import Figure  # no pyplot: no global backend, safe in threads and servers
 
     levels = sorted({key.split("/k", 1)[1] for row in rows for key in row if key.startswith("p_think/k")},
-                    key=_level_order)
+                    key=level_order)
     fig = Figure(figsize=(20 if levels else 15, 4), layout="constrained")
     axes = fig.subplots(1, 4 if levels else 3)
     for key, label in [("think_ratio", "think ratio"), ("accuracy_think", "accuracy (think)"),

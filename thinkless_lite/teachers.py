@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 
 from thinkless_lite.data.hybrid import check_questions, read_teacher_file
 from thinkless_lite.jsonl import append_jsonl
-from thinkless_lite.model import compute_dtype, load_base, resolve_model_path, select_backend
+from thinkless_lite.base import load_base, resolve_model_path
+from thinkless_lite.model import compute_dtype, select_backend
 from thinkless_lite.tokens import format_prompt
 from thinkless_lite.vocabulary import end_token_ids
 

@@ -2,7 +2,8 @@
 
 Its own module because this is pure tokenizer work, apart from loading: pad token, chat template, BOS,
 control tokens at fresh ids, the checks that refuse a tokenizer that cannot be the model's, and the new
-embedding rows' starting values. Nothing here reads a model by name; :mod:`thinkless_lite.model` does.
+embedding rows' starting values. The tokenizer is read by name through :mod:`thinkless_lite.base`; no
+weights are loaded here.
 """
 
 from __future__ import annotations
@@ -10,11 +11,33 @@ from __future__ import annotations
 import re
 import warnings
 from collections.abc import Iterable
+from pathlib import Path
 
 import torch
 
+from thinkless_lite.base import base_embedding_rows, base_generation_config, base_tokenizer_source
 from thinkless_lite.config import ConfigError, ModelConfig
 from thinkless_lite.tokens import FALLBACK_CHAT_TEMPLATE, ControlTokens, neutralise_chat_template
+
+
+def load_tokenizer(cfg: ModelConfig):
+    """The tokenizer a run uses: the adapter's when it has one, prepared (template, pad, control tokens)."""
+    from transformers import AutoTokenizer
+
+    source = _tokenizer_source(cfg)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    new_ids = prepare_tokenizer(tokenizer, cfg, end_token_ids(tokenizer, base_generation_config(cfg.name_or_path)),
+                                base_embedding_rows(cfg.name_or_path))
+    check_tokenizer(tokenizer, source)
+    return tokenizer, new_ids
+
+
+def _tokenizer_source(cfg: ModelConfig) -> str:
+    """An adapter folder saved by us carries the tokenizer that matches its embedding rows; else
+    ``model.tokenizer`` when set (a tokenizer from elsewhere than the weights), else the base's."""
+    if cfg.adapter_path and (Path(cfg.adapter_path) / "tokenizer_config.json").exists():
+        return cfg.adapter_path
+    return base_tokenizer_source(cfg)
 
 
 def prepare_tokenizer(tokenizer, cfg: ModelConfig, end_ids: Iterable[int] = (), base_rows: int = 0) -> list[int]:

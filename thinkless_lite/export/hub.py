@@ -14,7 +14,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
 
 from thinkless_lite.export.folder import CARD, MARKER, ExportError, ExportRunError, say
-from thinkless_lite.model import MINI_BASE_NAME
+from thinkless_lite.base import MINI_BASE_NAME
 
 _TRUE = {"1", "true", "yes", "on"}
 

@@ -16,7 +16,7 @@ from typing import Any
 from thinkless_lite.config import ConfigError, adapter_folder_problem, load_config, to_dict
 from thinkless_lite.export.folder import ExportError
 from thinkless_lite.export.hub import is_hub_id
-from thinkless_lite.model import resolve_model_path
+from thinkless_lite.base import resolve_model_path
 from thinkless_lite.tokens import ControlTokens
 
 log = logging.getLogger("thinkless_lite")

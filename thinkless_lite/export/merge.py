@@ -23,7 +23,7 @@ import torch
 from thinkless_lite.export.folder import ADAPTER_FILES, ExportError, ExportRunError, say
 from thinkless_lite.export.inspect import AdapterInfo
 from thinkless_lite.gguf import COMPLETE_MARKER
-from thinkless_lite.model import base_generation_config
+from thinkless_lite.base import base_generation_config
 from thinkless_lite.tokens import neutralise_chat_template
 from thinkless_lite.vocabulary import end_token_ids, grow_vocabulary, token_id_bound
 

@@ -22,7 +22,8 @@ from thinkless_lite.config import RunConfig, save_resolved, trl_arguments
 from thinkless_lite.data.hybrid import (WarmupDataError, build_sft_examples, generated_responses, miniworld_responses,
                                         responses_from_columns)
 from thinkless_lite.estimates import PipelineEtaCallback, stage_seconds
-from thinkless_lite.model import load_model, load_tokenizer, precision_flags, save_adapter
+from thinkless_lite.model import load_model, precision_flags, save_adapter
+from thinkless_lite.vocabulary import load_tokenizer
 from thinkless_lite.stages.setup import new_folder, prepare_stage
 from thinkless_lite.teachers import generate_teacher_file
 
