@@ -101,7 +101,7 @@ def test_card_renders_the_report_table_metadata_and_recipe():
     assert meta["base_model"] == "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B"
     assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-generation"
     assert {"thinkless", "degrpo", "merged"} <= set(meta["tags"])
-    assert meta["datasets"] == ["Vinnnf/Hybrid-OpenR1-Math-220k-formatted", "agentica-org/DeepScaleR-Preview-Dataset"]
+    assert meta["datasets"] == ["Vinnnf/Hybrid-OpenR1-Math-220k-formatted", "openai/gsm8k"]  # GSM8K RL at the T4 cap
     # The table: accuracy, think ratio, tokens per benchmark and mode, rendered by thinkless_lite.report.
     assert "### miniworld" in card
     assert "| auto | 16 | 93.8% | 50.0% | 40.2 | 55.5% | 0.0% |" in card
