@@ -40,6 +40,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import TrainerCallback
+from transformers.trainer_callback import ExportableState
 from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
@@ -137,7 +138,7 @@ class DeGRPOMixin:
         self.mode_rule = ModeChoiceRule(within_mode=within_mode_advantages, control_gradient=control_gradient,
                                         centering=mode_centering, threshold_lr=mode_threshold_lr)
         self._threshold: dict | None = None  # the batch's prompts and where its mean log-odds must be after a step
-        self._fisher = self.mode_rule.running_fisher()  # the threshold's, over the run's steps (fresh on resume)
+        self._fisher = self.mode_rule.running_fisher()  # the threshold's, over the run's steps (checkpointed)
         if mode_threshold_lr > 0:
             self.add_callback(ThresholdCallback(self))
         if control_rows_lr_scale <= 0:
@@ -540,14 +541,29 @@ class DecisionPoint:
     prompts: tuple[torch.Tensor, torch.Tensor]  # the distinct prompts' ids and mask
 
 
-class ThresholdCallback(TrainerCallback):
-    """Transformers' documented hook right after ``optimizer.step()``: the threshold is held there."""
+class ThresholdCallback(TrainerCallback, ExportableState):
+    """Transformers' documented hook right after ``optimizer.step()``: the threshold is held there. The threshold's
+    running Fisher information (:class:`thinkless_lite.losses.RunningFisher`) travels in every checkpoint as this
+    callback's state (``ExportableState``: written into the checkpoint's ``trainer_state.json`` with it), and is read
+    back when a run resumes, so a resumed run takes the uninterrupted run's threshold steps."""
 
     def __init__(self, trainer: DeGRPOMixin):
         self.trainer = trainer
 
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.trainer.hold_threshold()
+
+    def state(self) -> dict:
+        fisher = self.trainer._fisher
+        return {"args": {}, "attributes": {} if fisher is None else {"fisher_total": fisher.total,
+                                                                     "fisher_weight": fisher.weight}}
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        saved = (state.stateful_callbacks or {}).get(type(self).__name__)
+        attributes = saved.get("attributes", {}) if isinstance(saved, dict) else {}
+        if self.trainer._fisher is not None and "fisher_total" in attributes:
+            self.trainer._fisher.total = attributes["fisher_total"]
+            self.trainer._fisher.weight = attributes["fisher_weight"]
 
 
 class DeGRPOTrainer(DeGRPOMixin, GRPOTrainer):
