@@ -109,6 +109,19 @@ def four_bit_layout(model) -> str | None:
 
 
 @contextlib.contextmanager
+def _forwards_replaced(layers, make_forward):
+    """Each layer's forward replaced by ``make_forward(layer)`` for the block, the class's own back after it (the
+    copies a replacement made go with its closure)."""
+    for layer in layers:
+        layer.forward = make_forward(layer)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.forward
+
+
+@contextlib.contextmanager
 def dequantized_4bit_weights(model):
     """Inference with each bitsandbytes 4-bit weight dequantized once, not on every forward; CPU only.
 
@@ -151,13 +164,8 @@ def dequantized_4bit_weights(model):
 
         return forward
 
-    for layer in layers:
-        layer.forward = cached_forward(layer)
-    try:
+    with _forwards_replaced(layers, cached_forward):
         yield model
-    finally:
-        for layer in layers:
-            del layer.forward  # back to the class's forward; the copies go with the closures
 
 
 @contextlib.contextmanager
@@ -185,13 +193,8 @@ def merged_lora_weights(model, *, four_bit: bool = True):
     if getattr(model, "training", False) or not layers or unsloth_patched(model):
         yield model
         return
-    for layer in layers:
-        layer.forward = _merged_forward(layer)
-    try:
+    with _forwards_replaced(layers, _merged_forward):
         yield model
-    finally:
-        for layer in layers:
-            del layer.forward  # back to PEFT's forward; the merged copies go with the closures
 
 
 def unsloth_patched(model) -> bool:
