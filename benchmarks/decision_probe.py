@@ -58,8 +58,8 @@ MARGIN = 0.05  # the oracle's decision needs one mode to pay this much more
 
 VARIANTS = {
     "recipe": {},
-    "stock": dict(prompts=2, generations=8, balance=0.5, centering=0.0, threshold_lr=0.0),
-    "centred": dict(prompts=4, generations=4, balance=0.5, centering=1.0, threshold_lr=0.0),
+    "stock": dict(prompts=2, generations=8, balance=0.5, centering=0.0, threshold_lr=0.0, ranking_gain_cap=1.0),
+    "centred": dict(prompts=4, generations=4, balance=0.5, centering=1.0, threshold_lr=0.0, ranking_gain_cap=1.0),
     "natural": dict(control_gradient="natural"),
 }
 
@@ -205,6 +205,7 @@ def main(argv=None) -> int:
         rule = ModeChoiceRule(within_mode=rule.within_mode, control_gradient=v.get("control_gradient", rule.control_gradient),
                               centering=v.get("centering", rule.centering),
                               threshold_lr=v.get("threshold_lr", rule.threshold_lr),
+                              ranking_gain_cap=v.get("ranking_gain_cap", rule.ranking_gain_cap),
                               fisher_decay=v.get("fisher_decay", rule.fisher_decay))
         fisher = rule.running_fisher()
         prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.num_generations)

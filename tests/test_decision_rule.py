@@ -38,8 +38,8 @@ SCENARIOS = {  # think / short accuracy per level
     "split, easy majority": {1: (1.0, 1.0), 2: (1.0, 0.5), 3: (0.95, 0.2)},
 }
 RECIPE = ModeChoiceRule.of(RLConfig())  # what every shipped recipe trains with
-CENTRED_ONLY = ModeChoiceRule(centering=1.0, threshold_lr=0.0)
-STOCK = ModeChoiceRule(centering=0.0, threshold_lr=0.0)
+CENTRED_ONLY = ModeChoiceRule(centering=1.0, threshold_lr=0.0, ranking_gain_cap=1.0)
+STOCK = ModeChoiceRule(centering=0.0, threshold_lr=0.0, ranking_gain_cap=1.0)
 
 
 def reward(mode: int, correct: bool, table: RewardTable = RewardTable()) -> float:

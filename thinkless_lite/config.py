@@ -191,14 +191,20 @@ class RLConfig(TrainerSection):
         "Share of the batch's mean pull on the mode choice removed from every prompt's: 1 = the loss only ranks "
         "the prompts (which to think on) and mode_threshold_lr decides where the ranking is cut; 0 = the "
         "on-policy gradient, whose shared pull moves every prompt at once (losses.mode_advantages)."))
-    mode_threshold_lr: float = field(default=1.0, metadata=_help(
+    mode_threshold_lr: float = field(default=0.25, metadata=_help(
         "Step size of the threshold, in log-odds per unit of reward gap: after every optimizer step the batch's "
         "mean log P(think) - log P(short) is put back where the last one left it plus this x the natural gradient "
         "of a shift shared by every prompt (the groups' reward gaps think - short, weighted by q_think q_short, "
         "over that Fisher information averaged across ~10 steps), by moving the two control rows "
         "(losses.ModeChoiceRule, losses.RunningFisher). "
         "Stops where thinking and answering directly pay alike at the cut. 0 = no threshold (the mean log-odds "
-        "then drifts with the ranking)."))
+        "then drifts with the ranking). Small enough that a few noisy batches do not make every choice sure "
+        "before the ranking has formed (at 1.0 SmolLM2 seeds 1-2 answered directly everywhere)."))
+    mode_ranking_gain_cap: float = field(default=10.0, metadata=_help(
+        "The ranking's pulls are scaled by 1/4 over the run's mean Fisher information of the choice, up to this "
+        "many times: once every choice is fairly sure the exact pull (q_think q_short x the reward gap) would "
+        "shrink with it and the ranking stall before the prompts where thinking pays pass the cut "
+        "(losses.RunningFisher.ranking_gain). One positive scale a step: the fixed points do not move. 1 = off."))
     control_rows_lr_scale: float = field(default=1.0, metadata=_help(
         "Learning rate of the control-token rows, as a multiple of learning_rate (1 = the same as LoRA's)."))
     within_mode_advantages: bool = field(default=True, metadata=_help(
@@ -398,6 +404,8 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"rl.control_rows_lr_scale must be > 0; got {cfg.rl.control_rows_lr_scale}")
     if cfg.rl.mode_threshold_lr < 0:
         raise ConfigError(f"rl.mode_threshold_lr must be >= 0; got {cfg.rl.mode_threshold_lr}")
+    if cfg.rl.mode_ranking_gain_cap < 1:
+        raise ConfigError(f"rl.mode_ranking_gain_cap must be >= 1 (1 = off); got {cfg.rl.mode_ranking_gain_cap}")
     for key in ("mode_centering", "mode_threshold_lr"):
         if getattr(cfg.rl, key) > 0 and cfg.rl.mode_balance <= 0:
             raise ConfigError(f"rl.{key} needs both modes in every group: set rl.mode_balance > 0 too "

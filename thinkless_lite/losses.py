@@ -258,7 +258,22 @@ class RunningFisher:
         """Add one batch's mean Fisher information per group; the running mean, this batch included."""
         self.total = self.decay * self.total + (1 - self.decay) * batch_fisher
         self.weight = self.decay * self.weight + (1 - self.decay)
-        return self.total / self.weight
+        return self.mean
+
+    @property
+    def mean(self) -> float:
+        """The running mean (0 before the first batch)."""
+        return self.total / self.weight if self.weight > 0 else 0.0
+
+    def ranking_gain(self, cap: float) -> float:
+        """How much to scale the ranking's exact pulls by: ``1/4`` (a choice at even odds, the most Fisher
+        information one prompt can carry) over the running mean, between 1 and ``cap``. Why: the exact pull
+        is ``q_t q_s`` times the reward gap, so once the threshold has made every prompt's choice fairly sure
+        (SmolLM2 seed 1: P(think) 0.03-0.1 on every level by step 20) the ranking stalls with it, before it
+        has lifted the prompts where thinking pays past the cut. One positive number per step: the pulls keep
+        their ratios (a sure prompt still moves least) and their zeros."""
+        mean = self.mean
+        return 1.0 if mean <= 0 else max(1.0, min(cap, 0.25 / mean))
 
 
 def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
@@ -297,7 +312,7 @@ def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Te
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                     group_size: int, within_mode: bool = False, control_gradient: str = "exact",
                     centering: float = 0.0, kept: torch.Tensor | None = None,
-                    finished: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    finished: torch.Tensor | None = None, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -346,6 +361,9 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
     no pull from it (with only the other mode left, its members' plain advantages sum to zero on the one token
     they share). Otherwise the cap, not the reward, would choose the mode: a chain that does not fit scores as
     a wrong answer.
+
+    ``gain`` (> 0) multiplies every two-mode pull (:meth:`RunningFisher.ranking_gain`): a step size, not a
+    direction, so the zeros stay where they are.
     """
     g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished)
     grouped, modes, is_short, is_think, both = g.rewards, g.modes, g.is_short, g.is_think, g.both
@@ -362,6 +380,9 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
         raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
     if not 0.0 <= centering <= 1.0:
         raise ValueError(f"centering must be in [0, 1], got {centering}")
+    if gain <= 0:
+        raise ValueError(f"gain must be > 0, got {gain}")
+    pull = pull * gain
     centred = both & _kept_groups(kept, both.shape[0], group_size, both.device)
     if centering > 0 and centred.any():
         pull = torch.where(centred, pull - centering * pull[centred].mean(), pull)
@@ -431,14 +452,16 @@ class ModeChoiceRule:
     within_mode: bool = True
     control_gradient: str = "exact"
     centering: float = 1.0
-    threshold_lr: float = 0.5
+    threshold_lr: float = 0.25
+    ranking_gain_cap: float = 10.0  # RunningFisher.ranking_gain's cap; 1: the exact pulls as they are
     fisher_decay: float = 0.9  # the threshold's Fisher information averaged over ~10 steps; 0: per batch
 
     @classmethod
     def of(cls, section) -> "ModeChoiceRule":
         """The rule an RL config section (``cfg.rl``) asks for."""
         return cls(within_mode=section.within_mode_advantages, control_gradient=section.control_gradient,
-                   centering=section.mode_centering, threshold_lr=section.mode_threshold_lr)
+                   centering=section.mode_centering, threshold_lr=section.mode_threshold_lr,
+                   ranking_gain_cap=section.mode_ranking_gain_cap)
 
     def running_fisher(self) -> RunningFisher | None:
         """A run's average of the threshold's Fisher information, to pass to every :meth:`advantages` call."""
@@ -450,11 +473,14 @@ class ModeChoiceRule:
                    finished: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(control advantages, response advantages, threshold shift of the log-odds), per
         :func:`mode_advantages` and :func:`threshold_step` (``fisher``: the run's :meth:`running_fisher`;
-        ``finished`` per sample, False for an answer cut off at the training cap: censored in both)."""
+        ``finished`` per sample, False for an answer cut off at the training cap: censored in both). The
+        ranking's pulls take ``fisher``'s :meth:`RunningFisher.ranking_gain` (this batch's information included)
+        when the ranking is the exact one; without ``fisher`` (evaluation, a per-batch rule) they are as they are."""
+        step = threshold_step(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher,
+                              finished=finished)  # updates fisher with this batch first
+        gain = fisher.ranking_gain(self.ranking_gain_cap) \
+            if fisher is not None and self.control_gradient == "exact" else 1.0
         control, response = mode_advantages(rewards, modes, p_short, p_think, group_size,
                                             within_mode=self.within_mode, control_gradient=self.control_gradient,
-                                            centering=self.centering, kept=kept, finished=finished)
-        shift = self.threshold_lr * threshold_step(rewards, modes, p_short, p_think, group_size, kept=kept,
-                                                     fisher=fisher, finished=finished) \
-            if self.threshold_lr > 0 else 0.0
-        return control, response, shift
+                                            centering=self.centering, kept=kept, finished=finished, gain=gain)
+        return control, response, self.threshold_lr * step

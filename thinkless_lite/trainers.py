@@ -97,8 +97,8 @@ class DeGRPOMixin:
                  recorder: ThinklessReward | None = None, backend: str | None = None,
                  mode_balance: float = 0.0, mode_balance_end: float | None = None,
                  within_mode_advantages: bool = False, control_gradient: str = "exact",
-                 mode_centering: float = 0.0, mode_threshold_lr: float = 0.0, control_rows_lr_scale: float = 1.0,
-                 control_tokens: ControlTokens = ControlTokens(), censor_truncated: bool = False, **kwargs):
+                 mode_centering: float = 0.0, mode_threshold_lr: float = 0.0, mode_ranking_gain_cap: float = 1.0,
+                 control_rows_lr_scale: float = 1.0, control_tokens: ControlTokens = ControlTokens(), censor_truncated: bool = False, **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
         prepare_for_training(self.model)
@@ -132,11 +132,14 @@ class DeGRPOMixin:
             raise ValueError(f"mode_centering must be in [0, 1], got {mode_centering}")
         if mode_threshold_lr < 0:
             raise ValueError(f"mode_threshold_lr must be >= 0, got {mode_threshold_lr}")
+        if mode_ranking_gain_cap < 1:
+            raise ValueError(f"mode_ranking_gain_cap must be >= 1 (1 = off), got {mode_ranking_gain_cap}")
         if (mode_centering > 0 or mode_threshold_lr > 0) and self.mode_balance <= 0:
             raise ValueError("mode_centering and mode_threshold_lr need both modes in the groups: set mode_balance > 0")
         self.within_mode_advantages = within_mode_advantages
         self.mode_rule = ModeChoiceRule(within_mode=within_mode_advantages, control_gradient=control_gradient,
-                                        centering=mode_centering, threshold_lr=mode_threshold_lr)
+                                        centering=mode_centering, threshold_lr=mode_threshold_lr,
+                                        ranking_gain_cap=mode_ranking_gain_cap)
         self._threshold: dict | None = None  # the batch's prompts and where its mean log-odds must be after a step
         self._fisher = self.mode_rule.running_fisher()  # the threshold's, over the run's steps (checkpointed)
         if mode_threshold_lr > 0:

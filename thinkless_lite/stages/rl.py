@@ -102,7 +102,7 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
         mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
         within_mode_advantages=cfg.rl.within_mode_advantages, control_gradient=cfg.rl.control_gradient,
         mode_centering=cfg.rl.mode_centering, mode_threshold_lr=cfg.rl.mode_threshold_lr,
-        control_rows_lr_scale=cfg.rl.control_rows_lr_scale, censor_truncated=censors_truncated(cfg),
+        mode_ranking_gain_cap=cfg.rl.mode_ranking_gain_cap, control_rows_lr_scale=cfg.rl.control_rows_lr_scale, censor_truncated=censors_truncated(cfg),
         control_tokens=tokens, callbacks=list(callbacks))
 
 
