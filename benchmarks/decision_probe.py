@@ -19,8 +19,8 @@ cannot emerge here, with the true mode rewards and nothing else moving the weigh
 Variants (each from the same adapter, restored in between; ``--only`` picks some):
 
   recipe     the recipe's own rule and shape as shipped (rl.mode_*, rl.prompts_per_step x rl.num_generations)
-  stock      the on-policy gradient (no centring, no threshold), 2 prompts x 8 answers, half forced
-  centred    centring alone, no threshold (the recipes before the threshold), 4 x 4, half forced
+  stock      the on-policy gradient (no centring, no threshold, no ranking gain), 2 prompts x 8 answers, half forced
+  centred    centring alone, no threshold, no ranking gain (the recipes before the threshold), 4 x 4, half forced
   natural    the recipe's rule with the natural ranking gradient (rl.control_gradient=natural)
 
 Scenarios worth running (``--accuracy``, think/short accuracy per level; the oracle follows the reward table):

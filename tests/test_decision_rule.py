@@ -159,3 +159,25 @@ def test_the_threshold_averages_its_fisher_information_over_steps_so_batches_wit
     assert all(p[3] > 0.5 and p[1] < 0.5 for p in recipe), recipe
     old = [bandit(per_batch, SMOLLM2, 0.0, seed, mix=SMOLLM2_MIX) for seed in range(4)]
     assert sum(p[3] < 0.5 for p in old) >= 2, old
+
+
+# SmolLM2 RL seeds 1 and 2 (seed 0's warm-up): direct answers to 3-digit sums right ~55% of the time during
+# DeGRPO, thinking ~100%, so thinking pays there by ~+0.4; both answered directly everywhere, their ranking having
+# separated the levels slowly. A level's part of the state a third of the other tests' (0.1) makes the ranking
+# as slow to learn here.
+SLOW_RANKING = {1: (1.0, 1.0), 2: (1.0, 0.95), 3: (1.0, 0.55)}
+
+
+def test_a_slow_ranking_still_lifts_the_hard_level_past_the_cut():
+    """With the threshold stepping 1.0 a unit of gap and the exact pulls as they are (the rule before), a few
+    noisy batches make every choice sure (P(think) ~0.05 everywhere) before the ranking has lifted 3-digit sums,
+    and the exact pull (``q_t q_s`` x the gap) then shrinks with the choice: 0 of 6 runs route. The recipe's
+    smaller threshold step and the ranking's gain (:meth:`RunningFisher.ranking_gain`) route 5 of 6 (measured;
+    asserted with one run of slack either way, for CPUs whose float sums differ)."""
+    torch.set_num_threads(1)
+    runs = [(start, seed) for start in (-3.0, 0.0, 2.0) for seed in (0, 1)]
+    before = dataclasses.replace(RECIPE, threshold_lr=1.0, ranking_gain_cap=1.0)
+    recipe = [bandit(RECIPE, SLOW_RANKING, start, seed, level=0.1, mix=SMOLLM2_MIX) for start, seed in runs]
+    old = [bandit(before, SLOW_RANKING, start, seed, level=0.1, mix=SMOLLM2_MIX) for start, seed in runs]
+    assert sum(routed(p, SLOW_RANKING) for p in recipe) >= 4, recipe
+    assert sum(routed(p, SLOW_RANKING) for p in old) <= 1, old
