@@ -152,10 +152,13 @@ def test_the_threshold_averages_its_fisher_information_over_steps_so_batches_wit
     """With 4 prompts a step a third of the batches hold no 3-digit sum. Divided by each batch's own Fisher
     information, those batches' full-size steps towards ``<short>`` (their easy groups' gap) send the hard level
     to ``<short>`` too, as SmolLM2 seed 0 did; averaged over steps (the recipe's rule) every seed thinks there.
-    The on-policy drift is what matters here, so the easy level's margin is asserted too."""
+    The on-policy drift is what matters here, so the easy level's margin is asserted too. Both at a threshold
+    step of 1.0 (the rule's before this release): at the recipe's 0.25 the per-batch division routes this case
+    too (measured), so the averaging is shown where a large step exposes it."""
     torch.set_num_threads(1)
-    per_batch = dataclasses.replace(RECIPE, fisher_decay=0.0)
-    recipe = [bandit(RECIPE, SMOLLM2, 0.0, seed, mix=SMOLLM2_MIX) for seed in range(4)]
+    averaged = dataclasses.replace(RECIPE, threshold_lr=1.0)
+    per_batch = dataclasses.replace(averaged, fisher_decay=0.0)
+    recipe = [bandit(averaged, SMOLLM2, 0.0, seed, mix=SMOLLM2_MIX) for seed in range(4)]
     assert all(p[3] > 0.5 and p[1] < 0.5 for p in recipe), recipe
     old = [bandit(per_batch, SMOLLM2, 0.0, seed, mix=SMOLLM2_MIX) for seed in range(4)]
     assert sum(p[3] < 0.5 for p in old) >= 2, old

@@ -283,3 +283,46 @@ def test_cut_off_answers_cannot_make_a_group_informative_and_leave_the_plain_gro
     none_finished = torch.zeros(8, dtype=torch.bool)
     assert informative_groups(rewards, 4, finished=none_finished).tolist() == [False] * 8
     assert torch.equal(group_advantages(rewards, 4, finished=none_finished), torch.zeros(8))
+
+
+def test_the_ranking_gain_scales_the_pulls_by_how_sure_the_choices_have_grown_and_nothing_else():
+    """By hand: the gain is 1/4 over the running Fisher information, between 1 and the cap; it multiplies every
+    two-mode pull (so their ratios and zeros stay) and leaves a one-mode group's plain advantages and the response
+    term alone. The rule applies it only while training (with a running Fisher) and to the exact pulls."""
+    from thinkless_lite.losses import ModeChoiceRule, RunningFisher
+
+    fisher = RunningFisher(decay=0.5)
+    assert fisher.ranking_gain(10.0) == 1.0  # nothing seen yet
+    fisher.update(0.25)
+    assert fisher.ranking_gain(10.0) == pytest.approx(1.0)
+    fisher.update(0.0125)  # bias-corrected at decay 0.5: (0.5 * 0.125 + 0.5 * 0.0125) / (0.5 * 0.5 + 0.5) = 0.0917
+    assert fisher.mean == pytest.approx(0.06875 / 0.75) and fisher.ranking_gain(10.0) == pytest.approx(0.25 * 0.75 / 0.06875)
+    for mean, expected in ((0.25, 1.0), (0.1, 2.5), (0.05, 5.0), (0.001, 10.0), (0.5, 1.0)):
+        f = RunningFisher(decay=0.9)
+        f.update(mean)
+        assert f.ranking_gain(10.0) == pytest.approx(expected)
+        assert f.ranking_gain(1.0) == 1.0  # cap 1: off
+
+    modes = torch.tensor([THINK_MODE, SHORT_MODE, THINK_MODE, SHORT_MODE] + [SHORT_MODE] * 4)  # group 2: one mode
+    rewards = torch.tensor([0.5, -1.0, 1.0, 0.5, 1.0, -1.0, 1.0, 1.0])
+    p_short, p_think = torch.full((8,), 0.9), torch.full((8,), 0.1)
+    base, response = mode_advantages(rewards, modes, p_short, p_think, 4, centering=0.0)
+    scaled, scaled_response = mode_advantages(rewards, modes, p_short, p_think, 4, centering=0.0, gain=3.0)
+    assert scaled[:4].tolist() == pytest.approx((3 * base[:4]).tolist())
+    assert scaled[4:].tolist() == pytest.approx(base[4:].tolist())  # plain advantages: no pull to scale
+    assert scaled_response.tolist() == pytest.approx(response.tolist())
+    with pytest.raises(ValueError, match="gain"):
+        mode_advantages(rewards, modes, p_short, p_think, 4, gain=0.0)
+
+    rule = ModeChoiceRule(centering=0.0, threshold_lr=0.25, ranking_gain_cap=10.0)
+    running = RunningFisher(decay=0.9)
+    trained, _, _ = rule.advantages(rewards, modes, p_short, p_think, 4, fisher=running)
+    gain = running.ranking_gain(10.0)  # this batch's information included: q_t q_s = 0.09 on one group of two
+    assert gain == pytest.approx(0.25 / 0.045)
+    assert trained[:4].tolist() == pytest.approx((gain * base[:4]).tolist())
+    evaluated, _, _ = rule.advantages(rewards, modes, p_short, p_think, 4)  # no running Fisher: as they are
+    assert evaluated.tolist() == pytest.approx(base.tolist())
+    natural = ModeChoiceRule(control_gradient="natural", centering=0.0)
+    plain_natural, _ = mode_advantages(rewards, modes, p_short, p_think, 4, control_gradient="natural")
+    assert natural.advantages(rewards, modes, p_short, p_think, 4, fisher=RunningFisher())[0].tolist() \
+        == pytest.approx(plain_natural.tolist())  # the natural pull is already Fisher-normalised per group
