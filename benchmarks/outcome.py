@@ -53,6 +53,29 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
     return {"by_difficulty": by_level, "on_mix": on_mix}
 
 
+def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict:
+    """What DeGRPO's own answers asked for: per level, forced think's and forced short's accuracy during the
+    last ``last_share`` of the RL steps (the mean of the steps' batch accuracies, ``accuracy_think/k<level>``
+    in ``rl/metrics.jsonl``: sampled at the RL temperature on training questions), and the mode with the higher
+    expected reward at those. The rule can only follow the rewards it saw; where this differs from the final
+    evaluation's oracle, the held-out greedy answers scored differently from the training ones."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "p_think" in r]
+    rows = rows[int(len(rows) * (1 - last_share)):]
+    levels = sorted({key.split("/k")[1] for r in rows for key in r if key.startswith("accuracy_think/k")}, key=float)
+    by_level = {}
+    for level in levels:
+        seen = {mode: [r[f"accuracy_{mode}/k{level}"] for r in rows if f"accuracy_{mode}/k{level}" in r]
+                for mode in ("think", "short")}
+        if not all(seen.values()):
+            continue
+        accuracy = {mode: sum(v) / len(v) for mode, v in seen.items()}
+        expected = {mode: expected_reward(mode, accuracy[mode], table) for mode in accuracy}
+        by_level[level] = {"mode": better_mode(expected), "accuracy": accuracy, "expected_reward": expected,
+                           "steps": len(seen["think"])}
+    return by_level
+
+
 def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None, mix: dict | None = None,
             think_bounds: tuple[float, float] = (0.10, 0.90)) -> list[tuple[str, float, str, bool]]:
     """Wall time; auto accuracy vs forced think (on the difficulty mix and on every level equally); think
@@ -101,9 +124,11 @@ def misrouted_levels(modes: dict, table, think_bounds: tuple[float, float] = (0.
 
 
 def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None,
-             mix: dict | None = None, think_bounds: tuple[float, float] = (0.10, 0.90)) -> str:
+             mix: dict | None = None, think_bounds: tuple[float, float] = (0.10, 0.90),
+             metrics_jsonl: Path | None = None) -> str:
     """Markdown: the targets, the three routings (and the reward oracle) on the mix and on every level, and
-    auto's think ratio by level."""
+    auto's think ratio by level; with ``metrics_jsonl`` (the run's ``rl/metrics.jsonl``) also
+    :func:`training_oracle`."""
     rows = [f"### {name}", "", "| measure | value | target | |", "|---|---|---|---|"]
     for label, value, goal, ok in targets(report, wall_minutes, benchmark, table=table, mix=mix,
                                           think_bounds=think_bounds):
@@ -122,6 +147,13 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
         rows += ["", "reward oracle by level (mode, accuracy, expected reward): " + "; ".join(
             f"k={k}: {v['mode']}, {v['accuracy']:.2f}, {v['expected_reward']:+.2f}"
             for k, v in sorted(oracle["by_difficulty"].items(), key=lambda kv: float(kv[0])))]
+    if table is not None and metrics_jsonl is not None and Path(metrics_jsonl).exists():
+        seen = training_oracle(metrics_jsonl, table)
+        rows += ["", "what DeGRPO's own answers asked for (last half of the steps, sampled; mode, think / short "
+                 "accuracy, expected reward think / short): " + "; ".join(
+                     f"k={k}: {v['mode']}, {v['accuracy']['think']:.2f} / {v['accuracy']['short']:.2f}, "
+                     f"{v['expected_reward']['think']:+.2f} / {v['expected_reward']['short']:+.2f}"
+                     for k, v in seen.items())]
     by_level = sorted(modes["auto"]["by_difficulty"].items(), key=lambda kv: float(kv[0]))
     rows += ["", "auto by level (think ratio / accuracy; forced think accuracy; forced short accuracy): " + "; ".join(
         f"k={k}: {v['think_ratio']:.2f} / {v['accuracy']:.2f}; {modes['think']['by_difficulty'][k]['accuracy']:.2f}; "
@@ -145,7 +177,7 @@ def main(argv=None) -> None:
     bounds = tuple(float(x) for x in args.think_bounds.split(","))
     report = json.loads(Path(args.report).read_text())
     print(describe(args.report, report, args.wall_minutes, table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights,
-                   think_bounds=bounds))
+                   think_bounds=bounds, metrics_jsonl=Path(args.report).parent / "rl" / "metrics.jsonl"))
 
 
 if __name__ == "__main__":

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     report = json.loads((cfg.run_dir / "report.json").read_text())
     routing = dict(table=cfg.rl.reward, mix=cfg.miniworld.difficulty_weights, think_bounds=THINK_BOUNDS)
     text = describe(f"SmolLM2-135M-Instruct, {cfg.miniworld.task} task, seed {args.seed}", report, WALL_MINUTES,
-                    **routing)
+                    metrics_jsonl=cfg.run_dir / "rl" / "metrics.jsonl", **routing)
     print("\n" + text)
     out.mkdir(parents=True, exist_ok=True)
     (out / "outcome.json").write_text(json.dumps({"report": report, "targets": [

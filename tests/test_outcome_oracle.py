@@ -9,7 +9,7 @@ from thinkless_lite.rewards import RewardTable
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from outcome import describe, reward_oracle, targets  # noqa: E402
+from outcome import describe, reward_oracle, targets, training_oracle  # noqa: E402
 
 
 def level(accuracy, tokens, think_ratio):
@@ -55,3 +55,25 @@ def test_the_collapsed_run_misses_the_oracle_target_by_ten_points():
     assert value == pytest.approx(100 * (0.837 - 0.9375)) and not ok
     assert not rows["think ratio at k=3"][1] and rows["think ratio at k=1"][1]
     assert "reward oracle" in describe("collapsed", collapsed, 60, table=RewardTable(), mix=MIX)
+
+
+def test_the_training_oracle_reads_the_last_half_of_the_rl_steps_and_says_what_their_rewards_asked_for(tmp_path):
+    """Four logged steps (the first half ignored): k=2's direct answers right 0.75, its thinking ones 0.875 in the
+    second half, so a direct answer paid more there (+0.5 against +0.3125) although early steps said otherwise;
+    a level missing one mode in those steps is left out; the describe() line names it."""
+    import json
+
+    steps = [{"step": 1, "p_think": 0.5, "accuracy_think/k2": 0.0, "accuracy_short/k2": 0.0},
+             {"step": 2, "p_think": 0.5, "accuracy_think/k2": 0.0, "accuracy_short/k2": 0.0},
+             {"step": 3, "p_think": 0.5, "accuracy_think/k2": 1.0, "accuracy_short/k2": 0.5, "accuracy_think/k3": 1.0},
+             {"step": 4, "p_think": 0.5, "accuracy_think/k2": 0.75, "accuracy_short/k2": 1.0},
+             {"train_runtime": 9.0}]
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("\n".join(json.dumps(s) for s in steps) + "\n")
+    seen = training_oracle(metrics, RewardTable())
+    assert set(seen) == {"2"}
+    assert seen["2"]["accuracy"] == pytest.approx({"think": 0.875, "short": 0.75})
+    assert seen["2"]["expected_reward"] == pytest.approx({"think": 0.875 * 0.5 - 0.125, "short": 0.75 - 0.25})
+    assert seen["2"]["mode"] == "short" and seen["2"]["steps"] == 2
+    text = describe("run", report(THINK, THINK, SHORT), 1.0, table=RewardTable(), mix=MIX, metrics_jsonl=metrics)
+    assert "what DeGRPO's own answers asked for" in text and "k=2: short, 0.88 / 0.75" in text
