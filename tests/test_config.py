@@ -263,3 +263,26 @@ def test_config_is_the_bottom_of_the_house():
             "('thinkless_lite.data', 'thinkless_lite.rewards', 'thinkless_lite.grading'))))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_degrpo_config_runs_the_init_of_the_grpo_config_it_subclasses(monkeypatch, tmp_path):
+    """Under Unsloth, ``trl.GRPOConfig`` is Unsloth's subclass with an ``__init__`` of its own (it sets its fields
+    after TRL's); DeGRPOConfig, built on whichever class TRL exports when it is imported, keeps running it."""
+    import runpy
+
+    import trl
+
+    from thinkless_lite import degrpo_config
+
+    class UnslothLike(trl.GRPOConfig):
+        def __init__(self, *args, unsloth_num_chunks=-1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.unsloth_num_chunks = unsloth_num_chunks
+
+    monkeypatch.setattr(trl, "GRPOConfig", UnslothLike)
+    on_unsloth = runpy.run_path(degrpo_config.__file__)["DeGRPOConfig"]  # a fresh copy; the module stays as it is
+    args = on_unsloth(output_dir=str(tmp_path), use_cpu=True, unsloth_num_chunks=4, alpha=0.5, mode_balance=0.25)
+    assert isinstance(args, UnslothLike) and args.unsloth_num_chunks == 4
+    assert (args.alpha, args.mode_balance, args.loss_type) == (0.5, 0.25, "dapo")
+    with pytest.raises(ConfigError, match="rl.mode_balance=0.1 with rl.num_generations=8"):
+        on_unsloth(output_dir=str(tmp_path), use_cpu=True, mode_balance=0.1)
