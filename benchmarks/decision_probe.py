@@ -208,7 +208,7 @@ def main(argv=None) -> int:
                               ranking_gain_cap=v.get("ranking_gain_cap", rule.ranking_gain_cap),
                               fisher_decay=v.get("fisher_decay", rule.fisher_decay))
         fisher = rule.running_fisher()
-        prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.num_generations)
+        prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.trl["num_generations"])
         pattern = forced_modes(G, v.get("balance", cfg.rl.mode_balance))
         print(f"== {name}: {prompts} prompts x {G} answers, forced {pattern}, {rule}", flush=True)
         with torch.no_grad():
@@ -216,14 +216,14 @@ def main(argv=None) -> int:
                 p.copy_(start[n])
         torch.manual_seed(args.seed)
         rng = random.Random(args.seed)
-        lr = args.lr or cfg.rl.learning_rate
+        lr = args.lr or cfg.rl.trl["learning_rate"]
         optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
         curve = [read(0)]
         for step in range(1, args.steps + 1):
             chosen_levels = rng.choices(levels, weights=weights, k=prompts)
             texts = [rng.choice(pool[k]) for k in chosen_levels]
             logits = decision(texts)
-            logp = torch.log_softmax(logits / cfg.rl.temperature, dim=-1)  # the sampling policy, two modes
+            logp = torch.log_softmax(logits / cfg.rl.trl["temperature"], dim=-1)  # the sampling policy, two modes
             q = logp.detach().exp()
             modes = torch.tensor([m if m is not None else (THINK_MODE if rng.random() < q[i, 1].item() else SHORT_MODE)
                                   for i in range(prompts) for m in pattern])

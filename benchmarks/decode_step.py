@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                       add_special_tokens=False)
 
     def decode(merged: bool, sampled: bool, tokens: int) -> tuple[float, torch.Tensor]:
-        sampling = {"do_sample": True, "temperature": cfg.rl.temperature, "top_p": 1.0, "top_k": None} if sampled \
+        sampling = {"do_sample": True, "temperature": cfg.rl.trl["temperature"], "top_p": 1.0, "top_k": None} if sampled \
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         torch.manual_seed(args.seed)
         weights = merged_lora_weights(model) if merged else contextlib.nullcontext(model)

@@ -176,7 +176,7 @@ def main(argv=None) -> int:
         if model:
             overrides.insert(0, f"model.name_or_path={model}")
         if name == "low_lr":
-            overrides.append(f"rl.learning_rate={base.rl.learning_rate / 10:g}")
+            overrides.append(f"rl.learning_rate={base.rl.trl["learning_rate"] / 10:g}")
         cfg = load_config(args.config, overrides)
         if not (cfg.run_dir / "warmup" / "adapter" / "adapter_config.json").exists():
             reuse_warmup(warm, cfg.run_dir)

@@ -17,6 +17,18 @@ REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS_DIR = REPO.parent / "shared" / "data" / "benchmarks"
 ARTIFACTS = REPO / "artifacts"
 
+# DeGRPO as the paper runs it (alpha 0.001, no forced modes, no mode-choice rule, no censoring): what the trainer
+# tests build on unless they ask for more (the recipes' own defaults are DeGRPOSettings').
+STOCK_DEGRPO = dict(alpha=0.001, mode_balance=0.0, within_mode_advantages=False, mode_centering=0.0,
+                    mode_threshold_lr=0.0, mode_ranking_gain_cap=1.0, censor_truncated=False)
+
+
+def degrpo_args(**fields):
+    """A ``DeGRPOConfig`` for a test trainer: ``STOCK_DEGRPO`` under ``fields`` (TRL's and DeGRPO's alike)."""
+    from thinkless_lite.degrpo_config import DeGRPOConfig
+
+    return DeGRPOConfig(**{**STOCK_DEGRPO, **fields})
+
 
 @pytest.fixture(scope="session")
 def benchmarks_dir() -> Path:

@@ -146,8 +146,9 @@ def zero_reward(completions, **kwargs):
 
 def test_both_trainers_guard_the_model_they_are_given(avx512bf16_cpu, tiny_model_dir, tmp_path):
     from datasets import Dataset
-    from trl import GRPOConfig, SFTConfig
+    from trl import SFTConfig
 
+    from conftest import degrpo_args
     from thinkless_lite.trainers import PortableSFTTrainer
     from thinkless_lite.trainers import DeGRPOTrainer
 
@@ -161,8 +162,8 @@ def test_both_trainers_guard_the_model_they_are_given(avx512bf16_cpu, tiny_model
                                train_dataset=Dataset.from_list([{"prompt": "1+2", "completion": "<short>3"}]))
         else:
             DeGRPOTrainer(model=loaded.model, processing_class=loaded.tokenizer, reward_funcs=[zero_reward],
-                          args=GRPOConfig(**common, per_device_train_batch_size=2, num_generations=2,
-                                          max_completion_length=2, loss_type="dapo"),
+                          args=degrpo_args(**common, per_device_train_batch_size=2, num_generations=2,
+                                           max_completion_length=2, loss_type="dapo"),
                           train_dataset=Dataset.from_list([{"prompt": "1+2"}]))
         assert not any(packed(layer) or layer.support_avx512bf16_for_cpu for layer in layers), make
 

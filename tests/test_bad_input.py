@@ -184,8 +184,8 @@ def test_a_tokenizer_without_chat_template_gets_the_fallback_and_a_warning(tiny_
 
 def test_a_completion_without_control_token_is_a_format_error_counted_by_the_trainer(tiny_model_dir, tmp_path):
     from datasets import Dataset
-    from trl import GRPOConfig
 
+    from conftest import degrpo_args
     from thinkless_lite.model import load_model
     from thinkless_lite.rewards import RewardTable, score_completion
     from thinkless_lite.tokens import format_prompt
@@ -211,9 +211,9 @@ def test_a_completion_without_control_token_is_a_format_error_counted_by_the_tra
     prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4"]]
     dataset = Dataset.from_list([{"prompt": p, "answer": a} for p, a in zip(prompts, ["3", "2"])])
     recorder = HalfWithoutControlToken(table, ModelConfig().control_tokens)
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=6, loss_type="dapo", scale_rewards="none", beta=0.0, use_cpu=True,
-                      report_to="none", seed=0, max_steps=1, logging_steps=1)
+    args = degrpo_args(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                       max_completion_length=6, loss_type="dapo", scale_rewards="none", beta=0.0, use_cpu=True,
+                       report_to="none", seed=0, max_steps=1, logging_steps=1)
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
                             processing_class=loaded.tokenizer, recorder=recorder)
     trainer.model.train()

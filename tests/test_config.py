@@ -46,12 +46,12 @@ def test_overrides_are_typed_and_nested():
     cfg = load_config("configs/mini.yaml", ["rl.alpha=0.25", "model.backend=hf", "eval.sweep_tau=[0.1, 0.9]"])
     assert cfg.rl.alpha == 0.25 and cfg.model.backend == "hf" and cfg.eval.sweep_tau == [0.1, 0.9]
     assert isinstance(load_config(None, ["rl.alpha=1"]).rl.alpha, float)  # an int literal is fine for a float
-    assert load_config(None, ["rl.learning_rate=1e-4"]).rl.learning_rate == 1e-4  # YAML 1.1 reads this as a string
+    assert load_config(None, ["rl.learning_rate=1e-4"]).rl.trl["learning_rate"] == 1e-4  # YAML 1.1 reads this as a string
 
 
 def test_typed_values_win_over_overrides_and_are_checked_the_same_way():
     cfg = load_config(None, ["rl.alpha=0.5", "rl.beta=0.1"], {"rl": {"alpha": 0.25}, "model": {"adapter_path": "a: b"}})
-    assert (cfg.rl.alpha, cfg.rl.beta, cfg.model.adapter_path) == (0.25, 0.1, "a: b")
+    assert (cfg.rl.alpha, cfg.rl.trl["beta"], cfg.model.adapter_path) == (0.25, 0.1, "a: b")
     with pytest.raises(ConfigError, match="model.lora_r: expected int"):
         load_config(None, values={"model": {"lora_r": "8"}})
     with pytest.raises(ConfigError, match=r"model.lora_rank \(did you mean lora_r\?\)"):
@@ -74,8 +74,8 @@ def test_trainer_sections_take_trls_own_fields_and_name_a_typo_before_any_model_
     cfg = load_config(None, ["rl.weight_decay=0.05", "rl.epsilon=0.3", "rl.scale_rewards=group"])
     args = grpo_config(cfg, tmp_path)
     assert isinstance(args, GRPOConfig) and args.weight_decay == 0.05 and args.epsilon == 0.3
-    assert args.scale_rewards == "group" and args.loss_type == "dapo" and args.beta == cfg.rl.beta
-    assert args.per_device_train_batch_size == cfg.rl.prompts_per_step * cfg.rl.num_generations
+    assert args.scale_rewards == "group" and args.loss_type == "dapo" and args.beta == cfg.rl.trl["beta"]
+    assert args.per_device_train_batch_size == cfg.rl.prompts_per_step * cfg.rl.trl["num_generations"]
     typo = load_config(None, ["rl.alpah=0.1"])  # not a DeGRPO key: kept for TRL, which has no such field
     with pytest.raises(ConfigError) as err:
         trl_arguments(typo.rl, tmp_path)
@@ -118,15 +118,41 @@ def test_trl_fields_are_not_declared_again_and_their_defaults_are_trls_fields():
         assert set(section.TRL_DEFAULTS) <= theirs, set(section.TRL_DEFAULTS) - theirs
 
 
-def test_trl_fields_read_and_change_like_the_sections_own():
+def test_trl_fields_read_from_the_trl_mapping_and_change_like_the_sections_own():
+    from thinkless_lite.config import TrainerSection
+
     cfg = load_config(None, ["rl.max_steps=7", "rl.weight_decay=0.1"])
-    assert (cfg.rl.max_steps, cfg.rl.weight_decay, cfg.rl.learning_rate) == (7, 0.1, 1e-4)  # recipe, recipe, default
+    assert (cfg.rl.trl["max_steps"], cfg.rl.trl["weight_decay"], cfg.rl.trl["learning_rate"]) == (7, 0.1, 1e-4)
     changed = cfg.rl.updated(alpha=0.5, max_steps=3, optim="sgd")
-    assert (changed.alpha, changed.max_steps, changed.optim, changed.weight_decay) == (0.5, 3, "sgd", 0.1)
-    assert cfg.rl.max_steps == 7 and "optim" not in cfg.rl.trl  # a copy: the original is untouched
-    assert "alpha" not in changed.trl and changed.trl["max_steps"] == 3
-    with pytest.raises(AttributeError, match="sets no TRL field of that name"):
-        cfg.rl.top_k
+    assert (changed.alpha, changed.trl["max_steps"], changed.trl["optim"], changed.trl["weight_decay"]) == \
+        (0.5, 3, "sgd", 0.1)
+    assert cfg.rl.trl["max_steps"] == 7 and "optim" not in cfg.rl.trl  # a copy: the original is untouched
+    assert "alpha" not in changed.trl
+    assert not hasattr(cfg.rl, "max_steps") and "__getattr__" not in vars(TrainerSection)  # no attribute magic
+
+
+def test_every_degrpo_setting_reaches_the_trainers_args_and_is_checked_in_one_place(tmp_path):
+    """rl.<DeGRPO key> -> DeGRPOConfig.<key>, all of them, by one loop; a bad value fails alike in both."""
+    from dataclasses import fields
+
+    from thinkless_lite.degrpo_config import DeGRPOConfig
+    from thinkless_lite.degrpo_settings import DeGRPOSettings
+    from thinkless_lite.stages.rl import grpo_config
+
+    cfg = load_config(None, ["rl.alpha=0.3", "rl.control_gradient=natural", "rl.mode_balance_end=0.25",
+                             "rl.censor_truncated=false", "rl.control_rows_lr_scale=2"])
+    args = grpo_config(cfg, tmp_path)
+    assert {f.name: getattr(args, f.name) for f in fields(DeGRPOSettings)} == \
+        {f.name: getattr(cfg.rl, f.name) for f in fields(DeGRPOSettings)}
+    assert args.mask_truncated_completions is False
+    assert grpo_config(load_config(None), tmp_path).censor_truncated is True  # auto, resolved: the mini recipe censors
+    message = "rl.mode_centering must be within 0..1; got 1.5"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, ["rl.mode_centering=1.5"])
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        DeGRPOConfig(output_dir=str(tmp_path), use_cpu=True, mode_centering=1.5)
+    with pytest.raises(ConfigError, match="rl.scale_rewards='batch'"):  # before any model loads, not in the trainer
+        load_config(None, ["rl.scale_rewards=batch", "rl.censor_truncated=true"])
 
 
 def test_numbers_in_exponent_form_are_numbers_in_recipes_and_overrides(tmp_path):
@@ -134,8 +160,9 @@ def test_numbers_in_exponent_form_are_numbers_in_recipes_and_overrides(tmp_path)
     path = tmp_path / "lr.yaml"
     path.write_text("warmup:\n  learning_rate: 5e-4\nrl:\n  alpha: 1e-3\n  max_steps: 10\n", encoding="utf-8")
     cfg = load_config(path, ["rl.learning_rate=3E-5"])
-    assert (cfg.warmup.learning_rate, cfg.rl.alpha, cfg.rl.learning_rate, cfg.rl.max_steps) == (5e-4, 1e-3, 3e-5, 10)
-    assert isinstance(cfg.rl.max_steps, int) and isinstance(cfg.rl.alpha, float)
+    assert (cfg.warmup.trl["learning_rate"], cfg.rl.alpha, cfg.rl.trl["learning_rate"], cfg.rl.trl["max_steps"]) == \
+        (5e-4, 1e-3, 3e-5, 10)
+    assert isinstance(cfg.rl.trl["max_steps"], int) and isinstance(cfg.rl.alpha, float)
 
 
 def test_unknown_key_in_yaml(tmp_path):
@@ -179,7 +206,7 @@ def test_recipes_by_name_and_a_missing_one_lists_them():
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config("configs/mini.yaml", ["rl.max_steps=7"])
     path = save_resolved(cfg, tmp_path)
-    assert load_config(path).rl.max_steps == 7
+    assert load_config(path).rl.trl["max_steps"] == 7
 
 
 def test_a_resolved_yaml_of_earlier_versions_still_loads(tmp_path):
@@ -236,3 +263,26 @@ def test_config_is_the_bottom_of_the_house():
             "('thinkless_lite.data', 'thinkless_lite.rewards', 'thinkless_lite.grading'))))")
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_degrpo_config_runs_the_init_of_the_grpo_config_it_subclasses(monkeypatch, tmp_path):
+    """Under Unsloth, ``trl.GRPOConfig`` is Unsloth's subclass with an ``__init__`` of its own (it sets its fields
+    after TRL's); DeGRPOConfig, built on whichever class TRL exports when it is imported, keeps running it."""
+    import runpy
+
+    import trl
+
+    from thinkless_lite import degrpo_config
+
+    class UnslothLike(trl.GRPOConfig):
+        def __init__(self, *args, unsloth_num_chunks=-1, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.unsloth_num_chunks = unsloth_num_chunks
+
+    monkeypatch.setattr(trl, "GRPOConfig", UnslothLike)
+    on_unsloth = runpy.run_path(degrpo_config.__file__)["DeGRPOConfig"]  # a fresh copy; the module stays as it is
+    args = on_unsloth(output_dir=str(tmp_path), use_cpu=True, unsloth_num_chunks=4, alpha=0.5, mode_balance=0.25)
+    assert isinstance(args, UnslothLike) and args.unsloth_num_chunks == 4
+    assert (args.alpha, args.mode_balance, args.loss_type) == (0.5, 0.25, "dapo")
+    with pytest.raises(ConfigError, match="rl.mode_balance=0.1 with rl.num_generations=8"):
+        on_unsloth(output_dir=str(tmp_path), use_cpu=True, mode_balance=0.1)

@@ -21,7 +21,7 @@ def test_the_t4_recipes_fit_a_session_by_the_cost_model_docs_gpu_md_writes_out(r
     minutes = {stage: seconds / 60 for stage, seconds in stage_seconds(cfg).items()}
     assert minutes == pytest.approx({"warmup": 18, "rl": 96, "eval": 11}, abs=0.5)  # docs/gpu.md's table
     assert sum(minutes.values()) + 11 <= 150  # + install, downloads, loading: <= 2.5 h
-    assert cfg.eval.max_new_tokens == cfg.rl.max_completion_length
+    assert cfg.eval.max_new_tokens == cfg.rl.trl["max_completion_length"]
     hf = stage_seconds(cfg, CostModel(launch_overhead_s=0.035))
     assert (sum(hf.values()) / 60 + 11) / 60 == pytest.approx(3.0, abs=0.05)
 

@@ -1,8 +1,8 @@
 """The import-order rule, kept by one test instead of by convention: ``import unsloth`` patches TRL (and
 transformers) when it runs, so no package module may import TRL before the model backend is chosen
 (``model.select_backend``, which imports Unsloth when it will be used; every stage calls it first, through
-``stages.setup.prepare_stage``). Only the trainers, which the stages import after that, may import TRL at
-module level; this test names any other module that brings TRL in when it is imported."""
+``stages.setup.prepare_stage``). Only the trainers and their arguments (``degrpo_config``), which the stages import
+after that, may import TRL at module level; this test names any other module that brings TRL in when it is imported."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ import sys
 
 from conftest import REPO, user_env
 
-# Imported by the stages after select_backend has run: may import TRL at module level.
-AFTER_THE_BACKEND = ("thinkless_lite.trainers",)
+# Imported by the stages after select_backend has run: may import TRL at module level (DeGRPOConfig subclasses
+# GRPOConfig, so Unsloth's when Unsloth runs).
+AFTER_THE_BACKEND = ("thinkless_lite.trainers", "thinkless_lite.degrpo_config")
 
 PROBE = """
 import importlib, json, pkgutil, sys

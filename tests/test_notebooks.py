@@ -205,9 +205,9 @@ def test_quickstart_defaults_are_the_shipped_recipe():
     values = parameter_values(read(QUICKSTART))
     cfg = load_config(values["CONFIG"])
     assert values["MODEL"] == "thinkless-lite/mini-base" == cfg.model.name_or_path
-    assert values["WARMUP_STEPS"] == cfg.warmup.max_steps
+    assert values["WARMUP_STEPS"] == cfg.warmup.trl["max_steps"]
     assert values["WARMUP_EXAMPLES"] == cfg.warmup.data.num_examples
-    assert values["RL_STEPS"] == cfg.rl.max_steps
+    assert values["RL_STEPS"] == cfg.rl.trl["max_steps"]
     assert values["RL_ALPHA"] == cfg.rl.alpha
     assert values["PER_LEVEL"] == cfg.eval.per_level
     assert values["SWEEP_TAU"] == cfg.eval.sweep_tau
@@ -244,7 +244,7 @@ def test_overrides_from_parameters_survive_the_config_loader():
     assert cfg.rl.data.source == "agentica-org/DeepScaleR-Preview-Dataset"
     assert cfg.eval.modes == ["auto", "short"]
     assert cfg.miniworld.difficulty_weights[8] == 0.5 and "8" not in cfg.miniworld.difficulty_weights
-    assert (cfg.rl.weight_decay, cfg.rl.optim) == (0.0, "adamw_torch")  # TRL's own GRPOConfig fields, passed on
+    assert (cfg.rl.trl["weight_decay"], cfg.rl.trl["optim"]) == (0.0, "adamw_torch")  # TRL's own GRPOConfig fields, passed on
     assert {k: cfg.rl.trl[k] for k in ("weight_decay", "optim")} == {"weight_decay": 0.0, "optim": "adamw_torch"}
 
 

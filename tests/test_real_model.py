@@ -90,8 +90,8 @@ def test_a_warmup_step_trains_lora_and_control_rows_and_the_adapter_stays_small(
 @pytest.mark.slow
 def test_an_rl_step_with_mixed_length_prompts(smollm2_dir, tmp_path):
     from datasets import Dataset
-    from trl import GRPOConfig
 
+    from conftest import degrpo_args
     from thinkless_lite.trainers import DeGRPOTrainer
 
     with warnings.catch_warnings():
@@ -103,11 +103,11 @@ def test_an_rl_step_with_mixed_length_prompts(smollm2_dir, tmp_path):
     def varied(completions, **kwargs):
         return [float(i % 3) for i in range(len(completions))]
 
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
-                      max_completion_length=16, loss_type="dapo", scale_rewards="none", beta=0.0, use_cpu=True,
-                      bf16=False, report_to="none", seed=0, shuffle_dataset=False, max_steps=1)
+    args = degrpo_args(output_dir=str(tmp_path), per_device_train_batch_size=8, num_generations=4,
+                       max_completion_length=16, loss_type="dapo", scale_rewards="none", beta=0.0, use_cpu=True,
+                       bf16=False, report_to="none", seed=0, shuffle_dataset=False, max_steps=1, alpha=1.0)
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied], args=args, train_dataset=dataset,
-                            processing_class=loaded.tokenizer, alpha=1.0, backend="hf")
+                            processing_class=loaded.tokenizer, backend="hf")
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     batch = trainer._generate_and_score_completions([dataset[i] for i in range(2) for _ in range(4)])

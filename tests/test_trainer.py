@@ -6,6 +6,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import degrpo_args
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.losses import degrpo_loss, informative_groups
 from thinkless_lite.model import load_model
@@ -78,7 +79,6 @@ def fixed_rewards(completions, **kwargs):
 
 def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), **degrpo):
     from datasets import Dataset
-    from trl import GRPOConfig
 
     from thinkless_lite.trainers import DeGRPOTrainer
 
@@ -87,12 +87,13 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), **
         loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
     prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4-1", "9-9", "5+5*5"]]
     dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
-                      num_generations=GROUP, max_completion_length=12, loss_type="dapo", scale_rewards="none",
-                      beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
-                      shuffle_dataset=False, max_steps=1, logging_steps=1, **dict(grpo_args))
+    args = degrpo_args(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
+                       num_generations=GROUP, max_completion_length=12, loss_type="dapo", scale_rewards="none",
+                       beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
+                       shuffle_dataset=False, max_steps=1, logging_steps=1, alpha=alpha, decoupled=decoupled,
+                       **degrpo, **dict(grpo_args))
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
-                            processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled, **degrpo)
+                            processing_class=loaded.tokenizer)
     return trainer, dataset
 
 
@@ -155,26 +156,28 @@ def test_control_rows_take_their_own_learning_rate_through_the_schedule(tiny_mod
         make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.001, control_rows_lr_scale=0.0)
 
 
-def test_trainer_requires_token_sum_loss(tiny_model_dir, tmp_path):
+def test_trainer_requires_token_sum_loss_and_its_settings_in_args(tiny_model_dir, tmp_path):
     from datasets import Dataset
     from trl import GRPOConfig
 
     from thinkless_lite.trainers import DeGRPOTrainer
 
+    common = dict(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, use_cpu=True,
+                  report_to="none", max_completion_length=4)
+    with pytest.raises(ValueError, match="loss_type='dapo'"):
+        degrpo_args(**common, loss_type="grpo")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, num_generations=4, loss_type="grpo",
-                      use_cpu=True, report_to="none", max_completion_length=4)
-    with pytest.raises(ValueError, match="loss_type='dapo'"):
-        DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args,
-                      train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1"}]), processing_class=loaded.tokenizer)
+    with pytest.raises(TypeError, match="DeGRPOConfig"):  # a plain GRPOConfig has no DeGRPO settings to read
+        DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=GRPOConfig(**common, loss_type="dapo"),
+                      train_dataset=Dataset.from_list([{"prompt": "x", "answer": "1"}]),
+                      processing_class=loaded.tokenizer)
 
 
 def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_model_dir, tmp_path):
     """beta > 0, RL from a (warm-up) adapter: the reference TRL scores with is that adapter, not the base."""
     from datasets import Dataset
-    from trl import GRPOConfig
 
     from thinkless_lite.model import save_adapter
     from thinkless_lite.trainers import DeGRPOTrainer
@@ -191,9 +194,9 @@ def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_mod
         loaded = load_model(ModelConfig(**{**config.__dict__, "adapter_path": str(adapter)}))
     prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4-1"]]
     dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
-    args = GRPOConfig(output_dir=str(tmp_path / "rl"), per_device_train_batch_size=2 * GROUP, num_generations=GROUP,
-                      max_completion_length=8, loss_type="dapo", scale_rewards="none", beta=0.04, use_cpu=True,
-                      bf16=False, report_to="none", seed=0, shuffle_dataset=False, max_steps=1)
+    args = degrpo_args(output_dir=str(tmp_path / "rl"), per_device_train_batch_size=2 * GROUP, num_generations=GROUP,
+                       max_completion_length=8, loss_type="dapo", scale_rewards="none", beta=0.04, use_cpu=True,
+                       bf16=False, report_to="none", seed=0, shuffle_dataset=False, max_steps=1)
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
                             processing_class=loaded.tokenizer, backend="hf")
     model = trainer.model

@@ -23,7 +23,7 @@ import pytest
 import torch
 from trl import GRPOTrainer
 
-from conftest import installed_file
+from conftest import degrpo_args, installed_file
 from thinkless_lite.compat import ensure_reference_adapter, trainer_flavour, unsloth_layout, unsloth_loss_inputs
 from thinkless_lite.config import ModelConfig
 from thinkless_lite.losses import degrpo_loss, informative_groups
@@ -88,7 +88,6 @@ def varied_rewards(completions, **kwargs):
 
 def make_trainer(model_dir, tmp_path, *, decoupled=True, alpha=0.5, beta=0.0, adapter=None):
     from datasets import Dataset
-    from trl import GRPOConfig
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -100,12 +99,13 @@ def make_trainer(model_dir, tmp_path, *, decoupled=True, alpha=0.5, beta=0.0, ad
             param.data.normal_(0.0, 0.02)
     prompts = [format_prompt(loaded.tokenizer, q) for q in QUESTIONS]
     dataset = Dataset.from_list([{"prompt": p} for p in prompts])
-    args = GRPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
-                      num_generations=GROUP, max_completion_length=96, loss_type="dapo", scale_rewards="none",
-                      beta=beta, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
-                      shuffle_dataset=False, max_steps=1, bf16=False)  # fp32 on CPU, as thinkless_lite.stages.rl sets it
+    args = degrpo_args(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
+                       num_generations=GROUP, max_completion_length=96, loss_type="dapo", scale_rewards="none",
+                       beta=beta, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
+                       shuffle_dataset=False, max_steps=1, bf16=False,  # fp32 on CPU, as thinkless_lite.stages.rl sets it
+                       alpha=alpha, decoupled=decoupled)
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_rewards], args=args, train_dataset=dataset,
-                            processing_class=loaded.tokenizer, alpha=alpha, decoupled=decoupled, backend="hf")
+                            processing_class=loaded.tokenizer, backend="hf")
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
     rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]

@@ -6,13 +6,13 @@ recipe, so ``load_config()`` and ``load_config("mini")`` are the same run.
 
 Trainer settings are TRL's own: every key of ``warmup`` is a field of TRL's ``SFTConfig`` unless it is
 one of thinkless_lite's (``data``), and every key of ``rl`` a field of ``GRPOConfig`` unless it is one of
-DeGRPO's (the fields of :class:`RLConfig`). TRL's fields are not declared again here: a section keeps
-them in its ``trl`` mapping, over the few defaults the pipeline picks for them (``TRL_DEFAULTS``), they
-read like the section's own (``cfg.rl.learning_rate``), and their names and types are checked against
-TRL's class itself by :func:`trl_arguments` when the stage starts, before a model loads (TRL cannot be
-imported while the config loads: Unsloth, when used, must be imported first). Unknown or mistyped keys
-are errors that name the key and the allowed ones, because a typo should never silently fall back to a
-default during a two-hour Colab run.
+DeGRPO's (:class:`thinkless_lite.degrpo_settings.DeGRPOSettings`, which the trainer's ``DeGRPOConfig`` shares)
+or the stage's. TRL's fields are not declared again here: a section keeps them in its ``trl`` mapping
+(``cfg.rl.trl["learning_rate"]``), over the few defaults the pipeline picks for them (``TRL_DEFAULTS``), and
+their names and types are checked against TRL's class itself by :func:`trl_arguments` when the stage starts,
+before a model loads (TRL cannot be imported while the config loads: Unsloth, when used, must be imported
+first). Unknown or mistyped keys are errors that name the key and the allowed ones, because a typo should
+never silently fall back to a default during a two-hour Colab run.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from typing import ClassVar
 
 import yaml
 
+from thinkless_lite.degrpo_settings import DeGRPOSettings
 from thinkless_lite.parsing import (ConfigError, from_dict, merge, parse_overrides, read_yaml, typed,
                                     unknown_keys_error)
 from thinkless_lite.settings import MiniWorldConfig, RewardTable
@@ -106,8 +107,9 @@ class TrainerSection:
     """A stage section that is TRL's config class (``TRL_CONFIG``) plus thinkless_lite's own keys.
 
     TRL's fields live in ``trl``: the recipe's values over ``TRL_DEFAULTS``, the pipeline's picks for the
-    mini recipe (names, types and documentation are TRL's). They read as attributes, ``cfg.rl.max_steps``,
-    and :meth:`updated` sets either kind, so callers need not know which class owns a key.
+    mini recipe (names, types and documentation are TRL's), read as ``cfg.rl.trl["max_steps"]``; TRL's class
+    itself is built from them when the stage starts (:func:`trl_arguments`). :meth:`updated` sets either kind,
+    so callers need not know which class owns a key.
     """
 
     TRL_CONFIG: ClassVar[str] = ""
@@ -117,13 +119,6 @@ class TrainerSection:
 
     def __post_init__(self):
         self.trl = {**copy.deepcopy(self.TRL_DEFAULTS), **self.trl}
-
-    def __getattr__(self, name: str):
-        trl = self.__dict__.get("trl")  # only reached when the section has no such attribute of its own
-        if trl is not None and name in trl:
-            return trl[name]
-        raise AttributeError(f"{type(self).__name__} has no key {name!r} and the recipe sets no TRL field of that "
-                             f"name (unset {self.TRL_CONFIG or 'TRL'} fields take TRL's default when the stage starts)")
 
     def updated(self, **changes):
         """A copy with ``changes`` applied: the section's own keys as fields, any other as a TRL field."""
@@ -157,8 +152,9 @@ class RLDataConfig:
 
 
 @dataclass
-class RLConfig(TrainerSection):
-    """Stage 2: TRL's ``GRPOConfig`` plus DeGRPO's own keys (these fields)."""
+class RLConfig(TrainerSection, DeGRPOSettings):
+    """Stage 2: TRL's ``GRPOConfig`` plus DeGRPO's own keys (:class:`DeGRPOSettings`, declared and checked there)
+    and the stage's (``data``, ``reward``, ``prompts_per_step``)."""
 
     TRL_CONFIG: ClassVar[str] = "GRPOConfig"
     # scale_rewards none and temperature 0.6 are the release's; beta 0 skips the reference forward pass (with
@@ -170,54 +166,7 @@ class RLConfig(TrainerSection):
         logging_steps=1, save_steps=20, save_total_limit=2, report_to=[])
     data: RLDataConfig = field(default_factory=RLDataConfig)
     reward: RewardTable = field(default_factory=RewardTable)
-    decoupled: bool = field(default=True, metadata=_help("DeGRPO (True) or vanilla GRPO token averaging (False)."))
-    alpha: float = field(default=1.0, metadata=_help(
-        "Weight of the control-token term. Scale it with 1/completion length: the paper's 0.001 suits ~1-4k-token answers."))
-    drop_uniform_groups: bool = field(default=True, metadata=_help("Drop groups whose rewards are all equal (no signal)."))
-    # The mode choice (losses.ModeChoiceRule): both modes in every group; the centred pulls rank the prompts and
-    # the threshold moves all of them alike until the batch's mean pull is zero (the reward-optimal cut).
-    mode_balance: float = field(default=0.5, metadata=_help(
-        "Share of every group forced to a mode, half <think> and half <short> (their answers are the model's own); "
-        "the control token then takes the exact two-mode expectation of its gradient, so the mode choice stays "
-        "unbiased. Keeps both modes sampled, so a collapse to one mode is not absorbing. 0 = off (and then "
-        "mode_centering and mode_threshold_lr must be 0 too)."))
-    mode_balance_end: float | None = field(default=None, metadata=_help(
-        "Share forced at the last step (linear from mode_balance); unset = constant. Every share on the way must "
-        "force at least one answer of each mode (>= 2/num_generations)."))
-    control_gradient: str = field(default="exact", metadata=_help(
-        "With both modes in a group: exact (the on-policy two-mode expectation) or natural (divided by the "
-        "choice's Fisher information; losses.mode_advantages). The threshold always takes the natural step."))
-    mode_centering: float = field(default=1.0, metadata=_help(
-        "Share of the batch's mean pull on the mode choice removed from every prompt's: 1 = the loss only ranks "
-        "the prompts (which to think on) and mode_threshold_lr decides where the ranking is cut; 0 = the "
-        "on-policy gradient, whose shared pull moves every prompt at once (losses.mode_advantages)."))
-    mode_threshold_lr: float = field(default=0.25, metadata=_help(
-        "Step size of the threshold, in log-odds per unit of reward gap: after every optimizer step the batch's "
-        "mean log P(think) - log P(short) is put back where the last one left it plus this x the natural gradient "
-        "of a shift shared by every prompt (the groups' reward gaps think - short, weighted by q_think q_short, "
-        "over that Fisher information averaged across ~10 steps), by moving the two control rows "
-        "(losses.ModeChoiceRule, losses.RunningFisher). "
-        "Stops where thinking and answering directly pay alike at the cut. 0 = no threshold (the mean log-odds "
-        "then drifts with the ranking). Small enough that a few noisy batches do not make every choice sure "
-        "before the ranking has formed (at 1.0 SmolLM2 seeds 1-2 answered directly everywhere)."))
-    mode_ranking_gain_cap: float = field(default=10.0, metadata=_help(
-        "The ranking's pulls are scaled by 1/4 over the run's mean Fisher information of the choice, up to this "
-        "many times: once every choice is fairly sure the exact pull (q_think q_short x the reward gap) would "
-        "shrink with it and the ranking stall before the prompts where thinking pays pass the cut "
-        "(losses.RunningFisher.ranking_gain). One positive scale a step: the fixed points do not move. 1 = off."))
-    control_rows_lr_scale: float = field(default=1.0, metadata=_help(
-        "Learning rate of the control-token rows, as a multiple of learning_rate (1 = the same as LoRA's)."))
-    within_mode_advantages: bool = field(default=True, metadata=_help(
-        "Response tokens take reward minus the mean of their own mode in the group (the control token takes the "
-        "between-mode advantage), so a thinking answer is not pushed down for being one."))
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
-    censor_truncated: bool | None = field(default=None, metadata=_help(
-        "Censor answers cut off at max_completion_length without finishing: they leave the loss (TRL's "
-        "mask_truncated_completions), the group and mode means of the advantages and of the threshold, and the "
-        "uniform-group check (losses.mode_advantages), instead of scoring as wrong. Otherwise the cap decides the "
-        "mode: a chain that does not fit scores -1, so the control token learns where chains fit, not where "
-        "thinking pays. Unset (auto): on when max_completion_length is below eval.max_new_tokens or "
-        "demo.max_new_tokens (the model will answer longer than it trained), off otherwise (config.censors_truncated)."))
 
 
 @dataclass
@@ -339,26 +288,6 @@ def load_config(name_or_path: str | Path | None = None, overrides: list[str] | N
     return cfg
 
 
-def mode_balance_at(section, step: int) -> float:
-    """The share of every group forced to a mode at ``step``: linear from ``mode_balance`` to ``mode_balance_end``
-    over ``max_steps`` (the trainer reads it from here)."""
-    end = section.mode_balance if section.mode_balance_end is None else section.mode_balance_end
-    progress = min(step / max(section.max_steps or 0, 1), 1.0)
-    return section.mode_balance + (end - section.mode_balance) * progress
-
-
-def _check_mode_balance_schedule(section, generations: int) -> None:
-    """Every share the schedule reaches must force one answer of each mode or none: one that rounds to no pair
-    mid-run would stop the run there. (A max_steps of the wrong type is TRL's check, at the stage's start.)"""
-    if section.mode_balance_end is None or not isinstance(section.max_steps, int):
-        return
-    for step in range(1, max(section.max_steps, 1) + 1):
-        share = round(mode_balance_at(section, step), 6)
-        _check_forced_share(f"rl.mode_balance_end (the share forced at step {step} on the way from "
-                            f"rl.mode_balance={section.mode_balance})", share, generations,
-                            fix=" as rl.mode_balance_end, or leave it unset (a constant share)")
-
-
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """Where and what, on one line (PyYAML's own message spans several, with a snippet of the file)."""
     mark = getattr(err, "problem_mark", None)
@@ -372,48 +301,35 @@ def censors_truncated(cfg: RunConfig) -> bool:
     the demo allows longer answers than training does (there a cut-off chain would have finished)."""
     if cfg.rl.censor_truncated is not None:
         return cfg.rl.censor_truncated
-    cap = cfg.rl.max_completion_length
+    cap = cfg.rl.trl.get("max_completion_length")
     return isinstance(cap, int) and cap < max(cfg.eval.max_new_tokens, cfg.demo.max_new_tokens)
 
 
 def validate(cfg: RunConfig) -> None:
-    """Cross-field checks that types alone cannot express."""
+    """Cross-field checks that types alone cannot express; DeGRPO's own are its settings' (``check_degrpo``)."""
     choices = {"model.backend": (cfg.model.backend, ("auto", "unsloth", "hf", "full")),
                "model.train_control_rows": (cfg.model.train_control_rows, ("new", "all")),
                "model.dtype": (cfg.model.dtype, ("auto", "float32", "bfloat16", "float16")),
                "warmup.data.source": (cfg.warmup.data.source, ("miniworld", "paired", "generate")),
-               "rl.scale_rewards": (cfg.rl.scale_rewards, ("none", "group", "batch")),
-               "rl.control_gradient": (cfg.rl.control_gradient, ("exact", "natural"))}
+               "rl.scale_rewards": (cfg.rl.trl.get("scale_rewards"), ("none", "group", "batch"))}
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     if not 0.0 <= cfg.warmup.data.short_share <= 1.0:
         raise ConfigError(f"warmup.data.short_share must be within 0..1; got {cfg.warmup.data.short_share}")
-    generations = cfg.rl.num_generations
+    generations = cfg.rl.trl.get("num_generations")
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 2:
         raise ConfigError(f"rl.num_generations must be a whole number >= 2: group-relative advantages need a group; "
                           f"got {generations!r}")
-    _check_forced_share("rl.mode_balance", cfg.rl.mode_balance, generations)
-    _check_rl_temperature(cfg.rl.temperature)
-    _check_counts(cfg)
-    if cfg.demo.port > 65535:
-        raise ConfigError(f"demo.port must be a TCP port, 1..65535; got {cfg.demo.port}")
-    if not 0.0 <= cfg.rl.mode_centering <= 1.0:
-        raise ConfigError(f"rl.mode_centering must be within 0..1; got {cfg.rl.mode_centering}")
-    if cfg.rl.control_rows_lr_scale <= 0:
-        raise ConfigError(f"rl.control_rows_lr_scale must be > 0; got {cfg.rl.control_rows_lr_scale}")
-    if cfg.rl.mode_threshold_lr < 0:
-        raise ConfigError(f"rl.mode_threshold_lr must be >= 0; got {cfg.rl.mode_threshold_lr}")
-    if cfg.rl.mode_ranking_gain_cap < 1:
-        raise ConfigError(f"rl.mode_ranking_gain_cap must be >= 1 (1 = off); got {cfg.rl.mode_ranking_gain_cap}")
-    for key in ("mode_centering", "mode_threshold_lr"):
-        if getattr(cfg.rl, key) > 0 and cfg.rl.mode_balance <= 0:
-            raise ConfigError(f"rl.{key} needs both modes in every group: set rl.mode_balance > 0 too "
-                              f"(or rl.{key}=0)")
-    _check_mode_balance_schedule(cfg.rl, generations)
     if "mask_truncated_completions" in cfg.rl.trl:
         raise ConfigError("set rl.censor_truncated (true/false), not rl.mask_truncated_completions: censoring also "
                           "takes cut-off answers out of the mode means, which TRL's flag alone does not")
+    cfg.rl.check_degrpo(generations, cfg.rl.trl.get("max_steps"), censoring=censors_truncated(cfg),
+                        scale_rewards=cfg.rl.trl.get("scale_rewards"))
+    _check_rl_temperature(cfg.rl.trl.get("temperature"))
+    _check_counts(cfg)
+    if cfg.demo.port > 65535:
+        raise ConfigError(f"demo.port must be a TCP port, 1..65535; got {cfg.demo.port}")
     try:
         for mode in cfg.eval.modes:
             Routing(mode)
@@ -421,17 +337,6 @@ def validate(cfg: RunConfig) -> None:
             Routing("auto", tau)
     except ValueError as err:
         raise ConfigError(f"eval: {err}") from err
-
-
-def _check_forced_share(key: str, share: float, generations: int, fix: str = ", or 0 (off)") -> None:
-    """A positive share of a group forced to a mode must force at least one answer of each mode
-    (``losses.forced_modes``, which the trainer would only call once the model has loaded)."""
-    if not 0.0 <= share <= 1.0:
-        raise ConfigError(f"{key} must be within 0..1 (the share of every group forced to a mode); got {share}")
-    if share > 0 and int(share * generations + 1e-9) // 2 < 1:
-        smallest = math.ceil(2 / generations * 1000) / 1000  # rounded up, so that the share named is valid
-        raise ConfigError(f"{key}={share} with rl.num_generations={generations} forces no answer of each mode; "
-                          f"use at least {smallest:g} (2/rl.num_generations: one of each){fix}")
 
 
 def _check_rl_temperature(temperature) -> None:
@@ -457,7 +362,8 @@ def _setting(cfg, key: str):
     """The value of a dotted key, None when unset (a TRL field the recipe leaves to TRL)."""
     node = cfg
     for part in key.split("."):
-        node = getattr(node, part, None)
+        node = node.trl.get(part) if isinstance(node, TrainerSection) and part in node.trl \
+            else getattr(node, part, None)
     return node
 
 

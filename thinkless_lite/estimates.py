@@ -51,16 +51,16 @@ def stage_seconds(cfg, model: CostModel = CostModel()) -> dict[str, float]:
     examples are those that fit) plus its prompt; an RL step decodes to the cap (the longest of its answers) and
     trains answers of ~47% of the cap (half think, half short); evaluation decodes every batch to the cap in
     ``think`` and ``auto`` and ~300 tokens in ``short``."""
-    warm, rl, ev = cfg.warmup, cfg.rl, cfg.eval
-    example = 0.8 * (warm.data.max_completion_tokens or 1250) + model.prompt_tokens
-    examples = warm.per_device_train_batch_size * warm.gradient_accumulation_steps
-    warmup = max(warm.max_steps, 0) * model.train_seconds(examples * example, forwards=3)
+    warm, rl, ev = cfg.warmup.trl, cfg.rl.trl, cfg.eval
+    example = 0.8 * (cfg.warmup.data.max_completion_tokens or 1250) + model.prompt_tokens
+    examples = warm["per_device_train_batch_size"] * warm["gradient_accumulation_steps"]
+    warmup = max(warm["max_steps"], 0) * model.train_seconds(examples * example, forwards=3)
 
-    cap = rl.max_completion_length
-    answers = rl.prompts_per_step * rl.num_generations
+    cap = rl["max_completion_length"]
+    answers = cfg.rl.prompts_per_step * rl["num_generations"]
     decode = cap * model.decode_step_seconds(answers, model.prompt_tokens + cap / 2)
-    train = model.train_seconds(answers * (model.prompt_tokens + 0.47 * cap), forwards=4 if rl.beta > 0 else 3)
-    rl_seconds = max(rl.max_steps, 0) * (decode + train + 2.0)
+    train = model.train_seconds(answers * (model.prompt_tokens + 0.47 * cap), forwards=4 if rl["beta"] > 0 else 3)
+    rl_seconds = max(rl["max_steps"], 0) * (decode + train + 2.0)
 
     questions = ev.limit or ev.per_level * 8
     batches = math.ceil(questions * ev.num_samples / ev.batch_size)

@@ -458,7 +458,7 @@ class ModeChoiceRule:
 
     @classmethod
     def of(cls, section) -> "ModeChoiceRule":
-        """The rule an RL config section (``cfg.rl``) asks for."""
+        """The rule DeGRPO's settings ask for: a recipe's ``cfg.rl`` or a trainer's ``DeGRPOConfig``."""
         return cls(within_mode=section.within_mode_advantages, control_gradient=section.control_gradient,
                    centering=section.mode_centering, threshold_lr=section.mode_threshold_lr,
                    ranking_gain_cap=section.mode_ranking_gain_cap)

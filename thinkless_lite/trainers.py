@@ -48,6 +48,7 @@ from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_ad
                                    trainer_flavour, unsloth_loss_inputs)
 from thinkless_lite.control_rows import (assert_control_rows_trainable, decision_rows,
                                          scale_control_rows_learning_rate)
+from thinkless_lite.degrpo_config import DeGRPOConfig
 from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, group_advantages,
                                    informative_groups, loss_token_weights, shift_log_odds_)
@@ -88,65 +89,35 @@ class PortableSFTTrainer(SFTTrainer):
 class DeGRPOMixin:
     """What DeGRPO changes in a GRPOTrainer; mixed into whichever one ``trl`` exports (see ``DeGRPOTrainer``).
 
+    Its settings are its arguments' (``args``, a :class:`thinkless_lite.degrpo_config.DeGRPOConfig`, checked when
+    built), read as ``self.args.<field>``.
+
     ``backend`` is the model's (``unsloth``, ``hf``, ``full``): Unsloth's trainer only works with an
     Unsloth model and the stock one only with a plain one, so a mismatch (``unsloth`` imported after this
     module, or imported at all for an ``hf`` run) stops here with what to do, not mid-step.
     """
 
-    def __init__(self, *args, alpha: float = 0.001, decoupled: bool = True, drop_uniform_groups: bool = True,
-                 recorder: ThinklessReward | None = None, backend: str | None = None,
-                 mode_balance: float = 0.0, mode_balance_end: float | None = None,
-                 within_mode_advantages: bool = False, control_gradient: str = "exact",
-                 mode_centering: float = 0.0, mode_threshold_lr: float = 0.0, mode_ranking_gain_cap: float = 1.0,
-                 control_rows_lr_scale: float = 1.0, control_tokens: ControlTokens = ControlTokens(), censor_truncated: bool = False, **kwargs):
+    def __init__(self, *args, recorder: ThinklessReward | None = None, backend: str | None = None,
+                 control_tokens: ControlTokens = ControlTokens(), **kwargs):
         check_trainer_flavour(type(self), backend)
         super().__init__(*args, **kwargs)
+        if not isinstance(self.args, DeGRPOConfig):
+            raise TypeError("DeGRPOTrainer takes its settings from args=DeGRPOConfig(...) "
+                            f"(thinkless_lite.degrpo_config), not from a {type(self.args).__name__}")
         prepare_for_training(self.model)
         assert_control_rows_trainable(self.model)  # fails loudly, naming the tensor, if a backend froze a row
-        if self.loss_type != "dapo":
-            raise ValueError(f"DeGRPOTrainer needs GRPOConfig(loss_type='dapo') (token-sum over the generation "
-                             f"batch); got {self.loss_type!r}")
         if self.beta != 0.0:
             ensure_reference_adapter(self.accelerator.unwrap_model(self.model))
         self._never_sample_padding()
-        self.alpha, self.decoupled, self.drop_uniform_groups = alpha, decoupled, drop_uniform_groups
-        self.censor_truncated = censor_truncated
-        if censor_truncated and not self.mask_truncated_completions:
-            raise ValueError("censor_truncated needs GRPOConfig(mask_truncated_completions=True), so that TRL's "
-                             "loss and attention leave the cut-off answers out too (rl.grpo_config sets it)")
-        if censor_truncated and self.scale_rewards not in ("none", "group"):
-            raise ValueError(f"censor_truncated computes group advantages over the finished answers; "
-                             f"scale_rewards={self.scale_rewards!r} (a whole-batch std) is not supported with it: "
-                             "use scale_rewards 'none' (the release's) or 'group'")
         self._clipped_think = [0.0, 0.0]  # thinking answers cut off, thinking answers, over the run's steps
         self._warned_clipped = False
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
-        self.mode_balance = mode_balance
-        self.mode_balance_end = mode_balance if mode_balance_end is None else mode_balance_end
-        for balance in (self.mode_balance, self.mode_balance_end):
-            forced_modes(self.num_generations, balance)  # a share that forces nothing fails here, not mid-run
-        if control_gradient not in ("exact", "natural"):
-            raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
-        if not 0.0 <= mode_centering <= 1.0:
-            raise ValueError(f"mode_centering must be in [0, 1], got {mode_centering}")
-        if mode_threshold_lr < 0:
-            raise ValueError(f"mode_threshold_lr must be >= 0, got {mode_threshold_lr}")
-        if mode_ranking_gain_cap < 1:
-            raise ValueError(f"mode_ranking_gain_cap must be >= 1 (1 = off), got {mode_ranking_gain_cap}")
-        if (mode_centering > 0 or mode_threshold_lr > 0) and self.mode_balance <= 0:
-            raise ValueError("mode_centering and mode_threshold_lr need both modes in the groups: set mode_balance > 0")
-        self.within_mode_advantages = within_mode_advantages
-        self.mode_rule = ModeChoiceRule(within_mode=within_mode_advantages, control_gradient=control_gradient,
-                                        centering=mode_centering, threshold_lr=mode_threshold_lr,
-                                        ranking_gain_cap=mode_ranking_gain_cap)
+        self.mode_rule = ModeChoiceRule.of(self.args)
         self._threshold: dict | None = None  # the batch's prompts and where its mean log-odds must be after a step
         self._fisher = self.mode_rule.running_fisher()  # the threshold's, over the run's steps (checkpointed)
-        if mode_threshold_lr > 0:
+        if self.mode_rule.threshold_lr > 0:
             self.add_callback(ThresholdCallback(self))
-        if control_rows_lr_scale <= 0:
-            raise ValueError(f"control_rows_lr_scale must be > 0, got {control_rows_lr_scale}")
-        self.control_rows_lr_scale = control_rows_lr_scale
         vocab = self.processing_class.get_vocab()
         missing = [t for t in (control_tokens.short, control_tokens.think) if t not in vocab]
         if missing:
@@ -154,7 +125,7 @@ class DeGRPOMixin:
                              "thinkless_lite.load_model, which adds them")
         self.mode_ids = {SHORT_MODE: vocab[control_tokens.short], THINK_MODE: vocab[control_tokens.think]}
         self._forced: list[int | None] = []
-        if mode_threshold_lr > 0:
+        if self.mode_rule.threshold_lr > 0:
             decision_rows(self.accelerator.unwrap_model(self.model), self.mode_ids[THINK_MODE],
                           self.mode_ids[SHORT_MODE])  # fails here, naming the fix, if the rows are not trained
 
@@ -220,18 +191,15 @@ class DeGRPOMixin:
         """Transformers' optimizer, with the control rows in a group of their own when their learning rate is
         scaled (``control_rows_lr_scale``; the scheduler, made after this, keeps the ratio)."""
         optimizer = super().create_optimizer()
-        if self.control_rows_lr_scale != 1.0 and not scale_control_rows_learning_rate(
-                optimizer, self.model, self.control_rows_lr_scale):
+        scale = self.args.control_rows_lr_scale
+        if scale != 1.0 and not scale_control_rows_learning_rate(optimizer, self.model, scale):
             raise ValueError("control_rows_lr_scale is set but the model trains no control rows "
                              "(model.train_control_rows, or an adapter without trainable_token_indices)")
         return optimizer
 
     def current_mode_balance(self) -> float:
-        """The share of every group forced to a mode at this step: linear from ``mode_balance`` to
-        ``mode_balance_end`` over ``max_steps``."""
-        total = max(int(self.args.max_steps or 0), 1)
-        progress = min(self.state.global_step / total, 1.0)
-        return self.mode_balance + (self.mode_balance_end - self.mode_balance) * progress
+        """The share of every group forced to a mode at this step (``DeGRPOSettings.mode_balance_at``)."""
+        return self.args.mode_balance_at(self.state.global_step, self.args.max_steps)
 
     def _generate_single_turn(self, prompt_ids, *args, **kwargs):
         """Sample in eval mode, and prefill the control token of the group members forced to a mode.
@@ -366,11 +334,12 @@ class DeGRPOMixin:
         device = out["completion_ids"].device
         finished_local = finished_answers(out["completion_ids"], self.eos_token_ids, self.max_completion_length)
         all_finished = self.accelerator.gather(finished_local.float()).bool().to(rewards.device)
-        censored = all_finished if self.censor_truncated else None
-        keep_all = informative_groups(rewards, self.num_generations, finished=censored) if self.drop_uniform_groups \
-            else torch.ones_like(rewards, dtype=torch.bool)
+        settings = self.args
+        censored = all_finished if settings.censor_truncated else None
+        keep_all = informative_groups(rewards, self.num_generations, finished=censored) \
+            if settings.drop_uniform_groups else torch.ones_like(rewards, dtype=torch.bool)
         keep = keep_all[start:start + local].to(out["completion_mask"].device)
-        if self.censor_truncated:  # TRL's mask_truncated_completions already did; kept here so the hook stands alone
+        if settings.censor_truncated:  # TRL's mask_truncated_completions already did; kept: the hook stands alone
             keep = keep & finished_local.to(keep.device)
         # A pad token the model wrote inside an answer counts as padding, as it does in Unsloth's loss mask.
         answer_tokens = out["completion_mask"].float() * (out["completion_ids"] != self.processing_class.pad_token_id)
@@ -379,7 +348,7 @@ class DeGRPOMixin:
         counts = torch.stack([mask[:, 0].sum(), mask[:, 1:].sum(), (mask.sum(1) > 0).float().sum()])
         counts = self.accelerator.reduce(counts, reduction="sum")
         weights = loss_token_weights(
-            mask, alpha=self.alpha, decoupled=self.decoupled, normalizer=out["num_items_in_batch"].float(),
+            mask, alpha=settings.alpha, decoupled=settings.decoupled, normalizer=out["num_items_in_batch"].float(),
             n_control=counts[0], n_response=counts[1], n_sequences=counts[2])
 
         first = out["completion_ids"][:, 0]
@@ -395,15 +364,15 @@ class DeGRPOMixin:
                                                     difficulty, p_choice], dim=1))
         all_modes, p_short, p_think, all_forced, all_difficulty, all_p_choice = rows.unbind(1)
         shift = 0.0
-        if self.mode_balance > 0 or self.mode_balance_end > 0 or self.within_mode_advantages:
+        if settings.forces_modes() or settings.within_mode_advantages:
             control, response, shift = self.mode_rule.advantages(
                 rewards.to(device), all_modes.long(), p_short, p_think, self.num_generations,
-                kept=keep_all.to(device) if self.drop_uniform_groups else None,
+                kept=keep_all.to(device) if settings.drop_uniform_groups else None,
                 fisher=self._fisher if self.model.training else None,
                 finished=censored.to(device) if censored is not None else None)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
-        elif self.censor_truncated:  # TRL's advantages took the cut-off answers' rewards into the group means
+        elif settings.censor_truncated:  # TRL's advantages took the cut-off answers' rewards into the group means
             advantages = group_advantages(rewards.to(device), self.num_generations,
                                           scale_by_std=self.scale_rewards == "group",
                                           finished=censored.to(device))[start:start + local, None]
@@ -474,7 +443,7 @@ class DeGRPOMixin:
             if (self._clipped_think[1] >= CLIPPED_THINK_MIN_ANSWERS and cut_share > CLIPPED_THINK_WARNING
                     and not self._warned_clipped):
                 self._warned_clipped = True
-                log.warning(clipped_warning(cut_share, self.max_completion_length, self.censor_truncated))
+                log.warning(clipped_warning(cut_share, self.max_completion_length, bool(self.args.censor_truncated)))
         if self._threshold is not None:
             metrics["threshold_step"].append(self._threshold["step"])
             metrics["threshold_hold"].append(self._threshold["held_before"])

@@ -168,7 +168,7 @@ def _settings(args, mode: str, shapes: list[str], backends: list[str], grad_accu
     return {"mode": mode, "device": args.device, "shapes": shapes, "backends": backends,
             "prompt_len": args.prompt_len, "completion_len": args.completion_len, "generations": args.generations,
             "prompts": args.prompts, "grad_accum": grad_accum, "steps": args.steps if mode == "bench" else 1,
-            "warmup_steps": args.warmup_steps, "config": config, "rl_max_steps": recipe.rl.max_steps,
+            "warmup_steps": args.warmup_steps, "config": config, "rl_max_steps": recipe.rl.trl["max_steps"],
             "gradient_checkpointing": not args.no_gradient_checkpointing and recipe.model.gradient_checkpointing,
             "verify_alpha": args.verify_alpha if args.verify_loss else None, "gb": "10^9 bytes"}
 
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     from thinkless_lite.config import load_config
 
     recipe = load_config(args.config)
-    grad_accum = 1 if mode != "bench" else (args.grad_accum or recipe.rl.gradient_accumulation_steps)
+    grad_accum = 1 if mode != "bench" else (args.grad_accum or recipe.rl.trl["gradient_accumulation_steps"])
     if (args.prompts * args.generations) % grad_accum:
         raise SystemExit(f"--prompts x --generations ({args.prompts * args.generations}) must be divisible by the "
                          f"gradient accumulation ({grad_accum}); pass --grad-accum")

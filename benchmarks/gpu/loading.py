@@ -54,6 +54,12 @@ def device_info() -> dict:
     return info
 
 
+# The trainer as these jobs time it: the recipe's loss (alpha, decoupled, dropped groups) without the mode-choice
+# rule (no forced modes, no threshold), which their group sizes need not support.
+WITHOUT_MODE_CHOICE = dict(mode_balance=0.0, mode_balance_end=None, within_mode_advantages=False, mode_centering=0.0,
+                           mode_threshold_lr=0.0, mode_ranking_gain_cap=1.0, control_rows_lr_scale=1.0)
+
+
 def run_config(spec: dict):
     """The recipe of ``spec['config']`` with this run's checkpoint, backend, batch and forced lengths."""
     import dataclasses
@@ -73,7 +79,7 @@ def run_config(spec: dict):
                  "shuffle_dataset": False, "disable_tqdm": True}
     rl = cfg.rl.updated(num_generations=spec["generations"], prompts_per_step=spec["prompts"], max_completion_length=c,
                         gradient_accumulation_steps=spec["grad_accum"], max_steps=spec["steps"], save_steps=10**6,
-                        report_to=[], **overrides)
+                        report_to=[], **overrides, **WITHOUT_MODE_CHOICE)
     if spec["task"] == "verify":
         rl = rl.updated(beta=0.0, gradient_accumulation_steps=1, alpha=spec["verify_alpha"], decoupled=True)
     return dataclasses.replace(cfg, model=model, rl=rl, output_dir=spec["work_dir"], name="run", seed=spec["seed"])
@@ -109,10 +115,10 @@ def start_trainer(spec: dict, record: dict, prompts_of):
     set_seed(spec["seed"])
     loaded = load(cfg, clock, record)
     dataset = Dataset.from_list([{"prompt": p} for p in prompts_of(loaded.tokenizer)])
-    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_reward],
-                            args=grpo_config(cfg, Path(spec["work_dir"]) / "trainer"), train_dataset=dataset,
-                            processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
-                            drop_uniform_groups=cfg.rl.drop_uniform_groups, backend=loaded.backend.name)
+    args = grpo_config(cfg, Path(spec["work_dir"]) / "trainer")
+    args.censor_truncated = False  # as these jobs have always run: TRL masks cut-off answers, the mode means keep them
+    trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[varied_reward], args=args, train_dataset=dataset,
+                            processing_class=loaded.tokenizer, backend=loaded.backend.name)
     describe_trainer(trainer, record)
     return clock, cfg, loaded, trainer
 

@@ -119,7 +119,7 @@ def run(spec: dict, record: dict) -> None:
         logps, _, _ = plain_logps_and_entropies(trainer, model, input_ids, attention, spec["completion_len"],
                                                 batch_size=1)
         reference = degrpo_loss(logps, logps.detach(), batch["advantages_b"].to(device), inputs["completion_mask"],
-                                alpha=cfg.rl.alpha, clip_eps=cfg.rl.epsilon, decoupled=True)
+                                alpha=cfg.rl.alpha, clip_eps=cfg.rl.trl["epsilon"], decoupled=True)
         record["reference"] = {"loss": float(reference.detach()), **compare_grads(grads, grads_of(reference))}
     except Exception as err:  # noqa: BLE001 - reported as the checks' failure
         record["reference"] = {"error": f"{type(err).__name__}: {err}"[:1000]}

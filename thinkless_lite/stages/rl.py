@@ -60,12 +60,13 @@ def start_adapter(cfg: RunConfig) -> str | None:
 
 
 def grpo_config(cfg: RunConfig, output_dir: Path):
-    """TRL's GRPOConfig for this recipe: the ``rl`` section's TRL fields over the stage's defaults, and the
-    two things DeGRPO needs: token-sum (``dapo``) aggregation and a batch of whole groups per step; plus TRL's
-    ``mask_truncated_completions`` where the recipe censors cut-off answers (:func:`censors_truncated`)."""
+    """The trainer's arguments for this recipe, a :class:`~thinkless_lite.degrpo_config.DeGRPOConfig`: the ``rl``
+    section's TRL fields over the stage's defaults, its DeGRPO settings (``censor_truncated`` resolved by
+    :func:`censors_truncated`, with TRL's ``mask_truncated_completions`` to match), and the two things DeGRPO
+    needs: token-sum (``dapo``) aggregation and a batch of whole groups per step."""
     import os
 
-    from trl import GRPOConfig
+    from thinkless_lite.degrpo_config import DEGRPO_FIELDS, DeGRPOConfig
 
     defaults = dict(seed=cfg.seed, data_seed=cfg.seed, lr_scheduler_type="constant_with_warmup", warmup_steps=0,
                     log_completions=False, disable_tqdm=False, dataloader_num_workers=0, max_grad_norm=1.0,
@@ -78,17 +79,20 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
     if generation_batch % (world * accumulation):
         raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
                           f"processes x rl.gradient_accumulation_steps ({world} x {accumulation})")
+    censor = censors_truncated(cfg)
     args.update(per_device_train_batch_size=generation_batch // (world * accumulation),
                 loss_type="dapo", gradient_checkpointing=False,  # checkpointing is the model backend's
-                mask_truncated_completions=censors_truncated(cfg))
+                mask_truncated_completions=censor)
     args["report_to"] = args["report_to"] or "none"
-    return GRPOConfig(**args)
+    degrpo = {name: getattr(cfg.rl, name) for name in DEGRPO_FIELDS}
+    return DeGRPOConfig(**args, **{**degrpo, "censor_truncated": censor})
 
 
 def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=()):
     """The DeGRPO trainer of a recipe: its questions as TRL's dataset (prompt, gold answer, difficulty), the
-    reward, and every ``rl`` setting of DeGRPO's own. ``trainer_class`` is ``DeGRPOTrainer`` (imported by the
-    caller after the model loaded) or a subclass of it, e.g. ``benchmarks/rl_step.py``'s timed one."""
+    reward, and ``args`` (:func:`grpo_config`, which carries every ``rl`` setting). ``trainer_class`` is
+    ``DeGRPOTrainer`` (imported by the caller after the model loaded) or a subclass of it, e.g.
+    ``benchmarks/rl_step.py``'s timed one."""
     from datasets import Dataset
 
     tokens = cfg.model.control_tokens
@@ -97,13 +101,8 @@ def make_trainer(cfg: RunConfig, loaded, items, args, trainer_class, callbacks=(
     recorder = ThinklessReward(cfg.rl.reward, tokens)
     return trainer_class(
         model=loaded.model, reward_funcs=[recorder], args=args, train_dataset=dataset,
-        processing_class=loaded.tokenizer, alpha=cfg.rl.alpha, decoupled=cfg.rl.decoupled,
-        drop_uniform_groups=cfg.rl.drop_uniform_groups, recorder=recorder, backend=loaded.backend.name,
-        mode_balance=cfg.rl.mode_balance, mode_balance_end=cfg.rl.mode_balance_end,
-        within_mode_advantages=cfg.rl.within_mode_advantages, control_gradient=cfg.rl.control_gradient,
-        mode_centering=cfg.rl.mode_centering, mode_threshold_lr=cfg.rl.mode_threshold_lr,
-        mode_ranking_gain_cap=cfg.rl.mode_ranking_gain_cap, control_rows_lr_scale=cfg.rl.control_rows_lr_scale, censor_truncated=censors_truncated(cfg),
-        control_tokens=tokens, callbacks=list(callbacks))
+        processing_class=loaded.tokenizer, recorder=recorder, backend=loaded.backend.name, control_tokens=tokens,
+        callbacks=list(callbacks))
 
 
 def main(cfg: RunConfig) -> dict:
