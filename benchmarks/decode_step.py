@@ -54,7 +54,7 @@ def main(argv=None) -> int:
 
     from thinkless_lite.compat import dequantized_4bit_weights, merged_lora_weights
     from thinkless_lite.config import load_config
-    from thinkless_lite.generation import control_rows_folded
+    from thinkless_lite.control_rows import control_rows_folded
     from thinkless_lite.model import load_model, select_backend
     from thinkless_lite.stages import rl
     from thinkless_lite.tokens import format_prompt

@@ -251,7 +251,7 @@ def test_a_missing_gguf_package_is_a_one_line_error(byo, monkeypatch, tmp_path):
 
 
 def test_folded_control_rows_answer_like_the_wrapper_and_go_back(byo):
-    from thinkless_lite.generation import control_rows_folded
+    from thinkless_lite.control_rows import control_rows_folded
     from thinkless_lite.model import load_model
 
     loaded = quiet(load_model, model_cfg(byo["gguf"]), trainable=False)

@@ -18,6 +18,7 @@ from typing import Iterator, Sequence
 
 import torch
 
+from thinkless_lite.control_rows import control_rows_folded
 from thinkless_lite.tokens import ControlTokens, Routing, format_prompt, parse_completion
 from thinkless_lite.vocabulary import end_token_ids
 
@@ -50,31 +51,6 @@ class SamplingSettings:
 
 def _device(model) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextlib.contextmanager
-def control_rows_folded(model):
-    """Inference with the adapter's trained control rows written into the embedding (and head) for the duration.
-
-    PEFT's trainable-token wrapper otherwise rebuilds the whole table (``index_copy``) on every forward,
-    i.e. for every generated token: 0.32 s a forward on a 262k-token vocabulary. Folded, a forward reads
-    the plain table; the rows go back when the block ends. A model in training mode is left as it is.
-    """
-    layers = [m for m in model.modules()
-              if type(m).__name__ == "TrainableTokensLayer" and not getattr(m, "merged", True)]
-    if model.training or not layers:
-        yield model
-        return
-    with torch.no_grad():
-        for layer in layers:
-            layer.merge()
-    try:
-        yield model
-    finally:
-        with torch.no_grad():
-            for layer in layers:
-                if layer.merged:
-                    layer.unmerge()
 
 
 def _lora_merged(model, merge: bool):

@@ -46,10 +46,9 @@ from trl import GRPOTrainer, SFTTrainer
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
                                    merged_lora_weights, plain_logps_and_entropies, prepare_for_training,
                                    trainer_flavour, unsloth_loss_inputs)
-from thinkless_lite.control_rows import (assert_control_rows_trainable, decision_rows,
+from thinkless_lite.control_rows import (assert_control_rows_trainable, control_rows_folded, decision_rows,
                                          scale_control_rows_learning_rate)
 from thinkless_lite.degrpo_config import DeGRPOConfig
-from thinkless_lite.generation import control_rows_folded
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, group_advantages,
                                    informative_groups, loss_token_weights, shift_log_odds_)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
