@@ -46,6 +46,7 @@ the tau dial and the demo read it. Not a test; numbers as measured.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import sys
@@ -145,6 +146,8 @@ def main(argv=None) -> int:
     from thinkless_lite.stages.rl import rl_items
     from thinkless_lite.tokens import format_prompt
 
+    rule_fields = {f.name for f in dataclasses.fields(ModeChoiceRule)}  # a variant's other keys shape its groups
+
     model_path = args.model
     if model_path is None and args.config.startswith("smollm2"):
         from real_model_outcome import smollm2_gguf
@@ -201,12 +204,8 @@ def main(argv=None) -> int:
     curves, finals = {}, {}
     for name in chosen:
         v = VARIANTS[name]
-        rule = ModeChoiceRule.of(cfg.rl)
-        rule = ModeChoiceRule(within_mode=rule.within_mode, control_gradient=v.get("control_gradient", rule.control_gradient),
-                              centering=v.get("centering", rule.centering),
-                              threshold_lr=v.get("threshold_lr", rule.threshold_lr),
-                              ranking_gain_cap=v.get("ranking_gain_cap", rule.ranking_gain_cap),
-                              fisher_decay=v.get("fisher_decay", rule.fisher_decay))
+        rule = dataclasses.replace(ModeChoiceRule.of(cfg.rl),  # the recipe's rule, with the variant's changes
+                                   **{key: value for key, value in v.items() if key in rule_fields})
         fisher = rule.running_fisher()
         prompts, G = v.get("prompts", cfg.rl.prompts_per_step), v.get("generations", cfg.rl.trl["num_generations"])
         pattern = forced_modes(G, v.get("balance", cfg.rl.mode_balance))

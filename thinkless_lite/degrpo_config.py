@@ -37,4 +37,4 @@ class DeGRPOConfig(DeGRPOSettings, GRPOConfig):
             raise ConfigError("censor_truncated needs mask_truncated_completions=True, so that TRL's loss and "
                               "attention leave the cut-off answers out too (stages.rl.grpo_config sets it)")
         self.check_degrpo(self.num_generations, self.max_steps, censoring=bool(self.censor_truncated),
-                   scale_rewards=self.scale_rewards)
+                          scale_rewards=self.scale_rewards)
