@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 
@@ -54,25 +55,30 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
 
 
 def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict:
-    """What DeGRPO's own answers asked for: per level, forced think's and forced short's accuracy during the
-    last ``last_share`` of the RL steps (the mean of the steps' batch accuracies, ``accuracy_think/k<level>``
-    in ``rl/metrics.jsonl``: sampled at the RL temperature on training questions), and the mode with the higher
-    expected reward at those. The rule can only follow the rewards it saw; where this differs from the final
-    evaluation's oracle, the held-out greedy answers scored differently from the training ones."""
+    """What DeGRPO's own answers asked for: per level, think's and short's accuracy during the last
+    ``last_share`` of the RL steps (the mean of the steps' batch accuracies in ``rl/metrics.jsonl``), and the mode
+    with the higher expected reward at those. The accuracies are the forced answers' (``forced_accuracy_<mode>/k``,
+    decoded greedily: what valued each mode, ``rl.greedy_forced_answers``) where the run logged them, else every
+    answer's (``accuracy_<mode>/k``, sampled at the RL temperature); ``source`` says which. All on training
+    questions: the rule can only follow the rewards it saw, so where this differs from the final evaluation's
+    oracle, the held-out answers scored differently from the training ones."""
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     rows = [r for r in rows if "p_think" in r]
     rows = rows[int(len(rows) * (1 - last_share)):]
-    levels = sorted({key.split("/k")[1] for r in rows for key in r if key.startswith("accuracy_think/k")}, key=float)
+    forced = any(key.startswith("forced_accuracy_") for r in rows for key in r)
+    prefix, source = ("forced_accuracy", "forced answers, greedy") if forced else ("accuracy", "all answers, sampled")
+    levels = sorted({key.split("/k")[1] for r in rows for key in r if key.startswith(f"{prefix}_think/k")}, key=float)
     by_level = {}
     for level in levels:
-        seen = {mode: [r[f"accuracy_{mode}/k{level}"] for r in rows if f"accuracy_{mode}/k{level}" in r]
+        seen = {mode: [r[f"{prefix}_{mode}/k{level}"] for r in rows
+                       if not math.isnan(r.get(f"{prefix}_{mode}/k{level}", math.nan))]
                 for mode in ("think", "short")}
         if not all(seen.values()):
             continue
         accuracy = {mode: sum(v) / len(v) for mode, v in seen.items()}
         expected = {mode: expected_reward(mode, accuracy[mode], table) for mode in accuracy}
         by_level[level] = {"mode": better_mode(expected), "accuracy": accuracy, "expected_reward": expected,
-                           "steps": len(seen["think"])}
+                           "steps": len(seen["think"]), "source": source}
     return by_level
 
 
@@ -149,7 +155,8 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
             for k, v in sorted(oracle["by_difficulty"].items(), key=lambda kv: float(kv[0])))]
     if table is not None and metrics_jsonl is not None and Path(metrics_jsonl).exists():
         seen = training_oracle(metrics_jsonl, table)
-        rows += ["", "what DeGRPO's own answers asked for (last half of the steps, sampled; mode, think / short "
+        source = next(iter(seen.values()))["source"] if seen else "none logged"
+        rows += ["", f"what DeGRPO's own answers asked for (last half of the steps, {source}; mode, think / short "
                  "accuracy, expected reward think / short): " + "; ".join(
                      f"k={k}: {v['mode']}, {v['accuracy']['think']:.2f} / {v['accuracy']['short']:.2f}, "
                      f"{v['expected_reward']['think']:+.2f} / {v['expected_reward']['short']:+.2f}"

@@ -220,14 +220,17 @@ def test_the_kl_reference_is_the_starting_adapter_control_rows_included(tiny_mod
     assert not (saved / "ref").exists() and (saved / "adapter_model.safetensors").exists()
 
 
-def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_advantages(tiny_model_dir, tmp_path):
+@pytest.mark.parametrize("greedy", [True, False])
+def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_advantages(tiny_model_dir, tmp_path,
+                                                                                         greedy):
     """mode_balance=0.5: in each group of 4 one answer is forced to <think> and one to <short>; the trainer's loss
-    and gradients equal degrpo_loss with the exact two-mode control advantages and within-mode response ones."""
+    and gradients equal degrpo_loss with the exact two-mode control advantages and within-mode response ones,
+    each mode valued by its forced answer with greedy_forced_answers (by all its answers without)."""
     from thinkless_lite.losses import SHORT_MODE, THINK_MODE, mode_advantages
 
     torch.manual_seed(0)
     trainer, dataset = make_trainer(tiny_model_dir, tmp_path, decoupled=True, alpha=0.5, mode_balance=0.5,
-                                    within_mode_advantages=True)
+                                    within_mode_advantages=True, greedy_forced_answers=greedy)
     rows = [dataset[i] for i in range(len(dataset)) for _ in range(GROUP)]
     trainer.model.train()
     trainer.current_gradient_accumulation_steps = 1
@@ -254,12 +257,17 @@ def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_adv
         logits = trainer.model(input_ids=batch["prompt_ids"], attention_mask=batch["prompt_mask"]).logits[:, -1]
         trainer.model.train()
         probs = torch.softmax(logits / trainer.temperature, dim=-1)
+    forced = torch.tensor([True, True] + [False] * (GROUP - 2)).repeat(len(dataset))
     control, response = mode_advantages(rewards, modes, probs[:, short_id], probs[:, think_id], GROUP,
-                                        within_mode=True)
+                                        within_mode=True, valued=forced if greedy else None)
     advantages = response[:, None].expand_as(batch["completion_mask"]).clone()
     advantages[:, 0] = control
     plain = rewards - rewards.view(-1, GROUP).mean(1).repeat_interleave(GROUP)
     assert not torch.allclose(control[keep], plain[keep], atol=1e-3)  # the correction matters on this batch
+    if greedy:  # and valuing each mode by its forced answer does too
+        every_answer, _ = mode_advantages(rewards, modes, probs[:, short_id], probs[:, think_id], GROUP,
+                                          within_mode=True)
+        assert not torch.allclose(control[keep], every_answer[keep], atol=1e-3)
 
     input_ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     attention = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
@@ -273,6 +281,29 @@ def test_forced_samples_take_their_mode_and_the_loss_equals_degrpo_with_mode_adv
     assert torch.allclose(loss, expected, atol=1e-6), (loss.item(), expected.item())
     grads_expected = torch.autograd.grad(expected, params, allow_unused=True)
     assert_same_gradients(grads_trainer, grads_expected)
+
+
+def test_greedy_rows_decode_greedily_inside_a_sampled_batch(tiny_model_dir):
+    """The forced answers' decoding (greedy_forced_answers): in one sampled generate call, the rows marked greedy
+    come out as greedy decoding gives them, the others stay sampled, and generate is the model's own again after."""
+    from thinkless_lite.trainers import greedy_rows
+
+    torch.manual_seed(0)
+    loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
+    model, tokenizer = loaded.model.eval(), loaded.tokenizer
+    inputs = tokenizer([format_prompt(tokenizer, "12+34")] * 6, return_tensors="pt")
+    settings = dict(max_new_tokens=16, pad_token_id=tokenizer.pad_token_id)
+    greedy = model.generate(**inputs, do_sample=False, **settings)[0]
+    rows = [True, False, True, False, False, True]
+    with greedy_rows(model, rows):
+        mixed = model.generate(**inputs, do_sample=True, temperature=2.0, **settings)
+
+    def answer(ids):
+        return [t for t in ids.tolist() if t != tokenizer.pad_token_id]
+
+    assert all(answer(row) == answer(greedy) for row, marked in zip(mixed, rows) if marked)
+    assert any(answer(row) != answer(greedy) for row, marked in zip(mixed, rows) if not marked)
+    assert "generate" not in model.__dict__
 
 
 def test_length_grouped_micro_batches_give_the_padded_loss_and_gradients(tiny_model_dir, tmp_path):
@@ -331,11 +362,11 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     seen = {}
     original = trainer.mode_rule.advantages
 
-    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None, finished=None):
+    def spy(rewards, modes, p_short, p_think, group_size, kept=None, fisher=None, finished=None, valued=None):
         control, response, shift = original(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher,
-                                            finished=finished)
+                                            finished=finished, valued=valued)
         seen.update(rewards=rewards, modes=modes, p_short=p_short, p_think=p_think, kept=kept, shift=shift,
-                    finished=finished)
+                    finished=finished, valued=valued)
         return control, response, shift
 
     object.__setattr__(trainer, "mode_rule", type("Spy", (), {"advantages": staticmethod(spy), "threshold_lr": 1.0})())
@@ -343,8 +374,10 @@ def test_the_threshold_holds_the_batchs_mean_log_odds_and_p_think_means_what_eva
     keep = informative_groups(seen["rewards"], GROUP)
     assert torch.equal(seen["kept"].cpu(), keep) and seen["finished"] is None  # censoring is off by default
     # One step: the running Fisher information is this batch's alone.
+    forced = torch.tensor([True, True] + [False] * (GROUP - 2)).repeat(len(prompts))
+    assert torch.equal(seen["valued"].cpu(), forced)  # each mode valued by its forced (greedy) answer
     assert seen["shift"] == pytest.approx(threshold_step(seen["rewards"], seen["modes"], seen["p_short"],
-                                                         seen["p_think"], GROUP, kept=keep))
+                                                         seen["p_think"], GROUP, kept=keep, valued=forced))
     assert seen["shift"] != 0.0
 
     trainer.model.eval()

@@ -203,8 +203,10 @@ class _ModeGroups:
     is_think: torch.Tensor
     n_short: torch.Tensor
     n_think: torch.Tensor
-    mean_short: torch.Tensor   # the group's mean reward in each mode
+    mean_short: torch.Tensor   # the group's mean reward in each mode (the responses' baselines)
     mean_think: torch.Tensor
+    value_short: torch.Tensor  # what each mode is worth in the group (the mode choice's): its valued answers'
+    value_think: torch.Tensor  # mean reward, or all of its answers' where it has no valued one
     p_think: torch.Tensor      # the sampling policy's P(<think>) at the group's prompt
     q_short: torch.Tensor      # the two probabilities renormalised over the two modes
     q_think: torch.Tensor
@@ -212,10 +214,12 @@ class _ModeGroups:
 
 
 def _mode_groups(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
-                 group_size: int, finished: torch.Tensor | None = None) -> _ModeGroups:
+                 group_size: int, finished: torch.Tensor | None = None,
+                 valued: torch.Tensor | None = None) -> _ModeGroups:
     """The batch per group and mode. A censored answer (``finished`` False: cut off at the training cap) belongs
     to no mode here: it leaves the mode's count and mean, and a mode whose answers were all cut off is absent
-    from the group (``both`` False), so the group gives the mode choice no pull from it."""
+    from the group (``both`` False), so the group gives the mode choice no pull from it. ``valued`` per sample
+    (None: all): the answers that say what their mode is worth, where the group has one of that mode."""
     grouped = _groups(rewards.to(torch.float32) if not rewards.is_floating_point() else rewards, group_size)
     modes = modes.view_as(grouped)
     done = _finished(finished, grouped)
@@ -223,11 +227,21 @@ def _mode_groups(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tens
     is_short, is_think = (modes == SHORT_MODE).to(grouped.dtype) * done, (modes == THINK_MODE).to(grouped.dtype) * done
     n_short, n_think = is_short.sum(1, keepdim=True), is_think.sum(1, keepdim=True)
     total = (p_short[:, :1] + p_think[:, :1]).clamp(min=1e-12)
+    mean_short = (grouped * is_short).sum(1, keepdim=True) / n_short.clamp(min=1)
+    mean_think = (grouped * is_think).sum(1, keepdim=True) / n_think.clamp(min=1)
+    value_short, value_think = mean_short, mean_think
+    if valued is not None:
+        chosen = valued.view_as(grouped).to(grouped.dtype)
+
+        def value(in_mode: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+            count = (in_mode * chosen).sum(1, keepdim=True)
+            return torch.where(count > 0, (grouped * in_mode * chosen).sum(1, keepdim=True) / count.clamp(min=1), mean)
+
+        value_short, value_think = value(is_short, mean_short), value(is_think, mean_think)
     return _ModeGroups(rewards=grouped, modes=modes, is_short=is_short, is_think=is_think, n_short=n_short,
-                       n_think=n_think, mean_short=(grouped * is_short).sum(1, keepdim=True) / n_short.clamp(min=1),
-                       mean_think=(grouped * is_think).sum(1, keepdim=True) / n_think.clamp(min=1),
-                       p_think=p_think[:, :1], q_short=p_short[:, :1] / total, q_think=p_think[:, :1] / total,
-                       both=(n_short > 0) & (n_think > 0))
+                       n_think=n_think, mean_short=mean_short, mean_think=mean_think, value_short=value_short,
+                       value_think=value_think, p_think=p_think[:, :1], q_short=p_short[:, :1] / total,
+                       q_think=p_think[:, :1] / total, both=(n_short > 0) & (n_think > 0))
 
 
 def _kept_groups(kept: torch.Tensor | None, n_groups: int, group_size: int, device) -> torch.Tensor:
@@ -278,7 +292,7 @@ class RunningFisher:
 
 def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                    group_size: int, kept: torch.Tensor | None = None, fisher: RunningFisher | None = None,
-                   finished: torch.Tensor | None = None) -> float:
+                   finished: torch.Tensor | None = None, valued: torch.Tensor | None = None) -> float:
     """How far the batch asks every prompt's log-odds ``log pi(think) - log pi(short)`` to move together: the
     threshold half of the mode choice (the ranking half is :func:`mode_advantages` with ``centering=1``).
 
@@ -295,12 +309,13 @@ def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Te
     Never larger than the largest gap of a group it used; 0 when no kept group holds both modes. ``q`` = the
     two probabilities renormalised; ``kept`` per sample (False: a group the loss drops); ``finished`` per sample
     (False: cut off at the training cap, censored: the mode means leave it out, and a group whose answers of one
-    mode were all cut off holds that mode no more, so it adds nothing).
+    mode were all cut off holds that mode no more, so it adds nothing); ``valued`` per sample: the answers that
+    value their mode (:func:`mode_advantages`).
     """
-    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished)
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished, valued)
     use = g.both & _kept_groups(kept, g.both.shape[0], group_size, g.both.device)
     information = g.q_short * g.q_think * use
-    gap = g.mean_think - g.mean_short
+    gap = g.value_think - g.value_short
     batch_fisher = information.mean().item()
     scale = fisher.update(batch_fisher) if fisher is not None else batch_fisher
     if not use.any() or scale <= 0:
@@ -312,7 +327,8 @@ def threshold_step(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Te
 def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                     group_size: int, within_mode: bool = False, control_gradient: str = "exact",
                     centering: float = 0.0, kept: torch.Tensor | None = None,
-                    finished: torch.Tensor | None = None, gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                    finished: torch.Tensor | None = None, gain: float = 1.0,
+                    valued: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The control token's and the response tokens' advantages, each ``(N*G,)``, for groups whose samples may
     have been forced to a mode.
 
@@ -364,18 +380,23 @@ def mode_advantages(rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.T
 
     ``gain`` (> 0) multiplies every two-mode pull (:meth:`RunningFisher.ranking_gain`): a step size, not a
     direction, so the zeros stay where they are.
+
+    ``valued`` per sample (None: every answer): the answers whose rewards say what their mode is worth, in place
+    of ``rbar_c`` wherever the group has one of mode c (the trainer passes its forced answers, decoded greedily as
+    evaluation decodes: the choice then learns which mode pays for the answers the model will give). The
+    responses' baselines stay the mean of all of the mode's answers.
     """
-    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished)
+    g = _mode_groups(rewards, modes, p_short, p_think, group_size, finished, valued)
     grouped, modes, is_short, is_think, both = g.rewards, g.modes, g.is_short, g.is_think, g.both
     n_short, n_think, mean_short, mean_think = g.n_short, g.n_think, g.mean_short, g.mean_think
     done = _finished(finished, grouped)
     no_mode = (modes == NO_MODE).to(grouped.dtype) * done
     plain = (grouped - (grouped * done).sum(1, keepdim=True) / done.sum(1, keepdim=True).clamp(min=1)) * done
-    value = g.q_short * mean_short + g.q_think * mean_think
+    value = g.q_short * g.value_short + g.q_think * g.value_think
     if control_gradient == "exact":
-        pull = g.p_think * (mean_think - value)  # = pi(think) q_s (rbar_t - rbar_s): V is their weighted mean
+        pull = g.p_think * (g.value_think - value)  # = pi(think) q_s (rbar_t - rbar_s): V is their weighted mean
     elif control_gradient == "natural":
-        pull = mean_think - mean_short
+        pull = g.value_think - g.value_short
     else:
         raise ValueError(f"control_gradient must be 'exact' or 'natural', got {control_gradient!r}")
     if not 0.0 <= centering <= 1.0:
@@ -469,18 +490,20 @@ class ModeChoiceRule:
 
     def advantages(self, rewards: torch.Tensor, modes: torch.Tensor, p_short: torch.Tensor, p_think: torch.Tensor,
                    group_size: int, kept: torch.Tensor | None = None,
-                   fisher: RunningFisher | None = None,
-                   finished: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
+                   fisher: RunningFisher | None = None, finished: torch.Tensor | None = None,
+                   valued: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, float]:
         """(control advantages, response advantages, threshold shift of the log-odds), per
         :func:`mode_advantages` and :func:`threshold_step` (``fisher``: the run's :meth:`running_fisher`;
         ``finished`` per sample, False for an answer cut off at the training cap: censored in both). The
         ranking's pulls take ``fisher``'s :meth:`RunningFisher.ranking_gain` (this batch's information included)
-        when the ranking is the exact one; without ``fisher`` (evaluation, a per-batch rule) they are as they are."""
+        when the ranking is the exact one; without ``fisher`` (evaluation, a per-batch rule) they are as they are.
+        ``valued`` per sample: the answers that value their mode (:func:`mode_advantages`)."""
         step = threshold_step(rewards, modes, p_short, p_think, group_size, kept=kept, fisher=fisher,
-                              finished=finished)  # updates fisher with this batch first
+                              finished=finished, valued=valued)  # updates fisher with this batch first
         gain = fisher.ranking_gain(self.ranking_gain_cap) \
             if fisher is not None and self.control_gradient == "exact" else 1.0
         control, response = mode_advantages(rewards, modes, p_short, p_think, group_size,
                                             within_mode=self.within_mode, control_gradient=self.control_gradient,
-                                            centering=self.centering, kept=kept, finished=finished, gain=gain)
+                                            centering=self.centering, kept=kept, finished=finished, gain=gain,
+                                            valued=valued)
         return control, response, self.threshold_lr * step

@@ -39,7 +39,7 @@ import os
 from dataclasses import dataclass
 
 import torch
-from transformers import TrainerCallback
+from transformers import LogitsProcessor, LogitsProcessorList, TrainerCallback
 from transformers.trainer_callback import ExportableState
 from trl import GRPOTrainer, SFTTrainer
 
@@ -108,6 +108,9 @@ class DeGRPOMixin:
         if self.beta != 0.0:
             ensure_reference_adapter(self.accelerator.unwrap_model(self.model))
         self._never_sample_padding()
+        if self.use_vllm and self.args.greedy_forced_answers and self.args.forces_modes():
+            raise ValueError("rl.greedy_forced_answers decodes some rows of a batch greedily through transformers' "
+                             "generate; vLLM samples every row alike: set rl.greedy_forced_answers=false with vLLM")
         self._clipped_think = [0.0, 0.0]  # thinking answers cut off, thinking answers, over the run's steps
         self._warned_clipped = False
         self.recorder = recorder
@@ -211,18 +214,20 @@ class DeGRPOMixin:
         Forcing: TRL lays out each prompt's group consecutively; member k of a group is forced as
         :func:`thinkless_lite.losses.forced_modes` says. Its prompt gets the control token appended, and the
         token is put back at the head of its completion, so the completion is the same shape as a sampled one
-        (control token in column 0) and everything after it is the model's own answer given that mode.
+        (control token in column 0) and everything after it is the model's own answer given that mode. With
+        ``greedy_forced_answers`` that answer is decoded greedily (:func:`greedy_rows`), as evaluation decodes.
         """
         forced = self._forced_rows(len(prompt_ids)) if self.model.training else [None] * len(prompt_ids)
         self._forced = forced
         if any(mode is not None for mode in forced):
             prompt_ids = [list(ids) + ([self.mode_ids[mode]] if mode is not None else [])
                           for ids, mode in zip(prompt_ids, forced)]
+        greedy = [mode is not None and self.args.greedy_forced_answers for mode in forced]
         was_training = self.model.training
         self.model.eval()
         try:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with control_rows_folded(unwrapped), self._generation_weights(unwrapped):
+            with control_rows_folded(unwrapped), self._generation_weights(unwrapped), greedy_rows(unwrapped, greedy):
                 completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.model.train(was_training)
@@ -368,7 +373,8 @@ class DeGRPOMixin:
                 rewards.to(device), all_modes.long(), p_short, p_think, self.num_generations,
                 kept=keep_all.to(device) if settings.drop_uniform_groups else None,
                 fisher=self._fisher if self.model.training else None,
-                finished=censored.to(device) if censored is not None else None)
+                finished=censored.to(device) if censored is not None else None,
+                valued=all_forced.bool() if settings.greedy_forced_answers and all_forced.any() else None)
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         elif settings.censor_truncated:  # TRL's advantages took the cut-off answers' rewards into the group means
@@ -453,9 +459,52 @@ class DeGRPOMixin:
             metrics[f"p_think/k{level}"].append(ratio((p_think * at).sum(), at.sum()))
             metrics[f"accuracy_think/k{level}"].append(ratio((correct * think * at).sum(), (think * at).sum()))
             metrics[f"accuracy_short/k{level}"].append(ratio((correct * short * at).sum(), (short * at).sum()))
+            if self.args.greedy_forced_answers and forced.any():  # what valued each mode (greedy)
+                pinned = forced.to(device) * at
+                metrics[f"forced_accuracy_think/k{level}"].append(ratio((correct * think * pinned).sum(),
+                                                                        (think * pinned).sum()))
+                metrics[f"forced_accuracy_short/k{level}"].append(ratio((correct * short * pinned).sum(),
+                                                                        (short * pinned).sum()))
             metrics[f"clipped_think/k{level}"].append(ratio((cut * think * at).sum(), (think * at).sum()))
             metrics[f"clipped_short/k{level}"].append(ratio((cut * short * at).sum(), (short * at).sum()))
 
+
+
+class GreedyRowsProcessor(LogitsProcessor):
+    """Leaves only the argmax in the rows marked greedy, so that sampling there picks it: greedy decoding for
+    some rows of a sampled batch (any temperature, top-p or top-k keeps the argmax)."""
+
+    def __init__(self, rows: torch.Tensor):
+        self.rows = rows
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        rows = self.rows.to(scores.device)[:, None]
+        only_top = torch.full_like(scores, float("-inf")).scatter_(-1, scores.argmax(-1, keepdim=True), 0.0)
+        return torch.where(rows, scores + only_top, scores)
+
+
+@contextlib.contextmanager
+def greedy_rows(model, rows: list[bool]):
+    """While inside, ``model.generate`` decodes the ``rows`` marked True greedily and samples the rest (one
+    batch, TRL's own call: a :class:`GreedyRowsProcessor` joins whatever processors the call brings)."""
+    if not any(rows):
+        yield model
+        return
+    sample, own = model.generate, model.__dict__.get("generate")  # Unsloth may have set one on the instance
+    mask = torch.tensor(rows, dtype=torch.bool)
+
+    def generate(*args, logits_processor=None, **kwargs):
+        processors = LogitsProcessorList(list(logits_processor or []) + [GreedyRowsProcessor(mask)])
+        return sample(*args, logits_processor=processors, **kwargs)
+
+    model.generate = generate
+    try:
+        yield model
+    finally:
+        if own is None:
+            del model.generate
+        else:
+            model.generate = own
 
 
 def finished_answers(completion_ids: torch.Tensor, eos_token_ids, max_completion_length: int) -> torch.Tensor:
