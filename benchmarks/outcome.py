@@ -70,8 +70,7 @@ def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict
     levels = sorted({key.split("/k")[1] for r in rows for key in r if key.startswith(f"{prefix}_think/k")}, key=float)
     by_level = {}
     for level in levels:
-        seen = {mode: [r[f"{prefix}_{mode}/k{level}"] for r in rows
-                       if not math.isnan(r.get(f"{prefix}_{mode}/k{level}", math.nan))]
+        seen = {mode: [v for r in rows if (v := r.get(f"{prefix}_{mode}/k{level}")) is not None and not math.isnan(v)]
                 for mode in ("think", "short")}
         if not all(seen.values()):
             continue

@@ -155,6 +155,27 @@ def test_every_degrpo_setting_reaches_the_trainers_args_and_is_checked_in_one_pl
         load_config(None, ["rl.scale_rewards=batch", "rl.censor_truncated=true"])
 
 
+@pytest.mark.parametrize("section", ["warmup", "rl"])
+def test_the_trl_fields_a_stage_sets_are_refused_in_a_recipe_and_set_by_the_stage(section, tmp_path):
+    """No silent override: each TRL field the stage sets (``STAGE_SETS``) is a ConfigError at load naming the key
+    and what to set instead, and the stage's arguments carry the stage's value, whatever the recipe says around it."""
+    from thinkless_lite.stages.rl import grpo_config
+    from thinkless_lite.stages.warmup import sft_config
+
+    cfg = load_config(None)
+    owned = getattr(cfg, section).STAGE_SETS
+    for key, why in owned.items():
+        with pytest.raises(ConfigError, match=re.escape(f"{section}.{key} is set by the stage, not by a recipe: {why}")):
+            load_config(None, [f"{section}.{key}=true"])
+    args = (sft_config if section == "warmup" else grpo_config)(cfg, tmp_path)
+    stage = {"warmup": dict(completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
+                            gradient_checkpointing=False),
+             "rl": dict(loss_type="dapo", gradient_checkpointing=False, mask_truncated_completions=True,
+                        per_device_train_batch_size=cfg.rl.prompts_per_step * cfg.rl.trl["num_generations"])}[section]
+    assert set(stage) == set(owned)
+    assert {key: getattr(args, key) for key in stage} == stage
+
+
 def test_numbers_in_exponent_form_are_numbers_in_recipes_and_overrides(tmp_path):
     """YAML 1.1 reads ``1e-4`` as a string; recipes and --set read it as the number it is, as YAML 1.2 does."""
     path = tmp_path / "lr.yaml"

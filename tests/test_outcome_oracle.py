@@ -82,17 +82,19 @@ def test_the_training_oracle_reads_the_last_half_of_the_rl_steps_and_says_what_t
 def test_the_training_oracle_reads_the_forced_greedy_answers_where_the_run_logged_them(tmp_path):
     """With ``rl.greedy_forced_answers`` the forced answers valued each mode: their accuracies, not every
     answer's, say what the run asked for (here thinking, where every sampled answer said short); a step with no
-    forced answer of a level (NaN) is skipped."""
+    forced answer of a level (NaN, or None as TRL logs it) is skipped."""
     import json
 
-    steps = [{"step": 1, "p_think": 0.5},
-             {"step": 2, "p_think": 0.5, "accuracy_think/k3": 0.5, "accuracy_short/k3": 0.9,
-              "forced_accuracy_think/k3": 1.0, "forced_accuracy_short/k3": 0.5},
+    steps = [{"step": 1, "p_think": 0.5, "forced_accuracy_think/k3": 0.0, "forced_accuracy_short/k3": 1.0},
+             {"step": 2, "p_think": 0.5, "forced_accuracy_think/k3": 0.0, "forced_accuracy_short/k3": 1.0},
              {"step": 3, "p_think": 0.5, "accuracy_think/k3": 0.5, "accuracy_short/k3": 0.9,
-              "forced_accuracy_think/k3": float("nan"), "forced_accuracy_short/k3": 0.0}]
+              "forced_accuracy_think/k3": 1.0, "forced_accuracy_short/k3": 0.5},
+             {"step": 4, "p_think": 0.5, "accuracy_think/k3": 0.5, "accuracy_short/k3": 0.9,
+              "forced_accuracy_think/k3": float("nan"), "forced_accuracy_short/k3": 0.0},
+             {"step": 5, "p_think": 0.5, "forced_accuracy_think/k3": None, "forced_accuracy_short/k3": None}]
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("\n".join(json.dumps(s) for s in steps) + "\n")
-    seen = training_oracle(metrics, RewardTable(), last_share=2 / 3)
+    seen = training_oracle(metrics, RewardTable())
     assert seen["3"]["accuracy"] == pytest.approx({"think": 1.0, "short": 0.25})
     assert seen["3"]["mode"] == "think" and seen["3"]["source"] == "forced answers, greedy"
     text = describe("run", report(THINK, THINK, SHORT), 1.0, table=RewardTable(), mix=MIX, metrics_jsonl=metrics)

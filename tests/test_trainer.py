@@ -24,6 +24,7 @@ GRPO_HOOKS = {
     "_generate_single_turn": ["prompt_ids", "images", "multimodal_fields", "num_generations"],
     "compute_loss": ["model", "inputs", "return_outputs", "num_items_in_batch"],
     "create_optimizer": [],
+    "log": ["logs", "start_time"],
 }
 
 

@@ -114,6 +114,9 @@ class TrainerSection:
 
     TRL_CONFIG: ClassVar[str] = ""
     TRL_DEFAULTS: ClassVar[dict] = {}
+    # TRL fields the stage sets itself, each with why and what to set instead: a recipe that sets one is a
+    # ConfigError at load (validate), not a value the stage would overwrite without a word.
+    STAGE_SETS: ClassVar[dict] = {}
     EXTRA_KEYS: ClassVar[str] = "trl"  # parsing.from_dict collects the keys the section does not declare here
     trl: dict = field(default_factory=dict, metadata=_help("TRL config fields of this section (written beside its own keys)."))
 
@@ -137,6 +140,11 @@ class WarmupConfig(TrainerSection):
         max_steps=200, num_train_epochs=1.0, learning_rate=2e-3, per_device_train_batch_size=32,
         gradient_accumulation_steps=1, warmup_steps=0.05, lr_scheduler_type="cosine", logging_steps=10,
         save_steps=50, save_total_limit=2)
+    STAGE_SETS: ClassVar[dict] = dict(
+        completion_only_loss="the warm-up learns the answers only (the prompt tokens carry no loss)",
+        max_length="set model.max_seq_length (the model's training length, the warm-up's included)",
+        packing="each example is one prompt and its answer, never packed with others",
+        gradient_checkpointing="set model.gradient_checkpointing (the model backend sets it up, once)")
     data: WarmupDataConfig = field(default_factory=WarmupDataConfig)
 
 
@@ -164,6 +172,13 @@ class RLConfig(TrainerSection, DeGRPOSettings):
         beta=0.0, epsilon=0.2, scale_rewards="none", num_generations=8, temperature=0.6, top_p=1.0,
         max_completion_length=144, max_steps=90, learning_rate=1e-4, gradient_accumulation_steps=1,
         logging_steps=1, save_steps=20, save_total_limit=2, report_to=[])
+    STAGE_SETS: ClassVar[dict] = dict(
+        loss_type="DeGRPO needs TRL's token-sum loss (dapo); rl.decoupled=false gives vanilla GRPO's token averaging",
+        per_device_train_batch_size="set rl.prompts_per_step: every step's batch is whole groups "
+                                    "(prompts_per_step x num_generations, split over processes and accumulation)",
+        mask_truncated_completions="set rl.censor_truncated (true/false): censoring also takes cut-off answers out "
+                                   "of the mode means, which TRL's flag alone does not",
+        gradient_checkpointing="set model.gradient_checkpointing (the model backend sets it up, once)")
     data: RLDataConfig = field(default_factory=RLDataConfig)
     reward: RewardTable = field(default_factory=RewardTable)
     prompts_per_step: int = field(default=8, metadata=_help("Prompts per optimizer step (TRL's generation batch = this x num_generations)."))
@@ -321,9 +336,9 @@ def validate(cfg: RunConfig) -> None:
     if not isinstance(generations, int) or isinstance(generations, bool) or generations < 2:
         raise ConfigError(f"rl.num_generations must be a whole number >= 2: group-relative advantages need a group; "
                           f"got {generations!r}")
-    if "mask_truncated_completions" in cfg.rl.trl:
-        raise ConfigError("set rl.censor_truncated (true/false), not rl.mask_truncated_completions: censoring also "
-                          "takes cut-off answers out of the mode means, which TRL's flag alone does not")
+    for prefix, section in (("warmup.", cfg.warmup), ("rl.", cfg.rl)):
+        for key in sorted(set(section.trl) & set(section.STAGE_SETS)):
+            raise ConfigError(f"{prefix}{key} is set by the stage, not by a recipe: {section.STAGE_SETS[key]}")
     cfg.rl.check_degrpo(generations, cfg.rl.trl.get("max_steps"), censoring=censors_truncated(cfg),
                         scale_rewards=cfg.rl.trl.get("scale_rewards"))
     _check_rl_temperature(cfg.rl.trl.get("temperature"))

@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
@@ -112,6 +114,7 @@ class DeGRPOMixin:
             raise ValueError("rl.greedy_forced_answers decodes some rows of a batch greedily through transformers' "
                              "generate; vLLM samples every row alike: set rl.greedy_forced_answers=false with vLLM")
         self._clipped_think = [0.0, 0.0]  # thinking answers cut off, thinking answers, over the run's steps
+        self._degrpo_metrics = {"train": defaultdict(list), "eval": defaultdict(list)}  # per step, until logged
         self._warned_clipped = False
         self.recorder = recorder
         self._last_rewards: torch.Tensor | None = None
@@ -393,18 +396,33 @@ class DeGRPOMixin:
                              all_finished)
         return out
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Transformers' documented logging hook: the metrics :meth:`_record_metrics` kept since the last log join
+        ``logs``, each averaged over its steps with NaN left out (None when nothing is left), as TRL averages its
+        own; evaluation's take the ``eval_`` prefix, as TRL's do."""
+        mode = "train" if self.model.training else "eval"
+        ours = self._degrpo_metrics[mode]
+        averaged = {}
+        for key, values in ours.items():
+            valid = [v for v in values if not math.isnan(v)]
+            averaged[f"eval_{key}" if mode == "eval" else key] = sum(valid) / len(valid) if valid else None
+        ours.clear()
+        super().log({**logs, **averaged}, start_time)
+
     def _record_metrics(self, completion_mask: torch.Tensor, rewards: torch.Tensor, keep_all: torch.Tensor,
                         forced: torch.Tensor, difficulty: torch.Tensor, p_think: torch.Tensor,
                         finished: torch.Tensor | None = None) -> None:
-        """What users watch, in TRL's metrics (and so in ``metrics.jsonl``): the think ratio of the answers the
-        policy chose (forced ones left out), accuracy and tokens per mode (forced ones in: they measure the
-        mode), the policy's mean P(<think>) (over the two control tokens at temperature 1: what evaluation, the
-        tau dial and the demo read), group health, the threshold's step and the drift it held (``threshold_step``,
-        ``threshold_hold``, one step late: measured after the optimizer step), the share of each mode's answers cut
-        off at the training cap (``clipped/think``, ``clipped/short``, forced ones in; warned about once when above
-        ``CLIPPED_THINK_WARNING`` over the run so far); and per difficulty level ``think_ratio/k<level>``, ``p_think/k<level>``,
-        ``accuracy_think/k<level>``, ``accuracy_short/k<level>``, ``clipped_think/k<level>``,
-        ``clipped_short/k<level>``."""
+        """What users watch, kept per step until :meth:`log` adds them to the logs (and so to ``metrics.jsonl``):
+        the think ratio of the answers the policy chose (forced ones left out), accuracy and tokens per mode
+        (forced ones in: they measure the mode), the policy's mean P(<think>) (over the two control tokens at
+        temperature 1: what evaluation, the tau dial and the demo read), group health, the threshold's step and
+        the drift it held (``threshold_step``, ``threshold_hold``, one step late: measured after the optimizer
+        step), the share of each mode's answers cut off at the training cap (``clipped/think``, ``clipped/short``,
+        forced ones in; warned about once when above ``CLIPPED_THINK_WARNING`` over the run so far); and per
+        difficulty level ``think_ratio/k<level>``, ``p_think/k<level>``, ``accuracy_think/k<level>``,
+        ``accuracy_short/k<level>``, ``clipped_think/k<level>``, ``clipped_short/k<level>``, and with
+        ``greedy_forced_answers`` the forced (greedy) answers' own accuracy, ``forced_accuracy_think/k<level>``
+        and ``forced_accuracy_short/k<level>``: what valued each mode."""
         if self.recorder is None or not self.recorder.last_outcomes:
             return
         mode = "train" if self.model.training else "eval"
@@ -421,7 +439,7 @@ class DeGRPOMixin:
         cut = torch.zeros_like(think) if finished is None else 1.0 - finished.to(device).float()
         n = rows.shape[0]
         groups = correct.view(-1, self.num_generations)
-        metrics = self._metrics[mode]
+        metrics = self._degrpo_metrics[mode]
 
         def ratio(num, den):
             return (num / den).item() if den > 0 else float("nan")

@@ -80,9 +80,9 @@ def grpo_config(cfg: RunConfig, output_dir: Path):
         raise ConfigError(f"rl.prompts_per_step * rl.num_generations ({generation_batch}) must be divisible by "
                           f"processes x rl.gradient_accumulation_steps ({world} x {accumulation})")
     censor = censors_truncated(cfg)
+    # The stage's own TRL fields (RLConfig.STAGE_SETS says why; a recipe cannot set them).
     args.update(per_device_train_batch_size=generation_batch // (world * accumulation),
-                loss_type="dapo", gradient_checkpointing=False,  # checkpointing is the model backend's
-                mask_truncated_completions=censor)
+                loss_type="dapo", gradient_checkpointing=False, mask_truncated_completions=censor)
     args["report_to"] = args["report_to"] or "none"
     degrpo = {name: getattr(cfg.rl, name) for name in DEGRPO_FIELDS}
     return DeGRPOConfig(**args, **{**degrpo, "censor_truncated": censor})

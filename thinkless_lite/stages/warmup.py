@@ -71,7 +71,7 @@ def sft_config(cfg: RunConfig, output_dir: Path):
     defaults = dict(seed=cfg.seed, data_seed=cfg.seed, report_to="none", dataloader_num_workers=0,
                     disable_tqdm=False, logging_first_step=True, dataset_num_proc=None,
                     **precision_flags(cfg.model.dtype))
-    # Completion-only loss is the warm-up's point; checkpointing is set up by the model backend, not twice.
+    # The stage's own TRL fields (WarmupConfig.STAGE_SETS says why; a recipe cannot set them).
     fixed = dict(completion_only_loss=True, max_length=cfg.model.max_seq_length, packing=False,
                  gradient_checkpointing=False)
     return SFTConfig(**{**trl_arguments(cfg.warmup, output_dir, defaults), **fixed})
