@@ -251,6 +251,7 @@ def test_a_missing_gguf_package_is_a_one_line_error(byo, monkeypatch, tmp_path):
 
 
 def test_folded_control_rows_answer_like_the_wrapper_and_go_back(byo):
+    """The rows folded in place give PEFT's merged table and the wrapper's logits, and the table goes back."""
     from thinkless_lite.control_rows import control_rows_folded
     from thinkless_lite.model import load_model
 
@@ -264,8 +265,11 @@ def test_folded_control_rows_answer_like_the_wrapper_and_go_back(byo):
     with torch.no_grad():
         wrapped = model(**ids).logits
         before = layer.base_layer.weight.clone()
+        table = layer.base_layer.weight.data_ptr()
         with control_rows_folded(model):
             assert layer.merged
+            assert layer.base_layer.weight.data_ptr() == table  # written in place, not a copy of the whole table
+            assert torch.equal(layer.base_layer.weight, layer.get_merged_weights(layer.active_adapters))  # PEFT's fold
             folded = model(**ids).logits
         assert not layer.merged and torch.equal(layer.base_layer.weight, before)
     assert torch.allclose(folded, wrapped, atol=1e-5)
