@@ -10,7 +10,11 @@ unmerged and merged (``thinkless_lite.compat.merged_lora_weights``), ``--repeats
 on a shared machine read the ratios, not the milliseconds. A decode step is (decode time - prefill time) / (tokens
 - 1), in this process's CPU time (wall time on a loaded machine is mostly waiting; with ``--threads 1`` CPU time is
 the compute). Its floor is 2·N·rows FLOPs (N: ``rl_step.matmul_parameters``) at the throughput of a (rows x hidden) matmul
-measured here. Also says whether both decoded the same tokens, and where the first differs if not. The last line
+measured here, in wall time, and in CPU time that many threads times it (the floor's matmul keeps every thread busy;
+until this was said, CPU ms at 2 threads were compared to a wall floor, 2x too high a ratio). The floor's matmul
+reuses one cached weight; a decode step streams all of the model's weights from memory, so the benchmark also times
+one pass of the same matmuls over the model's own weights (``rl_step.weight_sweep_seconds``): what the matmuls of a
+decode step cost here, the rest of the step being attention, sampling and Python. Also says whether both decoded the same tokens, and where the first differs if not. The last line
 is one JSON object. Not a test.
 """
 
@@ -50,7 +54,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    from rl_step import matmul_flops_per_second, matmul_parameters, recipe_and_model
+    from rl_step import matmul_flops_per_second, matmul_parameters, matmul_weights, recipe_and_model, weight_sweep_seconds
 
     from thinkless_lite.compat import dequantized_4bit_weights, merged_lora_weights
     from thinkless_lite.config import load_config
@@ -78,11 +82,11 @@ def main(argv=None) -> int:
             else {"do_sample": False, "temperature": None, "top_p": None, "top_k": None}
         torch.manual_seed(args.seed)
         weights = merged_lora_weights(model) if merged else contextlib.nullcontext(model)
-        began = time.process_time()
+        began, wall = time.process_time(), time.perf_counter()
         with torch.no_grad(), control_rows_folded(model), weights, dequantized_4bit_weights(model):
             out = model.generate(**batch, max_new_tokens=tokens, min_new_tokens=tokens,
                                  pad_token_id=tokenizer.pad_token_id, **sampling)
-        return time.process_time() - began, out[:, batch["input_ids"].shape[1]:]
+        return (time.process_time() - began, time.perf_counter() - wall), out[:, batch["input_ids"].shape[1]:]
 
     config_ = model.config
     dtype = next(p for p in model.parameters() if p.dtype.is_floating_point).dtype
@@ -90,27 +94,40 @@ def main(argv=None) -> int:
     flops = matmul_flops_per_second(args.rows, config_.hidden_size, config_.intermediate_size, dtype)
     n_params = matmul_parameters(model)
     floor_ms = 2 * n_params * args.rows / flops * 1e3
+    floor_cpu_ms = floor_ms * args.threads  # the floor's matmul keeps every thread busy: CPU time = threads x wall
     print(f"N = {n_params / 1e6:.1f} M; {flops / 1e9:.1f} GFLOP/s at {args.rows} rows: floor {floor_ms:.1f} ms a "
-          f"decode step (wall-clock throughput: on a loaded machine the floor is too high)", flush=True)
+          f"decode step ({floor_cpu_ms:.1f} CPU ms at {args.threads} thread(s); wall-clock throughput: on a loaded "
+          "machine the floor is too high)", flush=True)
+    with merged_lora_weights(model), dequantized_4bit_weights(model):
+        sweep_wall, sweep_cpu = weight_sweep_seconds(matmul_weights(model), args.rows)
+    print(f"the same matmuls on the model's own weights, one pass at {args.rows} rows: {sweep_wall * 1e3:.1f} ms "
+          f"({sweep_cpu * 1e3:.1f} CPU ms), {sweep_wall * 1e3 / floor_ms:.1f}x the FLOP floor: the weights stream "
+          "from memory at every step", flush=True)
 
     summary = {"model": cfg.model.name_or_path, "rows": args.rows, "tokens": args.tokens, "threads": args.threads,
                "matmul_parameters": n_params, "matmul_gflops_decode": round(flops / 1e9, 1),
-               "floor_ms": round(floor_ms, 2)}
+               "floor_ms": round(floor_ms, 2), "floor_cpu_ms": round(floor_cpu_ms, 2),
+               "weight_sweep_ms": round(sweep_wall * 1e3, 2), "weight_sweep_cpu_ms": round(sweep_cpu * 1e3, 2)}
     for sampled in (False, True):
         label = "sampled" if sampled else "greedy"
         steps = {False: [], True: []}
+        walls = {False: [], True: []}
         outputs = {}
         for _ in range(args.repeats):
             for merged in (False, True):  # alternated, so both see the same load
                 prefill, _ = decode(merged, sampled, 1)
                 total, outputs[merged] = decode(merged, sampled, args.tokens)
-                steps[merged].append((total - prefill) / (args.tokens - 1) * 1e3)
+                steps[merged].append((total[0] - prefill[0]) / (args.tokens - 1) * 1e3)
+                walls[merged].append((total[1] - prefill[1]) / (args.tokens - 1) * 1e3)
         for merged in (False, True):
             name = f"{label}_{'merged' if merged else 'unmerged'}_ms"
             summary[name] = round(statistics.median(steps[merged]), 1)
+            summary[name.replace("_ms", "_wall_ms")] = round(statistics.median(walls[merged]), 1)
             print(f"{label:8s} {'merged' if merged else 'unmerged':9s} {summary[name]:8.1f} CPU ms a decode step "
-                  f"({summary[name] / floor_ms:.1f}x the floor); runs: {', '.join(f'{s:.0f}' for s in steps[merged])}",
-                  flush=True)
+                  f"({summary[name] / floor_cpu_ms:.1f}x the floor's CPU ms, {summary[name] / (sweep_cpu * 1e3):.1f}x "
+                  f"the weight sweep's); wall {summary[name.replace('_ms', '_wall_ms')]:.1f} ms "
+                  f"({summary[name.replace('_ms', '_wall_ms')] / floor_ms:.1f}x the floor); CPU runs: "
+                  f"{', '.join(f'{s:.0f}' for s in steps[merged])}", flush=True)
         summary[f"{label}_speedup"] = round(summary[f"{label}_unmerged_ms"] / summary[f"{label}_merged_ms"], 2)
         summary[f"{label}_first_difference"] = first_difference(outputs[True], outputs[False])
     print(json.dumps(summary))

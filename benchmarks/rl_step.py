@@ -179,6 +179,40 @@ def matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dty
     return 2 * rows * hidden * inner / times[len(times) // 2]
 
 
+def matmul_weights(model) -> list[torch.Tensor]:
+    """The weights of :func:`matmul_parameters`, each once, as they are laid out in memory (a 4-bit one as its
+    dequantized copy, as generation decodes with it on a CPU)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    seen: set = set()
+    weights = []
+    modules = [m for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and counts_as_base_matmul(name)]
+    head = unwrapped(base.get_output_embeddings())
+    for module in modules + ([head] if getattr(head, "weight", None) is not None else []):
+        weight = module.weight
+        if _count_once(weight, 1, seen):
+            if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # packed 4-bit
+                weight = torch.randn(int(module.out_features), int(module.in_features))
+            weights.append(weight.detach())
+    return weights
+
+
+def weight_sweep_seconds(weights: list[torch.Tensor], rows: int, repeats: int = 5) -> tuple[float, float]:
+    """(wall, CPU) seconds of one pass of ``rows``-row matmuls over ``weights`` in order, the median of ``repeats``:
+    what the matmuls of one decode step cost with these weights as laid out, streamed from memory (the FLOP floor
+    times a weight that stays in cache, which a 135M-parameter model's 0.5 GB of fp32 weights never do)."""
+    inputs = {w.shape[1]: torch.randn(rows, w.shape[1], dtype=w.dtype) for w in weights}
+    walls, cpus = [], []
+    with torch.no_grad():
+        for _ in range(repeats + 1):
+            wall, cpu = time.perf_counter(), time.process_time()
+            for w in weights:
+                torch.nn.functional.linear(inputs[w.shape[1]], w)
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+    walls, cpus = sorted(walls[1:]), sorted(cpus[1:])  # the first pass warms up
+    return walls[len(walls) // 2], cpus[len(cpus) // 2]
+
+
 def matmul_parameters(model) -> int:
     """Parameters of the matmuls one token goes through, each weight counted once: every Linear of the base
     (a 4-bit one by its logical shape) and the LM head (embeddings are lookups, LoRA's few are ignored).

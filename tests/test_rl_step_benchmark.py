@@ -12,7 +12,7 @@ from thinkless_lite.model import load_model
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from rl_step import matmul_parameters  # noqa: E402
+from rl_step import matmul_parameters, matmul_weights, weight_sweep_seconds  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -66,6 +66,10 @@ def test_a_smollm2_shaped_model_with_lora_and_control_rows_matches_the_hand_coun
     assert (peft_model.get_base_model().lm_head.token_adapter.base_layer.weight is
             peft_model.get_base_model().model.embed_tokens.token_adapter.base_layer.weight) == tied
     assert matmul_parameters(peft_model) == expected
+    weights = matmul_weights(peft_model)  # the weight sweep's: the same weights, each once
+    assert sum(w.numel() for w in weights) == expected
+    wall, cpu = weight_sweep_seconds(weights, rows=4, repeats=2)
+    assert wall > 0 and cpu > 0
 
 
 def test_the_mini_base_in_4_bits_with_its_adapter_matches_the_hand_count(mini_base_dir):
@@ -76,3 +80,4 @@ def test_the_mini_base_in_4_bits_with_its_adapter_matches_the_hand_count(mini_ba
     config = loaded.model.config
     assert config.tie_word_embeddings
     assert matmul_parameters(loaded.model) == hand_count(config)
+    assert sum(w.numel() for w in matmul_weights(loaded.model)) == hand_count(config)
