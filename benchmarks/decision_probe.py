@@ -10,7 +10,7 @@ question about the control term alone. This probe keeps only that term: each ste
 recipe's mix, reads P(<short>) and P(<think>) at each prompt's decision point (one forward over the prompts,
 no generation), forms each prompt's group as the trainer does (``rl.mode_balance`` forced to each mode, the
 rest sampled from the policy at the sampling temperature), rewards each answer as right with its mode's
-accuracy at that level (the forced-mode accuracies measured after the warm-up: the adapter's
+accuracy at that level (greedy and sampled alike: the forced-mode accuracies measured after the warm-up: the adapter's
 ``../eval/report.json``, or ``--accuracy``) under the recipe's reward table, and applies the variant's
 :class:`thinkless_lite.losses.ModeChoiceRule`: the control advantages through the loss, LoRA and the control rows
 under AdamW, then the threshold held and stepped after the optimizer step, as the trainer does. A routing that
@@ -18,9 +18,12 @@ cannot emerge here, with the true mode rewards and nothing else moving the weigh
 
 Variants (each from the same adapter, restored in between; ``--only`` picks some):
 
-  recipe     the recipe's own rule and shape as shipped (rl.mode_*, rl.prompts_per_step x rl.num_generations)
-  stock      the on-policy gradient (no centring, no threshold, no ranking gain), 2 prompts x 8 answers, half forced
-  centred    centring alone, no threshold, no ranking gain (the recipes before the threshold), 4 x 4, half forced
+  recipe     the recipe's own rule and shape as shipped (rl.mode_*, rl.prompts_per_step x rl.num_generations; with
+             rl.greedy_forced_answers each mode valued by its forced answer, as the trainer values it)
+  stock      the on-policy gradient (no centring, no threshold, no ranking gain), 2 prompts x 8 answers, half forced,
+             every answer valuing its mode
+  centred    centring alone, no threshold, no ranking gain (the recipes before the threshold), 4 x 4, half forced,
+             every answer valuing its mode
   natural    the recipe's rule with the natural ranking gradient (rl.control_gradient=natural)
 
 Scenarios worth running (``--accuracy``, think/short accuracy per level; the oracle follows the reward table):
@@ -59,8 +62,10 @@ MARGIN = 0.05  # the oracle's decision needs one mode to pay this much more
 
 VARIANTS = {
     "recipe": {},
-    "stock": dict(prompts=2, generations=8, balance=0.5, centering=0.0, threshold_lr=0.0, ranking_gain_cap=1.0),
-    "centred": dict(prompts=4, generations=4, balance=0.5, centering=1.0, threshold_lr=0.0, ranking_gain_cap=1.0),
+    "stock": dict(prompts=2, generations=8, balance=0.5, centering=0.0, threshold_lr=0.0, ranking_gain_cap=1.0,
+                  greedy_forced_answers=False),
+    "centred": dict(prompts=4, generations=4, balance=0.5, centering=1.0, threshold_lr=0.0, ranking_gain_cap=1.0,
+                    greedy_forced_answers=False),
     "natural": dict(control_gradient="natural"),
 }
 
@@ -230,9 +235,11 @@ def main(argv=None) -> int:
             group_rewards = torch.tensor([r for r, _ in scored])
             finished = torch.tensor([f for _, f in scored]) if args.censor else None
             kept = informative_groups(group_rewards, G, finished=finished)
+            valued = torch.tensor([m is not None for _ in range(prompts) for m in pattern]) \
+                if v.get("greedy_forced_answers", cfg.rl.greedy_forced_answers) else None  # as the trainer values
             control, _, shift = rule.advantages(group_rewards, modes, q[:, 0].repeat_interleave(G),
                                                 q[:, 1].repeat_interleave(G), G, kept=kept, fisher=fisher,
-                                                finished=finished)
+                                                finished=finished, valued=valued)
             target = (logits[:, 1] - logits[:, 0]).detach().mean().item() + shift
             member_logp = logp.repeat_interleave(G, dim=0).gather(1, (modes == THINK_MODE).long()[:, None])[:, 0]
             loss = -(control * kept.float() * member_logp).sum() / kept.sum().clamp(min=1)
