@@ -33,8 +33,11 @@ TIMEOUT_S = 300
 CORE_KEYS = {"step", "loss", "grad_norm", "learning_rate", "reward", "reward_std", "think_ratio", "accuracy",
              "format_error_rate", "groups_all_correct", "groups_all_wrong", "groups_dropped", "num_tokens",
              "completions/mean_length", "frac_reward_zero_std", "entropy", "epoch"}
-# Means over think / short completions only: absent (NaN) at steps where no completion chose that mode.
-PER_MODE_KEYS = {"accuracy_think", "accuracy_short", "tokens_think", "tokens_short"}
+# Means over think / short completions only: absent (NaN) at steps where no completion chose that mode; and TRL's
+# per-sequence clip extremes, absent (NaN) at steps where every answer on every process was cut off at the cap
+# and censored (the tiny model rarely ends within 8 tokens: no sequence has a token left to take a mean over).
+PER_MODE_KEYS = {"accuracy_think", "accuracy_short", "tokens_think", "tokens_short", "clip_ratio/low_min",
+                 "clip_ratio/high_max"}
 
 
 def env() -> dict:
