@@ -14,8 +14,8 @@ measured here, in wall time, and in CPU time that many threads times it (the flo
 until this was said, CPU ms at 2 threads were compared to a wall floor, 2x too high a ratio). The floor's matmul
 reuses one cached weight; a decode step streams all of the model's weights from memory, so the benchmark also times
 one pass of the same matmuls over the model's own weights (``rl_step.weight_sweep_seconds``): what the matmuls of a
-decode step cost here, the rest of the step being attention, sampling and Python. Also says whether both decoded the same tokens, and where the first differs if not. The last line
-is one JSON object. Not a test.
+decode step cost here, the rest of the step being attention, sampling and Python. Also says whether both decoded
+the same tokens, and where the first differs if not. The last line is one JSON object. Not a test.
 """
 
 from __future__ import annotations
@@ -98,8 +98,7 @@ def main(argv=None) -> int:
     print(f"N = {n_params / 1e6:.1f} M; {flops / 1e9:.1f} GFLOP/s at {args.rows} rows: floor {floor_ms:.1f} ms a "
           f"decode step ({floor_cpu_ms:.1f} CPU ms at {args.threads} thread(s); wall-clock throughput: on a loaded "
           "machine the floor is too high)", flush=True)
-    with merged_lora_weights(model), dequantized_4bit_weights(model):
-        sweep_wall, sweep_cpu = weight_sweep_seconds(matmul_weights(model), args.rows)
+    sweep_wall, sweep_cpu = weight_sweep_seconds(matmul_weights(model), args.rows)
     print(f"the same matmuls on the model's own weights, one pass at {args.rows} rows: {sweep_wall * 1e3:.1f} ms "
           f"({sweep_cpu * 1e3:.1f} CPU ms), {sweep_wall * 1e3 / floor_ms:.1f}x the FLOP floor: the weights stream "
           "from memory at every step", flush=True)
@@ -120,13 +119,12 @@ def main(argv=None) -> int:
                 steps[merged].append((total[0] - prefill[0]) / (args.tokens - 1) * 1e3)
                 walls[merged].append((total[1] - prefill[1]) / (args.tokens - 1) * 1e3)
         for merged in (False, True):
-            name = f"{label}_{'merged' if merged else 'unmerged'}_ms"
-            summary[name] = round(statistics.median(steps[merged]), 1)
-            summary[name.replace("_ms", "_wall_ms")] = round(statistics.median(walls[merged]), 1)
-            print(f"{label:8s} {'merged' if merged else 'unmerged':9s} {summary[name]:8.1f} CPU ms a decode step "
-                  f"({summary[name] / floor_cpu_ms:.1f}x the floor's CPU ms, {summary[name] / (sweep_cpu * 1e3):.1f}x "
-                  f"the weight sweep's); wall {summary[name.replace('_ms', '_wall_ms')]:.1f} ms "
-                  f"({summary[name.replace('_ms', '_wall_ms')] / floor_ms:.1f}x the floor); CPU runs: "
+            name = f"{label}_{'merged' if merged else 'unmerged'}"
+            cpu_ms = summary[f"{name}_ms"] = round(statistics.median(steps[merged]), 1)
+            wall_ms = summary[f"{name}_wall_ms"] = round(statistics.median(walls[merged]), 1)
+            print(f"{label:8s} {'merged' if merged else 'unmerged':9s} {cpu_ms:8.1f} CPU ms a decode step "
+                  f"({cpu_ms / floor_cpu_ms:.1f}x the floor's CPU ms, {cpu_ms / (sweep_cpu * 1e3):.1f}x the weight "
+                  f"sweep's); wall {wall_ms:.1f} ms ({wall_ms / floor_ms:.1f}x the floor); CPU runs: "
                   f"{', '.join(f'{s:.0f}' for s in steps[merged])}", flush=True)
         summary[f"{label}_speedup"] = round(summary[f"{label}_unmerged_ms"] / summary[f"{label}_merged_ms"], 2)
         summary[f"{label}_first_difference"] = first_difference(outputs[True], outputs[False])

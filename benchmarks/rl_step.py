@@ -180,20 +180,11 @@ def matmul_flops_per_second(rows: int, hidden: int, inner: int, dtype: torch.dty
 
 
 def matmul_weights(model) -> list[torch.Tensor]:
-    """The weights of :func:`matmul_parameters`, each once, as they are laid out in memory (a 4-bit one as its
-    dequantized copy, as generation decodes with it on a CPU)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    seen: set = set()
-    weights = []
-    modules = [m for name, m in base.named_modules() if isinstance(m, torch.nn.Linear) and counts_as_base_matmul(name)]
-    head = unwrapped(base.get_output_embeddings())
-    for module in modules + ([head] if getattr(head, "weight", None) is not None else []):
-        weight = module.weight
-        if _count_once(weight, 1, seen):
-            if weight.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # packed 4-bit
-                weight = torch.randn(int(module.out_features), int(module.in_features))
-            weights.append(weight.detach())
-    return weights
+    """The weights of :func:`matmul_parameters`, each once and in the model's order, as a decode step reads them:
+    a packed 4-bit one as a full-precision tensor of its logical shape (what generation dequantizes it into on a
+    CPU; the values do not matter to a timing)."""
+    return [weight.detach() if weight.dtype in (torch.float32, torch.bfloat16, torch.float16) else torch.randn(out, inner)
+            for weight, out, inner in _matmul_layers(model)]
 
 
 def weight_sweep_seconds(weights: list[torch.Tensor], rows: int, repeats: int = 5) -> tuple[float, float]:
@@ -221,17 +212,19 @@ def matmul_parameters(model) -> int:
     base layer is a module of its own, and a tied head is the embedding table seen as ``lm_head``, inside
     trainable-token wrappers, and as the input embedding; counting modules counted SmolLM2-135M as 354 M.
     """
+    return sum(out * inner for _, out, inner in _matmul_layers(model))
+
+
+def _matmul_layers(model):
+    """``(weight, out_features, in_features)`` of every base Linear and of the LM head, each weight tensor once."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     seen: set = set()
-    total = 0
     for name, module in base.named_modules():
-        if not isinstance(module, torch.nn.Linear) or not counts_as_base_matmul(name):
-            continue
-        total += _count_once(module.weight, int(module.out_features) * int(module.in_features), seen)
+        if isinstance(module, torch.nn.Linear) and counts_as_base_matmul(name) and _first_time(module.weight, seen):
+            yield module.weight, int(module.out_features), int(module.in_features)
     weight = getattr(unwrapped(base.get_output_embeddings()), "weight", None)
-    if weight is not None:  # a head computed from the tied table without a Linear of its own
-        total += _count_once(weight, weight.shape[0] * weight.shape[1], seen)
-    return total
+    if weight is not None and _first_time(weight, seen):  # a head computed from the tied table without a Linear
+        yield weight, weight.shape[0], weight.shape[1]
 
 
 def unwrapped(module):
@@ -252,13 +245,13 @@ def counts_as_base_matmul(name: str) -> bool:
     return not any(p.startswith("lora_") for p in parts) and "original_module" not in parts
 
 
-def _count_once(weight: torch.Tensor, size: int, seen: set) -> int:
-    """``size`` the first time this weight's storage is seen, 0 after (tied or wrapped twice)."""
+def _first_time(weight: torch.Tensor, seen: set) -> bool:
+    """Whether this weight's storage is new to ``seen`` (added to it): a tied or twice-wrapped weight counts once."""
     key = id(weight) if weight.device.type == "meta" else (weight.device.type, weight.data_ptr())
     if key in seen:
-        return 0
+        return False
     seen.add(key)
-    return size
+    return True
 
 
 def floor_seconds(tokens: dict, n_params: int, decode_flops: float, bulk_flops: float) -> float:

@@ -377,7 +377,7 @@ class DeGRPOMixin:
                 kept=keep_all.to(device) if settings.drop_uniform_groups else None,
                 fisher=self._fisher if self.model.training else None,
                 finished=censored.to(device) if censored is not None else None,
-                valued=all_forced.bool() if settings.greedy_forced_answers and all_forced.any() else None)
+                valued=all_forced.bool() if settings.greedy_forced_answers else None)  # none forced: every answer
             advantages = response[start:start + local, None].expand_as(weights).clone()
             advantages[:, 0] = control[start:start + local]
         elif settings.censor_truncated:  # TRL's advantages took the cut-off answers' rewards into the group means
