@@ -1,6 +1,10 @@
-"""Bad input through the installed console script, as a new user types it: an error on one line that names the
-input and the fix, exit 2 (1 only for a failure the input could not predict), no traceback, and the folder it
-ran in exactly as it was. Each input fails before any model loads, so every case takes seconds.
+"""Bad input on the command line, as a new user types it: an error on one line that names the input and the fix,
+exit 2 (1 only for a failure the input could not predict), no traceback, and the folder it ran in exactly as it
+was. Each input fails before any model loads.
+
+Every case runs twice: in this process through ``cli.main`` (the fast suite: a fraction of a second each), and
+through the installed console script in a fresh interpreter (marked slow but one: ~6 s each, nearly all of it
+importing torch and transformers), which is what a user actually runs.
 
 Cases (id: command):
 
@@ -10,6 +14,8 @@ Cases (id: command):
 - quickstart-greedy-rl: quickstart --set rl.temperature=0
 - warmup-negative-max-steps: warmup --set warmup.max_steps=-5 (-1 is TRL's "use epochs")
 - warmup-recipe-not-a-mapping: warmup --config list.yaml
+- warmup-recipe-typo: warmup --config typo.yaml (max_step for max_steps)
+- rl-wrong-int: rl --set rl.max_steps=ten
 - warmup-share-out-of-range: warmup --set warmup.data.short_share=1.5
 - warmup-zero-batch: warmup --set warmup.per_device_train_batch_size=0
 - warmup-paired-without-path: warmup --set warmup.data.source=paired --out W
@@ -47,6 +53,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import user_env
 from thinkless_lite.config import ConfigError, load_config
@@ -63,6 +70,8 @@ CASES = {
     "quickstart-greedy-rl": ("quickstart --set rl.temperature=0 --out Q", 2, ["rl.temperature", "> 0"]),
     "warmup-negative-max-steps": ("warmup --set warmup.max_steps=-5 --out W", 2, ["warmup.max_steps", "-1", "-5"]),
     "warmup-recipe-not-a-mapping": ("warmup --config list.yaml", 2, ["list.yaml", "mapping of sections"]),
+    "warmup-recipe-typo": ("warmup --config typo.yaml", 2,
+                           ["unknown key warmup.max_step (did you mean max_steps?)"]),
     "warmup-share-out-of-range": ("warmup --set warmup.data.short_share=1.5", 2, ["warmup.data.short_share", "0..1"]),
     "warmup-zero-batch": ("warmup --set warmup.per_device_train_batch_size=0", 2,
                           ["warmup.per_device_train_batch_size", ">= 1"]),
@@ -75,6 +84,7 @@ CASES = {
     "rl-one-generation": ("rl --set rl.num_generations=1", 2, ["rl.num_generations", ">= 2"]),
     "rl-centering-without-balance": ("rl --set rl.mode_balance=0", 2, ["rl.mode_centering", "rl.mode_balance > 0"]),
     "rl-wrong-type": ("rl --set rl.alpha=high", 2, ["rl.alpha", "expected float", "'high'"]),
+    "rl-wrong-int": ("rl --set rl.max_steps=ten", 2, ["rl.max_steps: expected int, got 'ten'"]),
     "rl-override-without-value": ("rl --set rl.alpha", 2, ["'rl.alpha'", "section.key=value"]),
     "rl-unknown-gold-format": ("rl --set rl.data.source=empty.jsonl --set rl.data.gold_format=latex --out D", 2,
                                ["rl.data.gold_format", "boxed", "'latex'"]),
@@ -101,6 +111,7 @@ def user_folder(root: Path) -> Path:
     """A user's folder: the files the cases name, and a run folder of theirs."""
     (root / "bad.yaml").write_text("rl:\n  alpha: [0.1, 0.2\nwarmup: {}\n", encoding="utf-8")
     (root / "list.yaml").write_text("- rl\n- warmup\n", encoding="utf-8")
+    (root / "typo.yaml").write_text("warmup:\n  max_step: 10\n", encoding="utf-8")
     (root / "notadapter").mkdir()
     (root / "notadapter" / "weights.txt").write_text("not an adapter", encoding="utf-8")
     (root / "run").mkdir()
@@ -115,20 +126,47 @@ def listing(root: Path) -> dict[str, tuple[int, int]]:
     return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(root.rglob("*"))}
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_bad_input_exits_with_one_line_and_writes_nothing(case, tmp_path):
-    arguments, code, named = CASES[case]
-    root = user_folder(tmp_path)
-    before = listing(root)
-    done = subprocess.run([str(SCRIPT), *arguments.split()], cwd=root, capture_output=True, text=True, timeout=120,
-                          env=user_env(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
-    assert "Traceback" not in done.stderr, done.stderr[-3000:]
-    errors = [line for line in done.stderr.splitlines() if line.startswith(("config error: ", "error: "))]
-    assert len(errors) == 1, done.stderr[-3000:]
-    assert done.stderr.rstrip().endswith(errors[0]), done.stderr[-3000:]  # the last thing it says
-    assert done.returncode == code, done.stderr[-3000:]
+def assert_one_line_error(stderr: str, returncode: int, case: str) -> None:
+    """The case's exit code, and its error as the one and last line of stderr, naming what the case says."""
+    _, code, named = CASES[case]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if line.startswith(("config error: ", "error: "))]
+    assert len(errors) == 1, stderr[-3000:]
+    assert stderr.rstrip().endswith(errors[0]), stderr[-3000:]  # the last thing it says
+    assert returncode == code, stderr[-3000:]
     for text in named:
         assert text in errors[0], (text, errors[0])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_input_exits_with_one_line_and_writes_nothing(case, tmp_path, monkeypatch, capfd):
+    from thinkless_lite.cli import main
+
+    root = user_folder(tmp_path)
+    before = listing(root)
+    monkeypatch.chdir(root)
+    threads = torch.get_num_threads()
+    try:
+        returncode = main(CASES[case][0].split())
+    except SystemExit as exit_:  # argparse's own exits
+        returncode = exit_.code
+    finally:
+        torch.set_num_threads(threads)  # a stage sets the recipe's threads before it fails
+    assert_one_line_error(capfd.readouterr().err, returncode, case)
+    assert listing(root) == before
+
+
+CONSOLE_SCRIPT_IN_FAST_SUITE = "rl-missing-adapter-keeps-run"
+
+
+@pytest.mark.parametrize("case", [case if case == CONSOLE_SCRIPT_IN_FAST_SUITE else
+                                  pytest.param(case, marks=pytest.mark.slow) for case in CASES])
+def test_the_console_script_says_the_same_in_a_fresh_interpreter(case, tmp_path):
+    root = user_folder(tmp_path)
+    before = listing(root)
+    done = subprocess.run([str(SCRIPT), *CASES[case][0].split()], cwd=root, capture_output=True, text=True,
+                          timeout=120, env=user_env(PYTHONPATH=str(REPO), OMP_NUM_THREADS="1"))
+    assert_one_line_error(done.stderr, done.returncode, case)
     assert listing(root) == before
 
 
