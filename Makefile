@@ -43,9 +43,11 @@ quickstart: $(BIN)/.installed
 test: $(BIN)/.slow
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# Slow tests train models end to end or run notebooks, a browser, console scripts or the quickstart.
+# Slow tests train models end to end or run notebooks, a browser, console scripts or the quickstart. The rest run
+# on one worker a core (each test keeps torch to one thread), a test file's tests together on one worker so that
+# its module fixtures are built once.
 test-fast: $(BIN)/.dev
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" -n auto --dist loadfile $(PYTEST_ARGS)
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/quickstart_outcome.py

@@ -197,3 +197,30 @@ def test_the_project_loads_it_without_model_tokenizer(family):
     sp = family["sp"]
     text = "The quick brown fox jumps over the lazy dog."
     assert tokenizer(text, add_special_tokens=False)["input_ids"] == sp.encode(text)
+
+
+def test_a_conversion_another_process_finished_first_is_kept(family, tmp_path, monkeypatch):
+    """Two processes converting one file at once (two accelerate ranks, two test workers): each writes a folder of
+    its own, and the one that finds the other's finished conversion in place keeps it and drops its own."""
+    import thinkless_lite.gguf as gguf_module
+
+    monkeypatch.setenv("THINKLESS_LITE_CACHE", str(tmp_path / "cache"))
+    target = gguf_module.converted_folder(family["gguf"])
+    really_unmark = gguf_module.unmark_dequantised
+
+    def other_process_finishes_first(model):
+        monkeypatch.setattr(gguf_module, "unmark_dequantised", really_unmark)
+        monkeypatch.setattr(gguf_module.os, "getpid", lambda: -1)  # the other process's partial folder
+        gguf_module.gguf_to_hf(family["gguf"])
+        monkeypatch.undo()  # our own pid (and the cache setting) again
+        monkeypatch.setenv("THINKLESS_LITE_CACHE", str(tmp_path / "cache"))
+        (target / "written-by-the-other").write_text("")
+        really_unmark(model)
+
+    monkeypatch.setattr(gguf_module, "unmark_dequantised", other_process_finishes_first)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert gguf_module.gguf_to_hf(family["gguf"]) == target
+    assert (target / "written-by-the-other").exists()  # the finished folder was not replaced under its reader
+    assert (target / gguf_module.COMPLETE_MARKER).exists()
+    assert sorted(p.name for p in target.parent.iterdir()) == [target.name]  # no partial folder left

@@ -86,13 +86,23 @@ def gguf_to_hf(gguf_path: str | os.PathLike) -> Path:
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.pad_token_id = tokenizer.pad_token_id
     unmark_dequantised(model)
-    partial = target.with_name(target.name + ".partial")
+    # Each process writes a folder of its own and renames it into place: two processes converting at once (two
+    # accelerate ranks, two test workers) never read or remove each other's half-written files.
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / COMPLETE_MARKER).write_text(str(source.resolve()) + "\n")
-    shutil.rmtree(target, ignore_errors=True)
-    partial.rename(target)
+    if (target / COMPLETE_MARKER).exists():  # another process finished first: its folder is the same conversion
+        shutil.rmtree(partial, ignore_errors=True)
+        return target
+    shutil.rmtree(target, ignore_errors=True)  # an unfinished folder of an interrupted conversion
+    try:
+        partial.rename(target)
+    except OSError:  # another process renamed its folder into place between the check and here
+        shutil.rmtree(partial, ignore_errors=True)
+        if not (target / COMPLETE_MARKER).exists():
+            raise
     return target
 
 
