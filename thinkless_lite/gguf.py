@@ -93,16 +93,16 @@ def gguf_to_hf(gguf_path: str | os.PathLike) -> Path:
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     (partial / COMPLETE_MARKER).write_text(str(source.resolve()) + "\n")
-    if (target / COMPLETE_MARKER).exists():  # another process finished first: its folder is the same conversion
-        shutil.rmtree(partial, ignore_errors=True)
-        return target
-    shutil.rmtree(target, ignore_errors=True)  # an unfinished folder of an interrupted conversion
     try:
-        partial.rename(target)
-    except OSError:  # another process renamed its folder into place between the check and here
-        shutil.rmtree(partial, ignore_errors=True)
-        if not (target / COMPLETE_MARKER).exists():
-            raise
+        if not (target / COMPLETE_MARKER).exists():  # else another process finished first: the same conversion
+            shutil.rmtree(target, ignore_errors=True)  # an unfinished folder of an interrupted conversion
+            try:
+                partial.rename(target)
+            except OSError:  # another process renamed its folder into place between the check and here
+                if not (target / COMPLETE_MARKER).exists():
+                    raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # ours, when it was not renamed into place
     return target
 
 
