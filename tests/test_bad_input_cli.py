@@ -66,7 +66,8 @@ NOWHERE = "/nonexistent"
 CASES = {
     "quickstart-unknown-recipe": ("quickstart --config nosuch", 2, ["nosuch", "--config mini"]),
     "quickstart-malformed-yaml": ("quickstart --config bad.yaml", 2, ["bad.yaml", "line 3", "fix the file"]),
-    "quickstart-rl-typo": ("quickstart --set rl.alpah=0.1 --out Q", 2, ["rl.alpah", "did you mean alpha?"]),
+    "quickstart-rl-typo": ("quickstart --set rl.alpah=0.1 --out Q", 2,
+                           ["unknown key rl.alpah (did you mean alpha?)"]),
     "quickstart-greedy-rl": ("quickstart --set rl.temperature=0 --out Q", 2, ["rl.temperature", "> 0"]),
     "warmup-negative-max-steps": ("warmup --set warmup.max_steps=-5 --out W", 2, ["warmup.max_steps", "-1", "-5"]),
     "warmup-recipe-not-a-mapping": ("warmup --config list.yaml", 2, ["list.yaml", "mapping of sections"]),
