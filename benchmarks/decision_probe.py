@@ -4,6 +4,7 @@
         --accuracy 1:1.0/1.0,2:1.0/0.95,3:1.0/0.9,4:0.95/0.85 --steps 150          # short pays everywhere
     python benchmarks/decision_probe.py --adapter runs/real_model/smollm2/warmup/adapter   # every variant
     python benchmarks/decision_probe.py --config mini --adapter DIR --only recipe --set rl.reward.think_correct=0.9
+    python benchmarks/decision_probe.py --adapter DIR --only recipe --accuracy 1:1.0/0.7,2:1.0/0.5,3:0.95/0.2 --trace
 
 A DeGRPO run spends most of its time writing answers; whether the first token learns *when* to think is a
 question about the control term alone. This probe keeps only that term: each step draws prompts from the
@@ -38,6 +39,11 @@ The oracle thinks where thinking's expected reward beats a direct answer's by >=
 the reverse holds; levels closer than that may go either way. It reads the accuracies of uncut answers: what the
 model would score given the budget evaluation allows. ``--set rl.reward.think_correct=0.9`` moves the
 oracle and the probe alike.
+
+``--trace`` splits each level's move into what the optimizer step did (the ranking: LoRA and the control rows
+under the centred pulls) and what the threshold did (its hold and its step), summed since the start, printed with
+P(think) and written per step to ``<out>/trace_<variant>.jsonl``: a level that drifts the wrong way shows which
+half moved it.
 
 Writes ``<out>/decision_probe.md`` (P(think) per level at the end, against the oracle) and
 ``<out>/decision_probe.png`` (P(think) per level over steps, one panel per variant); the last line printed is
@@ -131,6 +137,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cut-off", help="share of thinking answers cut off at the training cap per level, e.g. "
                                           "'7:1.0,8:1.0' (scored -1, a format error, unless --censor)")
     parser.add_argument("--censor", action="store_true", help="censor the cut-off answers (rl.censor_truncated)")
+    parser.add_argument("--trace", action="store_true",
+                        help="split every step's move of each level's log-odds into the optimizer step's (the "
+                             "ranking's) and the threshold's (its hold and step); printed with P(think) and written "
+                             "to <out>/trace_<variant>.jsonl (two more forwards over the watched prompts a step)")
     args = parser.parse_args(argv)
     cut_off = {int(k): float(v) for k, v in (part.split(":") for part in args.cut_off.split(","))} \
         if args.cut_off else {}
@@ -191,6 +201,14 @@ def main(argv=None) -> int:
         return model(**batch, logits_to_keep=1).logits[:, -1][:, ids].float()
 
     @torch.no_grad()
+    def watched_log_odds():
+        """Per level, the mean log-odds of its watched prompts."""
+        model.eval()
+        odds = {k: (lambda x: (x[:, 1] - x[:, 0]).mean().item())(decision(v)) for k, v in watch.items()}
+        model.train()
+        return odds
+
+    @torch.no_grad()
     def read(step):
         model.eval()
         p = {k: torch.softmax(decision(v), -1)[:, 1].mean().item() for k, v in watch.items()}
@@ -223,7 +241,10 @@ def main(argv=None) -> int:
         lr = args.lr or cfg.rl.trl["learning_rate"]
         optimizer = torch.optim.AdamW(list(trainable.values()), lr=lr, weight_decay=0.0)
         curve = [read(0)]
+        trace, moved = [], {k: {"ranking": 0.0, "threshold": 0.0} for k in levels}
         for step in range(1, args.steps + 1):
+            if args.trace:
+                odds_before = watched_log_odds()
             chosen_levels = rng.choices(levels, weights=weights, k=prompts)
             texts = [rng.choice(pool[k]) for k in chosen_levels]
             logits = decision(texts)
@@ -246,15 +267,32 @@ def main(argv=None) -> int:
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
+            if args.trace:
+                odds_ranked = watched_log_odds()
             if rule.threshold_lr > 0:  # as the trainer's hold_threshold: the batch's mean log-odds onto the target
                 with torch.no_grad():
                     model.eval()
                     now = decision(texts)
                     model.train()
                     shift_log_odds_(rows[0], rows[1], seen[-1], target - (now[:, 1] - now[:, 0]).mean().item())
+            if args.trace:
+                odds_after = watched_log_odds()
+                row = {"step": step, "levels": chosen_levels, "threshold_step": rule.threshold_lr * shift}
+                for k in levels:
+                    ranking, threshold = odds_ranked[k] - odds_before[k], odds_after[k] - odds_ranked[k]
+                    moved[k]["ranking"] += ranking
+                    moved[k]["threshold"] += threshold
+                    row[f"k{k}"] = {"log_odds": odds_after[k], "ranking": ranking, "threshold": threshold}
+                trace.append(row)
             if step % args.every == 0 or step == args.steps:
                 curve.append(read(step))
+                if args.trace:
+                    print("           log-odds moved since the start by the ranking / the threshold: " + "  ".join(
+                        f"k={k}: {m['ranking']:+.2f} / {m['threshold']:+.2f}" for k, m in moved.items()), flush=True)
         curves[name], finals[name] = curve, curve[-1]["p_think"]
+        if args.trace:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            (Path(args.out) / f"trace_{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in trace))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,26 @@ def better_mode(expected: dict[str, float]) -> str:
     return "think" if expected["think"] > expected["short"] else "short"
 
 
+def gap_standard_error(think: dict, short: dict, table) -> float | None:
+    """The standard error of ``expected think - expected short`` reward at one level, from each mode's accuracy
+    over its ``n`` questions (binomial, the two modes' answers taken as independent): how far the oracle's
+    gap could move on another draw of as many questions. None without counts. At 20 questions a level a gap
+    of +0.10 is within one standard error of a tie, so no router, trained or not, can be judged on it."""
+    if not think.get("n") or not short.get("n"):
+        return None
+
+    def variance(stats, right, wrong):
+        return (right - wrong) ** 2 * stats["accuracy"] * (1 - stats["accuracy"]) / stats["n"]
+
+    return math.sqrt(variance(think, table.think_correct, table.think_wrong)
+                     + variance(short, table.short_correct, table.short_wrong))
+
+
 def reward_oracle(modes: dict, table, mix: dict) -> dict:
     """The reward-optimal router of a final evaluation: per level, ``think`` or ``short``, whichever has the
     higher expected reward under ``table`` (a ``RewardTable``) given forced think's and forced short's measured
-    accuracies there (a tie goes to the cheaper ``short``); its accuracy and tokens per level and on ``mix``."""
+    accuracies there (a tie goes to the cheaper ``short``); its accuracy and tokens per level and on ``mix``,
+    and per level the reward gap think - short with its standard error (:func:`gap_standard_error`)."""
     think, short = modes["think"]["by_difficulty"], modes["short"]["by_difficulty"]
     by_level = {}
     for level in think:
@@ -45,7 +61,8 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
         chosen = better_mode(expected)
         stats = (think if chosen == "think" else short)[level]
         by_level[level] = {"mode": chosen, "accuracy": stats["accuracy"], "mean_tokens": stats["mean_tokens"],
-                           "expected_reward": expected[chosen], "gap": expected["think"] - expected["short"]}
+                           "expected_reward": expected[chosen], "gap": expected["think"] - expected["short"],
+                           "gap_se": gap_standard_error(think[level], short[level], table)}
     weights = {str(k): float(w) for k, w in mix.items() if str(k) in by_level}
     total = sum(weights.values()) or 1.0
     on_mix = {key: sum(w * by_level[k][key] for k, w in weights.items()) / total
@@ -149,9 +166,11 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
         oracle = reward_oracle(modes, table, mix)
         m = oracle["on_mix"]
         rows.append(f"| reward oracle | {m['accuracy']:.3f} | {m['think_ratio']:.3f} | {m['mean_tokens']:.1f} | — | — |")
-        rows += ["", "reward oracle by level (mode, accuracy, expected reward): " + "; ".join(
-            f"k={k}: {v['mode']}, {v['accuracy']:.2f}, {v['expected_reward']:+.2f}"
-            for k, v in sorted(oracle["by_difficulty"].items(), key=lambda kv: float(kv[0])))]
+        rows += ["", "reward oracle by level (mode, accuracy, expected reward, reward gap think - short ± its "
+                 "standard error): " + "; ".join(
+                     f"k={k}: {v['mode']}, {v['accuracy']:.2f}, {v['expected_reward']:+.2f}, {v['gap']:+.2f}"
+                     + (f" ± {v['gap_se']:.2f}" if v["gap_se"] is not None else "")
+                     for k, v in sorted(oracle["by_difficulty"].items(), key=lambda kv: float(kv[0])))]
     if table is not None and metrics_jsonl is not None and Path(metrics_jsonl).exists():
         seen = training_oracle(metrics_jsonl, table)
         source = next(iter(seen.values()))["source"] if seen else "none logged"

@@ -29,7 +29,8 @@ What each speed-up saves, measured on its own: ``--padded`` scores the batch as 
 length-grouped micro-batches), ``--quantized-generation`` generates through bitsandbytes' per-call dequantization
 (4-bit bases on a CPU), ``--no-fold`` through PEFT's trainable-token wrapper, ``--unmerged-generation`` through
 PEFT's unmerged LoRA forward (base matmul plus the two LoRA matmuls at every token, instead of one matmul on a
-merged copy: ``thinkless_lite.compat.merged_lora_weights``). ``benchmarks/decode_step.py`` times the decode step
+merged copy: ``thinkless_lite.compat.merged_lora_weights``), ``--keep-ended-rows`` decodes every row to the batch's
+longest answer (``thinkless_lite.ended_rows``). ``benchmarks/decode_step.py`` times the decode step
 alone, merged against unmerged, in one process.
 """
 
@@ -77,7 +78,9 @@ def timed(base):
             self.tokens["prefill_real"] += sum(prompt_lengths)
             self.tokens["prefill_processed"] += len(prompt_ids) * max(prompt_lengths)
             self.tokens["decode_real"] += sum(lengths)
-            self.tokens["decode_processed"] += len(lengths) * max(lengths)
+            # transformers decodes every row to the longest; dropping ended rows, each row to its own end
+            self.tokens["decode_processed"] += sum(lengths) if self.drop_ended_rows_in_generation \
+                else len(lengths) * max(lengths)
             self.tokens["decode_steps"] += max(lengths)
             self.tokens["decode_rows"] = len(lengths)
             return completion_ids, logprobs
@@ -294,6 +297,9 @@ def main(argv=None) -> int:
                         help="generate through bitsandbytes' per-call dequantization (4-bit bases on a CPU)")
     parser.add_argument("--unmerged-generation", action="store_true",
                         help="generate through PEFT's unmerged LoRA forward (the cost of not merging LoRA for decoding)")
+    parser.add_argument("--keep-ended-rows", action="store_true",
+                        help="decode every row to the batch's longest answer, as transformers' generate does (the "
+                             "cost of not dropping the rows that ended)")
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args(argv)
 
@@ -330,6 +336,7 @@ def main(argv=None) -> int:
     trainer.length_grouped_batches = not args.padded
     trainer.dequantize_for_generation = not args.quantized_generation
     trainer.merge_lora_for_generation = not args.unmerged_generation
+    trainer.drop_ended_rows_in_generation = not args.keep_ended_rows
     clock = StepClock(trainer)
     trainer.add_callback(clock.callback)
 
@@ -364,6 +371,7 @@ def main(argv=None) -> int:
                "rows_folded_for_generation": not args.no_fold, "length_grouped_batches": not args.padded,
                "dequantized_generation": not args.quantized_generation,
                "merged_lora_generation": not args.unmerged_generation,
+               "ended_rows_dropped": not args.keep_ended_rows,
                "step_seconds": round(totals["step_seconds"] / max(len(clock.rows), 1), 3),
                # CPU seconds of this process (all threads): steadier than wall time on a shared machine
                "step_cpu_seconds": round(totals["step_cpu_seconds"] / max(len(clock.rows), 1), 3),

@@ -41,6 +41,20 @@ def test_the_oracle_answers_directly_while_that_pays_more_and_thinks_where_it_do
     assert oracle["on_mix"]["mean_tokens"] == pytest.approx(0.5 * 8 + 0.25 * 11 + 0.25 * 90)
 
 
+def test_the_oracle_says_how_far_its_gap_could_move_on_another_draw_of_questions():
+    """k=3: think 0.95 right (1.5 between right and wrong), short 0.55 (2.0 between), 20 questions each."""
+    oracle = reward_oracle({"think": {"by_difficulty": THINK}, "short": {"by_difficulty": SHORT}}, RewardTable(), MIX)
+    k3 = oracle["by_difficulty"]["3"]
+    assert k3["gap"] == pytest.approx(0.425 - 0.10)
+    assert k3["gap_se"] == pytest.approx((1.5 ** 2 * 0.95 * 0.05 / 20 + 2.0 ** 2 * 0.55 * 0.45 / 20) ** 0.5)
+    assert oracle["by_difficulty"]["1"]["gap_se"] == 0.0  # both modes always right: no doubt at all
+    text = describe("collapsed", report(SHORT, THINK, SHORT), 60, table=RewardTable(), mix=MIX)
+    assert f"k=3: think, 0.95, {k3['expected_reward']:+.2f}, {k3['gap']:+.2f} ± {k3['gap_se']:.2f}" in text
+    uncounted = {k: {key: v for key, v in stats.items() if key != "n"} for k, stats in THINK.items()}
+    assert reward_oracle({"think": {"by_difficulty": uncounted}, "short": {"by_difficulty": SHORT}}, RewardTable(),
+                         MIX)["by_difficulty"]["3"]["gap_se"] is None
+
+
 def test_another_reward_table_moves_the_oracle():
     generous = RewardTable(think_correct=0.9)  # thinking nearly as welcome as a direct answer
     oracle = reward_oracle({"think": {"by_difficulty": THINK}, "short": {"by_difficulty": SHORT}}, generous, MIX)

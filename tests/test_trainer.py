@@ -78,7 +78,8 @@ def fixed_rewards(completions, **kwargs):
     return out
 
 
-def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), **degrpo):
+def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), questions=("1+2", "3*4-1", "9-9", "5+5*5"),
+                 **degrpo):
     from datasets import Dataset
 
     from thinkless_lite.trainers import DeGRPOTrainer
@@ -86,13 +87,13 @@ def make_trainer(tiny_model_dir, tmp_path, *, decoupled, alpha, grpo_args=(), **
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = load_model(ModelConfig(name_or_path=str(tiny_model_dir), backend="hf", lora_r=4, lora_alpha=8))
-    prompts = [format_prompt(loaded.tokenizer, q) for q in ["1+2", "3*4-1", "9-9", "5+5*5"]]
+    prompts = [format_prompt(loaded.tokenizer, q) for q in questions]
     dataset = Dataset.from_list([{"prompt": p, "answer": "0"} for p in prompts])
-    args = degrpo_args(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
-                       num_generations=GROUP, max_completion_length=12, loss_type="dapo", scale_rewards="none",
-                       beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0, temperature=1.0,
-                       shuffle_dataset=False, max_steps=1, logging_steps=1, alpha=alpha, decoupled=decoupled,
-                       **degrpo, **dict(grpo_args))
+    args = degrpo_args(**{**dict(output_dir=str(tmp_path), per_device_train_batch_size=len(prompts) * GROUP,
+                                 num_generations=GROUP, max_completion_length=12, loss_type="dapo",
+                                 scale_rewards="none", beta=0.0, epsilon=0.2, use_cpu=True, report_to="none", seed=0,
+                                 temperature=1.0, shuffle_dataset=False, max_steps=1, logging_steps=1, alpha=alpha,
+                                 decoupled=decoupled), **degrpo, **dict(grpo_args)})
     trainer = DeGRPOTrainer(model=loaded.model, reward_funcs=[fixed_rewards], args=args, train_dataset=dataset,
                             processing_class=loaded.tokenizer)
     return trainer, dataset
@@ -460,6 +461,44 @@ def test_the_cut_off_warning_names_the_fix_and_what_censoring_does():
     assert finished_answers(torch.tensor([[5, 6, 7, eos]]), [eos], 3).tolist() == [False]
 
 
+def one_step(folder, tmp_path, switch: str, on: bool, lora_scale: float = 0.2, questions=None, **grpo_args):
+    """A real DeGRPO step from a trained adapter (LoRA B drawn at ``lora_scale``) with the trainer's generation
+    ``switch`` set to ``on``: its completions, trained parameters and optimizer state."""
+    torch.manual_seed(0)
+    trainer, _ = make_trainer(folder, tmp_path / f"{switch}-{on}", decoupled=True, alpha=0.5,
+                              grpo_args={"bf16": False, "learning_rate": 1e-2, **grpo_args},
+                              **({"questions": questions} if questions else {}))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # a trained adapter: a fresh one's delta is zero, which would merge trivially
+        for name, param in trainer.model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * lora_scale)
+    start = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    setattr(trainer, switch, on)
+    completions = []
+    generate_single_turn = trainer._generate_single_turn
+
+    def spy(*args, **kwargs):
+        out = generate_single_turn(*args, **kwargs)
+        completions.append(out[0])
+        return out
+
+    trainer._generate_single_turn = spy
+    trainer.train()
+    params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
+    assert any(not torch.equal(params[k], start[k]) for k in params), "the step trained something"
+    state = [{k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for s in trainer.optimizer.state.values()]
+    return completions, params, state
+
+
+def assert_trained_alike(first, second):
+    (completions_a, params_a, state_a), (completions_b, params_b, state_b) = first, second
+    assert completions_a == completions_b
+    assert params_a.keys() == params_b.keys() and all(torch.equal(params_a[k], params_b[k]) for k in params_b)
+    assert len(state_a) == len(state_b) > 0
+    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(state_a, state_b))
+
+
 def test_merged_lora_generation_trains_bit_identically(tiny_model_dir, tmp_path, monkeypatch):
     """A real DeGRPO step generating on merged LoRA weights (the default) and on PEFT's unmerged forward: the same
     completions, and bit for bit the same trained parameters and optimizer state afterwards."""
@@ -468,36 +507,31 @@ def test_merged_lora_generation_trains_bit_identically(tiny_model_dir, tmp_path,
     merges = []
     merged_weight = compat._merged_weight
     monkeypatch.setattr(compat, "_merged_weight", lambda *a: merges.append(1) or merged_weight(*a))
-    results = {}
-    for merge in (True, False):
-        torch.manual_seed(0)
-        trainer, _ = make_trainer(tiny_model_dir, tmp_path / str(merge), decoupled=True, alpha=0.5,
-                                  grpo_args={"bf16": False, "learning_rate": 1e-2})
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # a trained adapter: a fresh one's delta is zero, which would merge trivially
-            for name, param in trainer.model.named_parameters():
-                if "lora_B" in name:
-                    param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-        start = {k: v.clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
-        trainer.merge_lora_for_generation = merge
-        completions = []
-        generate_single_turn = trainer._generate_single_turn
+    merged = one_step(tiny_model_dir, tmp_path, "merge_lora_for_generation", True)
+    assert merges
+    merges.clear()
+    unmerged = one_step(tiny_model_dir, tmp_path, "merge_lora_for_generation", False)
+    assert not merges
+    assert_trained_alike(merged, unmerged)
 
-        def spy(*args, **kwargs):
-            out = generate_single_turn(*args, **kwargs)
-            completions.append(out[0])
-            return out
 
-        trainer._generate_single_turn = spy
-        merges.clear()
-        trainer.train()
-        assert bool(merges) == merge
-        params = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if v.requires_grad}
-        assert any(not torch.equal(params[k], start[k]) for k in params), "the step trained something"
-        state = [{k: v.clone() for k, v in s.items() if torch.is_tensor(v)} for s in trainer.optimizer.state.values()]
-        results[merge] = completions, params, state
-    (merged_completions, merged_params, merged_state), (completions, params, state) = results[True], results[False]
-    assert merged_completions == completions
-    assert merged_params.keys() == params.keys() and all(torch.equal(merged_params[k], params[k]) for k in params)
-    assert len(merged_state) == len(state) > 0
-    assert all(a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a) for a, b in zip(merged_state, state))
+def test_dropping_ended_rows_while_generating_trains_bit_identically(mini_base_dir, tmp_path, monkeypatch):
+    """The pretrained mini base ends its answers at different lengths, so rows end while others decode: dropping
+    them (the default, thinkless_lite.ended_rows) and decoding every row to the last give the same completions
+    and bit for bit the same trained parameters and optimizer state; and dropping really decoded fewer rows."""
+    import thinkless_lite.ended_rows as ended_rows
+
+    rows_decoded = []
+    decode = ended_rows._LiveRows._decode
+    monkeypatch.setattr(ended_rows._LiveRows, "_decode",
+                        lambda self, *a: rows_decoded.append(len(self.rows)) or decode(self, *a))
+    mini = dict(lora_scale=0.01, max_completion_length=80,
+                questions=["What is 3 + 4?", "What is 12 + 345?", "What is 123 + 4567?", "What is 88 + 99?"])
+    dropped = one_step(mini_base_dir, tmp_path, "drop_ended_rows_in_generation", True, **mini)
+    assert max(rows_decoded) == 4 * GROUP and len(set(rows_decoded)) >= 3, rows_decoded  # rows ended at 2+ times
+    rows_decoded.clear()
+    kept = one_step(mini_base_dir, tmp_path, "drop_ended_rows_in_generation", False, **mini)
+    assert not rows_decoded
+    lengths = [len(c) for c in dropped[0][0]]
+    assert min(lengths) < max(lengths), "some answers ended before others"
+    assert_trained_alike(dropped, kept)

@@ -19,6 +19,7 @@ from typing import Iterator, Sequence
 import torch
 
 from thinkless_lite.control_rows import control_rows_folded
+from thinkless_lite.ended_rows import ended_rows_dropped
 from thinkless_lite.tokens import ControlTokens, Routing, format_prompt, parse_completion
 from thinkless_lite.vocabulary import end_token_ids
 
@@ -127,11 +128,13 @@ def _count_tokens(ids: torch.Tensor, tokenizer, ends: Sequence[int]) -> int:
 def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", tau: float | None = None,
              settings: SamplingSettings = SamplingSettings(), tokens: ControlTokens = ControlTokens(),
              system_prompt: str | None = None, batch_size: int = 32, progress: bool = False,
-             merge_lora: bool = True) -> list[Generation]:
+             merge_lora: bool = True, drop_ended_rows: bool = True) -> list[Generation]:
     """Answer ``questions`` in batches; ``mode`` auto|think|short, ``tau`` thresholds P(think) in auto.
 
     ``merge_lora``: decode each LoRA layer as one matmul on a merged copy of its weight
-    (:func:`~thinkless_lite.compat.merged_lora_weights`; the model's weights untouched); False: PEFT's forward."""
+    (:func:`~thinkless_lite.compat.merged_lora_weights`; the model's weights untouched); False: PEFT's forward.
+    ``drop_ended_rows``: decode only the answers still being written (:mod:`thinkless_lite.ended_rows`); False:
+    every row to the batch's longest answer."""
     requested = Routing(mode, tau).label
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -141,7 +144,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, mode: str = "auto", 
     was_training = model.training
     model.eval()
     starts = range(0, len(questions), batch_size)
-    with control_rows_folded(model), _lora_merged(model, merge_lora):
+    with control_rows_folded(model), _lora_merged(model, merge_lora), ended_rows_dropped(model, drop_ended_rows):
         results = _generate_batches(model, tokenizer, questions, starts, batch_size, mode, tau, settings, tokens,
                                     system_prompt, generator, ends, requested, progress)
     if was_training:
@@ -195,7 +198,7 @@ def stream(model, tokenizer, question: str, *, mode: str = "auto", tau: float | 
     """Yield the decision first, then text as it is generated, then the finished Generation (``merge_lora`` as in
     :func:`generate`)."""
     model.eval()
-    with control_rows_folded(model), _lora_merged(model, merge_lora):
+    with control_rows_folded(model), _lora_merged(model, merge_lora):  # one row: no ended rows to drop
         yield from _stream(model, tokenizer, question, mode=mode, tau=tau, settings=settings, tokens=tokens,
                            system_prompt=system_prompt)
 

@@ -51,6 +51,7 @@ from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_ad
 from thinkless_lite.control_rows import (assert_control_rows_trainable, control_rows_folded, decision_rows,
                                          scale_control_rows_learning_rate)
 from thinkless_lite.degrpo_config import DeGRPOConfig
+from thinkless_lite.ended_rows import ended_rows_dropped
 from thinkless_lite.losses import (NO_MODE, SHORT_MODE, THINK_MODE, ModeChoiceRule, forced_modes, group_advantages,
                                    informative_groups, loss_token_weights, shift_log_odds_)
 from thinkless_lite.microbatching import MICRO_BATCH_OVERHEAD_TOKENS, length_grouped_logps
@@ -230,7 +231,8 @@ class DeGRPOMixin:
         self.model.eval()
         try:
             unwrapped = self.accelerator.unwrap_model(self.model)
-            with control_rows_folded(unwrapped), self._generation_weights(unwrapped), greedy_rows(unwrapped, greedy):
+            with control_rows_folded(unwrapped), self._generation_weights(unwrapped), greedy_rows(unwrapped, greedy), \
+                    ended_rows_dropped(unwrapped, self.drop_ended_rows_in_generation):
                 completion_ids, logprobs = super()._generate_single_turn(prompt_ids, *args, **kwargs)
         finally:
             self.model.train(was_training)
@@ -250,6 +252,9 @@ class DeGRPOMixin:
     # merged_lora_weights: the trained weights untouched, the same tokens up to float rounding). False: PEFT's
     # unmerged forward (base matmul + the two LoRA matmuls at every token).
     merge_lora_for_generation = True
+    # Decode only the rows that have not ended (thinkless_lite.ended_rows: the same tokens up to float rounding).
+    # False: transformers' generate decodes every row to the batch's last token.
+    drop_ended_rows_in_generation = True
 
     @contextlib.contextmanager
     def _generation_weights(self, model):
