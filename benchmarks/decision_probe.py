@@ -204,9 +204,9 @@ def main(argv=None) -> int:
     def watched_log_odds():
         """Per level, the mean log-odds of its watched prompts."""
         model.eval()
-        odds = {k: (lambda x: (x[:, 1] - x[:, 0]).mean().item())(decision(v)) for k, v in watch.items()}
+        logits = {k: decision(v) for k, v in watch.items()}
         model.train()
-        return odds
+        return {k: (x[:, 1] - x[:, 0]).mean().item() for k, x in logits.items()}
 
     @torch.no_grad()
     def read(step):

@@ -109,6 +109,22 @@ def four_bit_layout(model) -> str | None:
 
 
 @contextlib.contextmanager
+def instance_attribute(owner, name: str, value):
+    """``owner.<name>`` set on the instance for the block, then what the instance had put back (nothing: the
+    class's attribute shows again). For wrapping a model's ``generate`` or ``forward`` around one call, where
+    another wrapper (ours, or Unsloth's) may already sit on the instance."""
+    own = owner.__dict__.get(name)
+    setattr(owner, name, value)
+    try:
+        yield owner
+    finally:
+        if own is None:
+            owner.__dict__.pop(name, None)
+        else:
+            setattr(owner, name, own)
+
+
+@contextlib.contextmanager
 def _forwards_replaced(layers, make_forward):
     """Each layer's forward replaced by ``make_forward(layer)`` for the block, the class's own back after it (the
     copies a replacement made go with its closure)."""

@@ -1,13 +1,14 @@
 """Decode only the rows that are still writing: transformers' ``generate`` runs every row of a batch to the last
 token, so once most answers of a DeGRPO batch have ended, most of each decode step's work is on rows it will
-throw away (46% of the positions SmolLM2's RL steps decoded, docs/long_runs.md).
+throw away (46-61% of the positions SmolLM2's RL steps decoded, docs/long_runs.md).
 
 :func:`ended_rows_dropped` wraps ``model.generate``; during the call, the forward that ``generate`` calls once
 per token runs on the rows that have not yet fed an end-of-sequence token, and shrinks the KV cache to them
 (transformers' ``Cache.batch_select_indices``). The rows that ended get logits of zeros, which ``generate``
 still samples from and then replaces by the pad token, as it always does for an ended row: the sampler draws
 for every row as before, so the random stream, and every live row's token, stay what they were. What can
-differ is float rounding in matmuls of another row count (the tests compare tokens and logits).
+differ is float rounding in matmuls of another row count (the tests compare the tokens, and after a DeGRPO
+step the trained weights).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 
 import torch
 
-from thinkless_lite.compat import unsloth_patched
+from thinkless_lite.compat import instance_attribute, unsloth_patched
 
 
 def _eos_ids(model, kwargs: dict) -> list[int]:
@@ -82,30 +83,14 @@ def ended_rows_dropped(model, enabled: bool = True):
         yield model
         return
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    own_generate = model.__dict__.get("generate")  # greedy_rows or Unsloth may have set one on the instance
-    own_forward = inner.__dict__.get("forward")
-    generate, forward = model.generate, inner.forward
+    generate, forward = model.generate, inner.forward  # greedy_rows' or Unsloth's, where one sits on the instance
 
     def generate_live_rows(*args, **kwargs):
         rows = _LiveRows(_eos_ids(inner, kwargs))
         if not len(rows.eos):
             return generate(*args, **kwargs)
-        inner.forward = functools.partial(rows.forward, forward)
-        try:
+        with instance_attribute(inner, "forward", functools.partial(rows.forward, forward)):
             return generate(*args, **kwargs)
-        finally:
-            _restore(inner, "forward", own_forward)
 
-    model.generate = generate_live_rows
-    try:
+    with instance_attribute(model, "generate", generate_live_rows):
         yield model
-    finally:
-        _restore(model, "generate", own_generate)
-
-
-def _restore(owner, name: str, own) -> None:
-    """Put back what the instance had under ``name`` (nothing: the class's method again)."""
-    if own is None:
-        owner.__dict__.pop(name, None)
-    else:
-        setattr(owner, name, own)

@@ -46,7 +46,7 @@ from transformers.trainer_callback import ExportableState
 from trl import GRPOTrainer, SFTTrainer
 
 from thinkless_lite.compat import (dequantized_4bit_weights, ensure_reference_adapter, fused_logprobs_available,
-                                   merged_lora_weights, plain_logps_and_entropies, prepare_for_training,
+                                   instance_attribute, merged_lora_weights, plain_logps_and_entropies, prepare_for_training,
                                    trainer_flavour, unsloth_loss_inputs)
 from thinkless_lite.control_rows import (assert_control_rows_trainable, control_rows_folded, decision_rows,
                                          scale_control_rows_learning_rate)
@@ -513,21 +513,15 @@ def greedy_rows(model, rows: list[bool]):
     if not any(rows):
         yield model
         return
-    sample, own = model.generate, model.__dict__.get("generate")  # Unsloth may have set one on the instance
+    sample = model.generate  # Unsloth's, where it set one on the instance
     mask = torch.tensor(rows, dtype=torch.bool)
 
     def generate(*args, logits_processor=None, **kwargs):
         processors = LogitsProcessorList(list(logits_processor or []) + [GreedyRowsProcessor(mask)])
         return sample(*args, logits_processor=processors, **kwargs)
 
-    model.generate = generate
-    try:
+    with instance_attribute(model, "generate", generate):
         yield model
-    finally:
-        if own is None:
-            del model.generate
-        else:
-            model.generate = own
 
 
 def finished_answers(completion_ids: torch.Tensor, eos_token_ids, max_completion_length: int) -> torch.Tensor:
