@@ -63,10 +63,14 @@ def test_generate_and_forward_are_given_back_even_when_generate_fails(mini):
         assert "generate" not in model.__dict__
 
 
-def test_a_plain_transformers_model_too(mini, rows_decoded):
-    """Not only PEFT models: the forward patched is the model's own."""
-    inner, tokenizer = mini.model.get_base_model(), mini.tokenizer
-    tokenizer.padding_side = "left"
+def test_a_plain_transformers_model_too(mini_base_dir, rows_decoded):
+    """Not only PEFT models: the forward patched is the model's own (here the full-precision base as transformers
+    loads it, so no bitsandbytes kernel, whose path may depend on the CPU and the row count, is involved)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(1)
+    inner = AutoModelForCausalLM.from_pretrained(mini_base_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(mini_base_dir, padding_side="left")
     batch = tokenizer(QUESTIONS[:4], return_tensors="pt", padding=True)
     outs = []
     for drop in (False, True):
