@@ -15,7 +15,11 @@ until this was said, CPU ms at 2 threads were compared to a wall floor, 2x too h
 reuses one cached weight; a decode step streams all of the model's weights from memory, so the benchmark also times
 one pass of the same matmuls over the model's own weights (``rl_step.weight_sweep_seconds``): what the matmuls of a
 decode step cost here, the rest of the step being attention, sampling and Python. Also says whether both decoded
-the same tokens, and where the first differs if not. The last line is one JSON object. Not a test.
+the same tokens, and where the first differs if not. Then the part of a merged greedy decode step spent in the model's own
+matmuls (``aten::mm``/``addmm``/``bmm`` under torch's profiler, a prefill-only decode subtracted): the least any
+decode step costs with these fp32 weights, whatever is done about the rest; and the throughput of a bf16 matmul at
+the same rows (the one way to halve the bytes streamed that keeps 16-bit accuracy: without AVX512-BF16 or AMX it is
+far slower than fp32). The last line is one JSON object. Not a test.
 """
 
 from __future__ import annotations
@@ -40,6 +44,20 @@ def first_difference(a: torch.Tensor, b: torch.Tensor) -> list[int] | None:
     rows, cols = (a != b).nonzero(as_tuple=True)
     at = int(cols.argmin())
     return [int(rows[at]), int(cols[at])]
+
+
+MATMUL_OPS = ("aten::mm", "aten::addmm", "aten::bmm")
+
+
+def matmul_seconds_in(run) -> tuple[float, int]:
+    """(seconds, calls) of matrix multiplications inside ``run()``: the self time of torch's matmul kernels as its
+    profiler records them (wall time on the calling thread, each kernel's intra-op threads inside it)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    events = [e for e in prof.key_averages() if e.key in MATMUL_OPS]
+    return sum(e.self_cpu_time_total for e in events) / 1e6, sum(e.count for e in events)
 
 
 def main(argv=None) -> int:
@@ -128,6 +146,18 @@ def main(argv=None) -> int:
                   f"{', '.join(f'{s:.0f}' for s in steps[merged])}", flush=True)
         summary[f"{label}_speedup"] = round(summary[f"{label}_unmerged_ms"] / summary[f"{label}_merged_ms"], 2)
         summary[f"{label}_first_difference"] = first_difference(outputs[True], outputs[False])
+
+    in_prefill, _ = matmul_seconds_in(lambda: decode(True, False, 1))
+    in_decode, _ = matmul_seconds_in(lambda: decode(True, False, args.tokens))
+    matmul_ms = summary["greedy_merged_matmul_ms"] = round((in_decode - in_prefill) / (args.tokens - 1) * 1e3, 1)
+    print(f"of a greedy merged decode step, the model's own matmuls: {matmul_ms:.1f} ms ({matmul_ms / floor_ms:.1f}x the "
+          f"FLOP floor; torch's profiler, prefill subtracted): no decode step here costs less with fp32 weights",
+          flush=True)
+    if dtype == torch.float32:
+        bf16 = summary["matmul_gflops_decode_bf16"] = round(
+            matmul_flops_per_second(args.rows, config_.hidden_size, config_.intermediate_size, torch.bfloat16) / 1e9, 1)
+        print(f"a bf16 matmul at {args.rows} rows here: {bf16:.1f} GFLOP/s against fp32's {flops / 1e9:.1f} "
+              "(bf16 weights would halve the bytes streamed; this CPU computes bf16 matmuls at that rate)", flush=True)
     print(json.dumps(summary))
     return 0
 

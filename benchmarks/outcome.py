@@ -98,6 +98,80 @@ def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict
     return by_level
 
 
+def threshold_pull(shift: float, shares: dict, gaps: dict, log_odds: dict) -> float:
+    """How the mix's expected reward changes with a log-odds shift shared by every level (per unit of shift):
+    ``sum_k share_k q_k (1 - q_k) gap_k`` with ``q_k = sigmoid(log_odds_k + shift)``, the exact on-policy
+    gradient that the threshold (``losses.threshold_step``) follows, over the difficulty mix instead of a batch."""
+    total = 0.0
+    for level, share in shares.items():
+        q = 1 / (1 + math.exp(-(log_odds[level] + shift)))
+        total += share * q * (1 - q) * gaps[level]
+    return total
+
+
+def threshold_destination(shares: dict, gaps: dict, log_odds: dict, limit: float = 20.0, step: float = 0.05) -> float:
+    """Where the threshold goes from here if the ranking stays as it is: following the pull's sign from a shift
+    of 0 to its first zero (bisected), or to ``±limit`` where the pull keeps one sign (every level sure of one
+    mode). The zero it reaches maximises the mix's expected reward given the ranking: the best a threshold can do."""
+    now = threshold_pull(0.0, shares, gaps, log_odds)
+    if now == 0:
+        return 0.0
+    direction = 1.0 if now > 0 else -1.0
+    inside = 0.0
+    while abs(inside) < limit:
+        outside = inside + direction * step
+        if threshold_pull(outside, shares, gaps, log_odds) * direction <= 0:
+            for _ in range(40):
+                middle = (inside + outside) / 2
+                if threshold_pull(middle, shares, gaps, log_odds) * direction > 0:
+                    inside = middle
+                else:
+                    outside = middle
+            return (inside + outside) / 2
+        inside = outside
+    return direction * limit
+
+
+def threshold_check(metrics_jsonl: Path, table, mix: dict, last_share: float = 0.25, margin: float = 0.05,
+                    max_stretch: float = 10.0) -> dict | None:
+    """Is a routing miss the threshold's or the ranking's? From a DeGRPO run's log: each level's reward gap as
+    its answers priced the modes (:func:`training_oracle`) and its P(``<think>``) over the last ``last_share`` of the
+    steps (``p_think/k``: the ranking and the threshold as they ended). Returns the pull now, the shift the
+    threshold heads to given that ranking (:func:`threshold_destination`), P(think) per level there, whether that
+    routes every level whose gap is >= ``margin`` as the answers asked, and, if not, how many times its spread
+    around the mix's mean the ranking would need (``stretch_needed``; None beyond ``max_stretch``). Where the
+    destination routes, the threshold had not got there yet; where it does not, no threshold could: the levels
+    are too close together for their gaps, and the miss is the ranking's."""
+    asked = training_oracle(metrics_jsonl, table)
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "p_think" in r]
+    rows = rows[int(len(rows) * (1 - last_share)):]
+    p_now = {}
+    for level in asked:
+        seen = [v for r in rows if (v := r.get(f"p_think/k{level}")) is not None and not math.isnan(v)]
+        if seen:
+            p_now[level] = min(max(sum(seen) / len(seen), 1e-4), 1 - 1e-4)
+    shares = {str(k): float(w) for k, w in mix.items() if str(k) in p_now}
+    if not shares:
+        return None
+    gaps = {k: asked[k]["expected_reward"]["think"] - asked[k]["expected_reward"]["short"] for k in shares}
+    log_odds = {k: math.log(p_now[k] / (1 - p_now[k])) for k in shares}
+
+    def routed(spread: float) -> tuple[float, dict, bool]:
+        centre = sum(shares[k] * log_odds[k] for k in shares) / sum(shares.values())
+        stretched = {k: centre + spread * (z - centre) for k, z in log_odds.items()}
+        shift = threshold_destination(shares, gaps, stretched)
+        there = {k: 1 / (1 + math.exp(-(z + shift))) for k, z in stretched.items()}
+        ok = all((there[k] > 0.5) == (gaps[k] > 0) for k in shares if abs(gaps[k]) >= margin)
+        return shift, there, ok
+
+    shift, there, agrees = routed(1.0)
+    stretch = next((round(f, 1) for f in (1 + 0.1 * i for i in range(int((max_stretch - 1) * 10) + 1))
+                    if routed(f)[2]), None)
+    return {"p_think_now": p_now, "gaps": gaps, "pull_now": threshold_pull(0.0, shares, gaps, log_odds),
+            "shift": shift, "p_think_there": there, "agrees": agrees, "stretch_needed": stretch}
+
+
 def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None, mix: dict | None = None,
             think_bounds: tuple[float, float] = (0.10, 0.90)) -> list[tuple[str, float, str, bool]]:
     """Wall time; auto accuracy vs forced think (on the difficulty mix and on every level equally); think
@@ -179,6 +253,22 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
                      f"k={k}: {v['mode']}, {v['accuracy']['think']:.2f} / {v['accuracy']['short']:.2f}, "
                      f"{v['expected_reward']['think']:+.2f} / {v['expected_reward']['short']:+.2f}"
                      for k, v in seen.items())]
+        check = threshold_check(metrics_jsonl, table, mix) if mix else None
+        if check:
+            order = sorted(check["p_think_now"], key=float)
+            verdict = ("routes as its answers asked (a level that still misses: the threshold had not got there yet)"
+                       if check["agrees"] else
+                       "does not route as its answers asked, so no threshold could: the miss is the ranking's, "
+                       + (f"which would need {check['stretch_needed']:.1f}x its spread between levels"
+                          if check["stretch_needed"] else "whose levels are too close for any stretch up to 10x"))
+            there = ", ".join(f"k={k} {check['p_think_there'][k]:.2f}" for k in order)
+            stop = (f"it never stops: it takes every level to {'think' if check['shift'] > 0 else 'short'}"
+                    if abs(check["shift"]) >= 20 else
+                    f"it stops at a shift of {check['shift']:+.2f} log-odds (P(think) {there})")
+            rows += ["", "the threshold given the ranking DeGRPO ended with (P(think) over the last quarter of the "
+                     "steps: " + ", ".join(f"k={k} {check['p_think_now'][k]:.2f}" for k in order)
+                     + f"): its pull is {check['pull_now']:+.4f} a unit of shift (towards "
+                     f"{'think' if check['pull_now'] > 0 else 'short'}); {stop}, which {verdict}"]
     by_level = sorted(modes["auto"]["by_difficulty"].items(), key=lambda kv: float(kv[0]))
     rows += ["", "auto by level (think ratio / accuracy; forced think accuracy; forced short accuracy): " + "; ".join(
         f"k={k}: {v['think_ratio']:.2f} / {v['accuracy']:.2f}; {modes['think']['by_difficulty'][k]['accuracy']:.2f}; "

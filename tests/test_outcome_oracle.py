@@ -9,7 +9,8 @@ from thinkless_lite.rewards import RewardTable
 from conftest import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from outcome import describe, reward_oracle, targets, training_oracle  # noqa: E402
+from outcome import (describe, reward_oracle, targets, threshold_check, threshold_destination,  # noqa: E402
+                     threshold_pull, training_oracle)
 
 
 def level(accuracy, tokens, think_ratio):
@@ -113,3 +114,53 @@ def test_the_training_oracle_reads_the_forced_greedy_answers_where_the_run_logge
     assert seen["3"]["mode"] == "think" and seen["3"]["source"] == "forced answers, greedy"
     text = describe("run", report(THINK, THINK, SHORT), 1.0, table=RewardTable(), mix=MIX, metrics_jsonl=metrics)
     assert "forced answers, greedy" in text and "k=3: think, 1.00 / 0.25" in text
+
+
+SMOLLM2_MIX = {"1": 0.5, "2": 0.25, "3": 0.25}
+
+
+def test_the_threshold_goes_where_the_mix_pays_most_given_the_ranking():
+    """Levels ranked well apart (log-odds -5, -3, -1; gaps -0.5, -0.3, +0.4): the pull is towards think, and the
+    threshold stops where it vanishes, with the 3-digit level thinking and the others not; the shift reached is a
+    maximum of the mix's expected reward (the pull changes sign there, from + to -)."""
+    gaps, log_odds = {"1": -0.5, "2": -0.3, "3": 0.4}, {"1": -5.0, "2": -3.0, "3": -1.0}
+    assert threshold_pull(0.0, SMOLLM2_MIX, gaps, log_odds) > 0
+    shift = threshold_destination(SMOLLM2_MIX, gaps, log_odds)
+    assert 0 < shift < 20
+    assert threshold_pull(shift, SMOLLM2_MIX, gaps, log_odds) == pytest.approx(0, abs=1e-9)
+    assert threshold_pull(shift - 0.1, SMOLLM2_MIX, gaps, log_odds) > 0 > threshold_pull(shift + 0.1, SMOLLM2_MIX, gaps,
+                                                                                            log_odds)
+    assert log_odds["3"] + shift > 0 > log_odds["2"] + shift
+
+
+def test_a_ranking_too_flat_for_its_gaps_leaves_no_threshold_that_routes(tmp_path):
+    """SmolLM2 seed 1 with its own warm-up (the README's remaining MISS): its forced answers priced k=1..3 at
+    -0.5, -0.095, +0.065 (think - short) and it ended at P(think) 0.05 / 0.16 / 0.32. At that ranking every shift
+    loses more on the 1-digit half of the mix than it gains at k=3, so the threshold heads to short everywhere:
+    no threshold routes it; the levels' log-odds would need about twice their spread. A run whose ranking is wide
+    enough is told the threshold had not got there yet."""
+    import json
+
+    def run(p_think, name):
+        steps = [{"step": i, "p_think": 0.3, "p_think/k1": p_think[0], "p_think/k2": p_think[1],
+                  "p_think/k3": p_think[2], "forced_accuracy_think/k1": 1.0, "forced_accuracy_short/k1": 1.0,
+                  "forced_accuracy_think/k2": 0.91, "forced_accuracy_short/k2": 0.73,
+                  "forced_accuracy_think/k3": 0.71, "forced_accuracy_short/k3": 0.5} for i in range(8)]
+        metrics = tmp_path / f"{name}.jsonl"
+        metrics.write_text("\n".join(json.dumps(s) for s in steps) + "\n")
+        return metrics, threshold_check(metrics, RewardTable(), {1: 0.5, 2: 0.25, 3: 0.25})
+
+    metrics, flat = run((0.05, 0.16, 0.32), "flat")
+    assert flat["gaps"] == pytest.approx({"1": -0.5, "2": -0.095, "3": 0.065})
+    assert flat["pull_now"] < 0 and flat["shift"] == -20.0 and not flat["agrees"]
+    assert all(p < 0.01 for p in flat["p_think_there"].values())
+    assert 1.5 < flat["stretch_needed"] < 4
+    text = describe("run", report(THINK, THINK, SHORT), 1.0, table=RewardTable(), mix=MIX, metrics_jsonl=metrics)
+    assert "the miss is the ranking's" in text and f"{flat['stretch_needed']:.1f}x its spread" in text
+    assert "it never stops: it takes every level to short" in text
+
+    metrics, wide = run((0.001, 0.02, 0.3), "wide")
+    assert wide["agrees"] and wide["stretch_needed"] == 1.0
+    assert wide["p_think_there"]["3"] > 0.5 > wide["p_think_there"]["2"]
+    text = describe("run", report(THINK, THINK, SHORT), 1.0, table=RewardTable(), mix=MIX, metrics_jsonl=metrics)
+    assert "the threshold had not got there yet" in text

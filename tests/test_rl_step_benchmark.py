@@ -81,3 +81,23 @@ def test_the_mini_base_in_4_bits_with_its_adapter_matches_the_hand_count(mini_ba
     assert config.tie_word_embeddings
     assert matmul_parameters(loaded.model) == hand_count(config)
     assert sum(w.numel() for w in matmul_weights(loaded.model)) == hand_count(config)
+
+
+def test_the_decode_benchmark_times_the_matmuls_a_model_makes_and_nothing_else():
+    """decode_step's lower bound counts every matmul of a forward (a Linear with bias, one without, a batched
+    attention product) and none of the elementwise work around them."""
+    from decode_step import matmul_seconds_in
+
+    torch.manual_seed(0)
+    with_bias, without = torch.nn.Linear(64, 64), torch.nn.Linear(64, 32, bias=False)
+    x, keys = torch.randn(8, 64), torch.randn(4, 64, 16)
+
+    def forward():
+        hidden = torch.nn.functional.silu(with_bias(x)) * 2 + 1
+        torch.bmm(hidden.view(4, 2, 64), keys).softmax(-1)
+        return without(hidden).exp()
+
+    seconds, calls = matmul_seconds_in(forward)
+    assert calls == 3 and seconds > 0
+    elementwise_only, none = matmul_seconds_in(lambda: (x.exp() * 2 + x).softmax(-1))
+    assert none == 0 and elementwise_only == 0
