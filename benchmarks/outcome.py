@@ -71,6 +71,13 @@ def reward_oracle(modes: dict, table, mix: dict) -> dict:
     return {"by_difficulty": by_level, "on_mix": on_mix}
 
 
+def last_steps(metrics_jsonl: Path, share: float) -> list[dict]:
+    """The RL log's step rows (those with ``p_think``; not the run's closing summary), the last ``share`` of them."""
+    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "p_think" in r]
+    return rows[int(len(rows) * (1 - share)):]
+
+
 def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict:
     """What DeGRPO's own answers asked for: per level, think's and short's accuracy during the last
     ``last_share`` of the RL steps (the mean of the steps' batch accuracies in ``rl/metrics.jsonl``), and the mode
@@ -79,9 +86,7 @@ def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict
     answer's (``accuracy_<mode>/k``, sampled at the RL temperature); ``source`` says which. All on training
     questions: the rule can only follow the rewards it saw, so where this differs from the final evaluation's
     oracle, the held-out answers scored differently from the training ones."""
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "p_think" in r]
-    rows = rows[int(len(rows) * (1 - last_share)):]
+    rows = last_steps(metrics_jsonl, last_share)
     forced = any(key.startswith("forced_accuracy_") for r in rows for key in r)
     prefix, source = ("forced_accuracy", "forced answers, greedy") if forced else ("accuracy", "all answers, sampled")
     levels = sorted({key.split("/k")[1] for r in rows for key in r if key.startswith(f"{prefix}_think/k")}, key=float)
@@ -143,9 +148,7 @@ def threshold_check(metrics_jsonl: Path, table, mix: dict, last_share: float = 0
     destination routes, the threshold had not got there yet; where it does not, no threshold could: the levels
     are too close together for their gaps, and the miss is the ranking's."""
     asked = training_oracle(metrics_jsonl, table)
-    rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if "p_think" in r]
-    rows = rows[int(len(rows) * (1 - last_share)):]
+    rows = last_steps(metrics_jsonl, last_share)
     p_now = {}
     for level in asked:
         seen = [v for r in rows if (v := r.get(f"p_think/k{level}")) is not None and not math.isnan(v)]
