@@ -137,7 +137,7 @@ def test_a_ranking_too_flat_for_its_gaps_leaves_no_threshold_that_routes(tmp_pat
     """SmolLM2 seed 1 with its own warm-up (the README's remaining MISS): its forced answers priced k=1..3 at
     -0.5, -0.095, +0.065 (think - short) and it ended at P(think) 0.05 / 0.16 / 0.32. At that ranking every shift
     loses more on the 1-digit half of the mix than it gains at k=3, so the threshold heads to short everywhere:
-    no threshold routes it; the levels' log-odds would need about twice their spread. A run whose ranking is wide
+    no threshold routes it; the levels' log-odds would need over twice their spread. A run whose ranking is wide
     enough is told the threshold had not got there yet."""
     import json
 
