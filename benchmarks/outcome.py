@@ -103,18 +103,26 @@ def training_oracle(metrics_jsonl: Path, table, last_share: float = 0.5) -> dict
     return by_level
 
 
+SHIFT_LIMIT = 20.0  # log-odds: past this every level is sure of one mode, so the threshold "never stops"
+
+
+def _sigmoid(z: float) -> float:
+    return 1 / (1 + math.exp(-z))
+
+
 def threshold_pull(shift: float, shares: dict, gaps: dict, log_odds: dict) -> float:
     """How the mix's expected reward changes with a log-odds shift shared by every level (per unit of shift):
     ``sum_k share_k q_k (1 - q_k) gap_k`` with ``q_k = sigmoid(log_odds_k + shift)``, the exact on-policy
     gradient that the threshold (``losses.threshold_step``) follows, over the difficulty mix instead of a batch."""
     total = 0.0
     for level, share in shares.items():
-        q = 1 / (1 + math.exp(-(log_odds[level] + shift)))
+        q = _sigmoid(log_odds[level] + shift)
         total += share * q * (1 - q) * gaps[level]
     return total
 
 
-def threshold_destination(shares: dict, gaps: dict, log_odds: dict, limit: float = 20.0, step: float = 0.05) -> float:
+def threshold_destination(shares: dict, gaps: dict, log_odds: dict, limit: float = SHIFT_LIMIT,
+                          step: float = 0.05) -> float:
     """Where the threshold goes from here if the ranking stays as it is: following the pull's sign from a shift
     of 0 to its first zero (bisected), or to ``±limit`` where the pull keeps one sign (every level sure of one
     mode). The zero it reaches maximises the mix's expected reward given the ranking: the best a threshold can do."""
@@ -164,15 +172,16 @@ def threshold_check(metrics_jsonl: Path, table, mix: dict, last_share: float = 0
         centre = sum(shares[k] * log_odds[k] for k in shares) / sum(shares.values())
         stretched = {k: centre + spread * (z - centre) for k, z in log_odds.items()}
         shift = threshold_destination(shares, gaps, stretched)
-        there = {k: 1 / (1 + math.exp(-(z + shift))) for k, z in stretched.items()}
+        there = {k: _sigmoid(z + shift) for k, z in stretched.items()}
         ok = all((there[k] > 0.5) == (gaps[k] > 0) for k in shares if abs(gaps[k]) >= margin)
         return shift, there, ok
 
     shift, there, agrees = routed(1.0)
-    stretch = next((round(f, 1) for f in (1 + 0.1 * i for i in range(int((max_stretch - 1) * 10) + 1))
-                    if routed(f)[2]), None)
+    wider = (round(1 + 0.1 * i, 1) for i in range(1, int((max_stretch - 1) * 10) + 1))
+    stretch = 1.0 if agrees else next((f for f in wider if routed(f)[2]), None)
     return {"p_think_now": p_now, "gaps": gaps, "pull_now": threshold_pull(0.0, shares, gaps, log_odds),
-            "shift": shift, "p_think_there": there, "agrees": agrees, "stretch_needed": stretch}
+            "shift": shift, "p_think_there": there, "agrees": agrees, "stretch_needed": stretch,
+            "max_stretch": max_stretch}
 
 
 def targets(report: dict, wall_minutes: float, benchmark: str = "miniworld", *, table=None, mix: dict | None = None,
@@ -263,10 +272,11 @@ def describe(name: str, report: dict, wall_minutes: float, benchmark: str = "min
                        if check["agrees"] else
                        "does not route as its answers asked, so no threshold could: the miss is the ranking's, "
                        + (f"which would need {check['stretch_needed']:.1f}x its spread between levels"
-                          if check["stretch_needed"] else "whose levels are too close for any stretch up to 10x"))
+                          if check["stretch_needed"] else
+                          f"whose levels are too close for any stretch up to {check['max_stretch']:g}x"))
             there = ", ".join(f"k={k} {check['p_think_there'][k]:.2f}" for k in order)
             stop = (f"it never stops: it takes every level to {'think' if check['shift'] > 0 else 'short'}"
-                    if abs(check["shift"]) >= 20 else
+                    if abs(check["shift"]) >= SHIFT_LIMIT else
                     f"it stops at a shift of {check['shift']:+.2f} log-odds (P(think) {there})")
             rows += ["", "the threshold given the ranking DeGRPO ended with (P(think) over the last quarter of the "
                      "steps: " + ", ".join(f"k={k} {check['p_think_now'][k]:.2f}" for k in order)
